@@ -1,0 +1,201 @@
+"""`cnnlab <command>`: argument parsing and error messages only; every command calls the library.
+
+Errors a user can cause become one line on stderr: exit code 2 for usage errors, 1 for the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import CnnlabError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (not the usage block plus a line)."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _data_options(p: argparse.ArgumentParser, default: str | None = "cifar10") -> None:
+    p.add_argument("--data", default=default, help="cifar10, cifar100, or a path: CIFAR archive/folder, image folder, .tar[.gz] or .zip of one"
+                   + (" (default: %(default)s)" if default else " (default: the run's own data)"))
+    p.add_argument("--data-root", default="data", help="where cifar10/cifar100 are downloaded (default: %(default)s)")
+    p.add_argument("--mirror", help="base URL to download the CIFAR archives from (or $CNNLAB_CIFAR_MIRROR)")
+    p.add_argument("--image-size", type=int, help="images of other sizes are resized to this (default 32)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cnnlab", description="Train convolutional networks on CIFAR-10-class data, end to end.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    t = commands.add_parser("train", help="train a model with a recipe; writes a run folder")
+    t.add_argument("--recipe", default="seed", help="a shipped recipe name or a TOML file (default: %(default)s)")
+    _data_options(t)
+    t.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: %(default)s)")
+    t.add_argument("--name", help="run folder name (default: generated; an existing run is never overwritten)")
+    t.add_argument("--no-progress", action="store_true", help="print nothing but errors")
+    overrides = t.add_argument_group("recipe overrides (each replaces the recipe's field)")
+    overrides.add_argument("--model")
+    overrides.add_argument("--epochs", type=int)
+    overrides.add_argument("--batch-size", type=int)
+    overrides.add_argument("--lr", type=float)
+    overrides.add_argument("--momentum", type=float)
+    overrides.add_argument("--weight-decay", type=float)
+    overrides.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    overrides.add_argument("--schedule", help="cosine or constant")
+    overrides.add_argument("--label-smoothing", type=float)
+    overrides.add_argument("--crop-padding", type=int, help="random-crop padding in pixels (0 = no crop)")
+    overrides.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flip")
+    overrides.add_argument("--seed", type=int)
+    overrides.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    overrides.add_argument("--precision", help="auto, fp32, bf16 or fp16")
+    overrides.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    overrides.add_argument("--val-split", help="hold out a count (5000) or fraction (0.1) of the training images")
+    overrides.add_argument("--train-subset", help="train on a seeded, stratified count or fraction of the training images")
+    overrides.add_argument("--eval-batch-size", type=int)
+
+    e = commands.add_parser("evaluate", help="test accuracy, overall and per class, of a run or checkpoint")
+    e.add_argument("run", help="a run folder (its best.pt) or a checkpoint file")
+    _data_options(e, default=None)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    d = commands.add_parser("data", help="download a dataset, or describe one")
+    d.add_argument("action", choices=["download", "info", "stats"])
+    _data_options(d)
+
+    commands.add_parser("recipes", help="list the shipped recipes")
+    commands.add_parser("models", help="list the models by name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "recipes": cmd_recipes,
+                "models": cmd_models}[args.command](args)
+    except CnnlabError as e:
+        print(f"cnnlab {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from .recipe import Recipe, load_recipe
+    from .train import train
+
+    fields = Recipe.__dataclass_fields__
+    overrides = {k: v for k, v in vars(args).items() if k in fields and k != "name" and v is not None}
+    recipe = load_recipe(args.recipe, overrides)
+    log = (lambda *a, **k: None) if args.no_progress else print
+    train(recipe, _load(args, recipe.image_size), runs_dir=args.runs_dir, name=args.name,
+          progress=not args.no_progress, log=log)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from .device import resolve_device
+    from .evaluate import evaluate, per_class_accuracy
+    from .loader import Loader, Normalizer
+    from .runs import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(args.run)
+    checkpoint = load_checkpoint(path)
+    if args.data is None:  # default: the data the run was trained on
+        config = path.parent / "config.json"
+        args.data = json.loads(config.read_text())["data"]["source"] if config.is_file() else "cifar10"
+    args.image_size = args.image_size or checkpoint["image_size"]
+    data = _load(args, args.image_size)
+    if data.classes != checkpoint["classes"]:
+        raise CnnlabError(f"{path} was trained on classes {checkpoint['classes']}, but {args.data} has {data.classes}; "
+                          "evaluate on the data the model was trained for")
+    device = resolve_device(args.device)
+    model = model_from_checkpoint(checkpoint, path).to(device)
+    loader = Loader(data.test_images, data.test_labels, 1000, Normalizer(tuple(checkpoint["mean"]), tuple(checkpoint["std"])),
+                    device=device)
+    with torch.no_grad():
+        result = evaluate(model, loader)
+    per_class = per_class_accuracy(result["predictions"], result["labels"], data.num_classes)
+    report = {"checkpoint": str(path), "data": args.data, "test_images": int(result["labels"].numel()),
+              "test_acc": result["acc"], "test_loss": result["loss"],
+              "per_class_acc": dict(zip(data.classes, per_class))}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{path}: test accuracy {result['acc']:.2f}% on {report['test_images']} images (loss {result['loss']:.4f})")
+        width = max(len(c) for c in data.classes)
+        for cls, acc in report["per_class_acc"].items():
+            print(f"  {cls:<{width}}  {acc:6.2f}%")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import channel_stats, load_dataset
+    from .download import CIFAR_ARCHIVES, ensure_cifar
+
+    if args.action == "download":
+        if args.data not in CIFAR_ARCHIVES:
+            raise UsageError(f"'cnnlab data download' fetches {' or '.join(CIFAR_ARCHIVES)}; '{args.data}' is not one of them")
+        folder = ensure_cifar(args.data, Path(args.data_root), mirror=args.mirror)
+        print(f"{args.data} is ready in {folder}")
+        return 0
+    data = _load(args, args.image_size or 32)
+    if args.action == "info":
+        info = data.summary()
+        counts = lambda labels: [int(c) for c in labels.bincount(minlength=data.num_classes)]
+        print(f"source      {info['source']}\nchecksum    {info['checksum']}\nimage size  {info['image_size']}x{info['image_size']}")
+        print(f"train       {info['train']} images\ntest        {info['test']} images\nclasses     {data.num_classes}")
+        width = max(len(c) for c in data.classes)
+        for cls, tr, te in zip(data.classes, counts(data.train_labels), counts(data.test_labels)):
+            print(f"  {cls:<{width}}  train {tr:6d}  test {te:6d}")
+    else:
+        mean, std = channel_stats(data.train_images)
+        print(f"training split of {data.source}: {len(data.train_labels)} images")
+        print(f"mean  ({', '.join(f'{v:.4f}' for v in mean)})\nstd   ({', '.join(f'{v:.4f}' for v in std)})")
+        if data.known_stats:
+            kmean, kstd = data.known_stats
+            print(f"published constants used for training: mean {kmean}, std {kstd}")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from .recipe import load_recipe, shipped_recipes
+
+    for name in sorted(shipped_recipes()):
+        print(f"{name:<12} {load_recipe(name).description}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import MODELS
+
+    for name, (_, description) in sorted(MODELS.items()):
+        print(f"{name:<14} {description}")
+    return 0
+
+
+def _load(args, image_size: int):
+    from .data import load_dataset
+
+    return load_dataset(args.data, root=args.data_root, image_size=image_size, mirror=args.mirror)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""The one exception type for mistakes a user can make.
+
+Anything raised as `CnnlabError` is printed by the CLI as a single line on stderr
+(what is wrong, and what to do about it) with exit code `exit_code`; no traceback.
+Bugs in cnnlab itself still raise ordinary exceptions, so they stay loud.
+"""
+
+
+class CnnlabError(Exception):
+    """A problem with the user's input or environment, not a bug in cnnlab."""
+
+    exit_code = 1
+
+
+class UsageError(CnnlabError):
+    """A bad command-line value, unknown name or conflicting options (exit code 2)."""
+
+    exit_code = 2

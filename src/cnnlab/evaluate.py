@@ -1,0 +1,40 @@
+"""Accuracy, loss and per-class accuracy of a model on a split; always in float32 and eval mode,
+so that `evaluate`, `predict` and exported models agree on every image."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .loader import Loader
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, loader: Loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, C] and labels [N] for every image of an evaluation loader, in order."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for x, y in loader:
+        logits.append(model(x).float())
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(model: torch.nn.Module, loader: Loader) -> dict:
+    """{'loss', 'acc' (percent), 'predictions'} over the loader's split."""
+    logits, labels = predict_logits(model, loader)
+    predictions = logits.argmax(dim=1)
+    return {
+        "loss": float(F.cross_entropy(logits, labels)),
+        "acc": 100.0 * int((predictions == labels).sum()) / len(labels),
+        "predictions": predictions.cpu(),
+        "labels": labels.cpu(),
+    }
+
+
+def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    correct = torch.bincount(labels[predictions == labels], minlength=num_classes).double()
+    total = torch.bincount(labels, minlength=num_classes).double().clamp_min(1)
+    return (100.0 * correct / total).tolist()

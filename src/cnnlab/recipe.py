@@ -1,0 +1,128 @@
+"""A recipe is plain data: every choice that decides a run, loaded from TOML, overridable field by field.
+
+Shipped recipes live in `cnnlab/recipes/*.toml`; `--recipe FILE` takes any TOML with the same
+fields. The resolved recipe is saved into every run folder, and is enough to reproduce the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import UsageError
+
+SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class Recipe:
+    name: str = "seed"
+    description: str = ""
+    # model and data
+    model: str = "smallcnn"
+    image_size: int = 32
+    val_split: str = "0"        # count ('5000') or fraction ('0.1') held out of the training images
+    train_subset: str = "0"     # count or fraction of the training images to train on (0 = all)
+    # optimisation (the chapter's Code Fragment 3)
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"    # cosine: CosineAnnealingLR(T_max=epochs), stepped once per epoch
+    label_smoothing: float = 0.0
+    # augmentation (train split only)
+    crop_padding: int = 4
+    flip: bool = True
+    # execution
+    seed: int = 0
+    device: str = "auto"        # auto = cuda, then mps, then cpu
+    precision: str = "auto"     # auto = the measured best per device (see BENCHMARKS.md)
+    channels_last: bool = True
+    eval_batch_size: int = 1000
+
+    def validate(self) -> "Recipe":
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise UsageError(message)
+
+        need(self.epochs >= 1, f"epochs must be at least 1 (got {self.epochs})")
+        need(self.batch_size >= 1, f"batch size must be at least 1 (got {self.batch_size})")
+        need(self.eval_batch_size >= 1, f"eval batch size must be at least 1 (got {self.eval_batch_size})")
+        need(self.lr > 0 and self.lr == self.lr, f"learning rate must be a positive number (got {self.lr})")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1) (got {self.momentum})")
+        need(self.weight_decay >= 0, f"weight decay must not be negative (got {self.weight_decay})")
+        need(0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1) (got {self.label_smoothing})")
+        need(0 <= self.crop_padding <= 16, f"crop padding must be between 0 and 16 (got {self.crop_padding})")
+        need(8 <= self.image_size <= 512, f"image size must be between 8 and 512 (got {self.image_size})")
+        need(self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}': choose one of {', '.join(SCHEDULES)}")
+        need(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
+        need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+             f"unknown device '{self.device}': use auto, cpu, cuda, cuda:N or mps")
+        need(not (self.nesterov and self.momentum == 0), "nesterov needs a non-zero momentum")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def shipped_recipes() -> dict[str, Path]:
+    folder = resources.files("cnnlab") / "recipes"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".toml")}
+
+
+def load_recipe(name_or_path: str = "seed", overrides: dict | None = None) -> Recipe:
+    """Load a shipped recipe by name or a TOML file by path, then apply `overrides` (None values skipped)."""
+    shipped = shipped_recipes()
+    if name_or_path in shipped:
+        path = shipped[name_or_path]
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise UsageError(f"unknown recipe '{name_or_path}': use one of {', '.join(sorted(shipped))} or the path of a TOML file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"recipe {path} is not valid TOML ({e}); fix the file") from None
+    data.setdefault("name", path.stem)
+    return recipe_from_dict(data, overrides, where=str(path))
+
+
+def recipe_from_dict(data: dict, overrides: dict | None = None, where: str = "recipe") -> Recipe:
+    known = {f.name: f for f in fields(Recipe)}
+    merged = dict(data)
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values = {}
+    for key, value in merged.items():
+        if key not in known:
+            raise UsageError(f"{where}: unknown field '{key}'; known fields are {', '.join(known)}")
+        values[key] = _coerce(key, value, known[key].type, where)
+    return Recipe(**values).validate()
+
+
+def _coerce(key: str, value, type_name, where: str):
+    """TOML and argparse give the right types already; this catches a recipe file's mistakes."""
+    type_name = str(type_name)
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+    elif type_name == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif type_name == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif type_name == "str":
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise UsageError(f"{where}: field '{key}' should be {type_name}, got {value!r}")

@@ -1,0 +1,151 @@
+"""Run folders and checkpoints.
+
+A run folder holds config.json, metrics.jsonl, metrics.csv, last.pt, best.pt and summary.json.
+Every file is written to a temporary name, flushed to disk and renamed, so a crash or a full disk
+leaves the previous version intact. A folder is claimed with an atomic mkdir, so two processes
+can never write into the same run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pickle
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import CnnlabError
+
+CHECKPOINT_FORMAT = "cnnlab-checkpoint"
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                  "seconds", "images_per_s"]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CnnlabError(f"could not write {path} ({e.strerror or e}); free some disk space or choose another --runs-dir") from None
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def claim_run_folder(runs_dir: str | Path, name: str | None, stem: str) -> Path:
+    """Create and return runs_dir/name; with no name, a fresh `stem-YYYYmmdd-HHMMSS[-k]`.
+
+    `os.mkdir` either creates the folder or fails, so two processes can't both claim it.
+    """
+    runs_dir = Path(runs_dir)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CnnlabError(f"cannot create the runs folder {runs_dir} ({e.strerror}); choose another --runs-dir") from None
+    if name is not None:
+        if not name or "/" in name or name.startswith("."):
+            raise CnnlabError(f"--name {name!r} is not a usable folder name; use letters, digits, '-' or '_'")
+        try:
+            (runs_dir / name).mkdir()
+        except FileExistsError:
+            raise CnnlabError(f"run {runs_dir / name} already exists; choose another --name (runs are never overwritten)") from None
+        return runs_dir / name
+    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for k in range(1, 10_000):
+        candidate = runs_dir / (base if k == 1 else f"{base}-{k}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise CnnlabError(f"could not find a free run name in {runs_dir}")
+
+
+class RunFolder:
+    """Writes one run's files. The training loop hands it rows and checkpoints; it never reads them."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+
+    def write_config(self, config: dict) -> None:
+        atomic_write_json(self.path / "config.json", config)
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        """Rewrite metrics.jsonl and metrics.csv whole: they are small, and never half-written."""
+        self.rows = list(rows)
+        atomic_write_bytes(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_bytes(self.path / "metrics.csv", buffer.getvalue().encode())
+
+    def save_checkpoint(self, name: str, payload: dict) -> None:
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(self.path / name, buffer.getvalue())
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_json(self.path / "summary.json", summary)
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise CnnlabError(f"{run} has no metrics.jsonl; is it a cnnlab run folder?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def resolve_checkpoint(run_or_checkpoint: str | Path, which: str = "best.pt") -> Path:
+    """A run folder means its best.pt (falling back to last.pt); a file is taken as it is."""
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        for name in (which, "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CnnlabError(f"{path} has no {which} or last.pt; is it a cnnlab run folder?")
+    if not path.is_file():
+        raise CnnlabError(f"{path}: no such run folder or checkpoint file")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a cnnlab checkpoint safely: tensors and plain containers only (weights_only=True)."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CnnlabError(
+            f"{path} contains pickled Python objects that could run code; cnnlab loads only tensors and plain data. "
+            "Re-save it with torch.save(model.state_dict(), ...) from code you trust"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CnnlabError(f"{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0][:120]}); check the file") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CnnlabError(f"{path} is not a cnnlab checkpoint (no '{CHECKPOINT_FORMAT}' header); pass a run folder or a .pt written by cnnlab")
+    return payload
+
+
+def model_from_checkpoint(payload: dict, path: str | Path = "checkpoint") -> torch.nn.Module:
+    from .models import build_model
+
+    model = build_model(payload["model"], payload["num_classes"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise CnnlabError(
+            f"{path}: the weights do not fit model '{payload['model']}' with {payload['num_classes']} classes ({first[:160]})"
+        ) from None
+    return model.eval()
