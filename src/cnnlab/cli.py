@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = commands.add_parser("data", help="download a dataset, or describe one")
     d.add_argument("action", choices=["download", "info", "stats"])
     _data_options(d)
+    d.add_argument("--md5", help="expected md5 of the archive, for a private mirror serving another build")
 
     commands.add_parser("recipes", help="list the shipped recipes")
     commands.add_parser("models", help="list the models by name")
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "recipes": cmd_recipes,
                 "models": cmd_models}[args.command](args)
     except CnnlabError as e:
-        print(f"cnnlab {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # always exactly one line
+        print(f"cnnlab {args.command}: error: {message}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
@@ -96,15 +98,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_train(args) -> int:
+    from .device import resolve_device
     from .recipe import Recipe, load_recipe
     from .train import train
 
     fields = Recipe.__dataclass_fields__
     overrides = {k: v for k, v in vars(args).items() if k in fields and k != "name" and v is not None}
     recipe = load_recipe(args.recipe, overrides)
-    log = (lambda *a, **k: None) if args.no_progress else print
-    train(recipe, _load(args, recipe.image_size), runs_dir=args.runs_dir, name=args.name,
-          progress=not args.no_progress, log=log)
+    resolve_device(recipe.device)  # fail on a bad --device before spending time on the data
+    train(recipe, _load(args, recipe.image_size), runs_dir=args.runs_dir, name=args.name, progress=not args.no_progress)
     return 0
 
 
@@ -153,7 +155,7 @@ def cmd_data(args) -> int:
     if args.action == "download":
         if args.data not in CIFAR_ARCHIVES:
             raise UsageError(f"'cnnlab data download' fetches {' or '.join(CIFAR_ARCHIVES)}; '{args.data}' is not one of them")
-        folder = ensure_cifar(args.data, Path(args.data_root), mirror=args.mirror)
+        folder = ensure_cifar(args.data, Path(args.data_root), mirror=args.mirror, md5=args.md5)
         print(f"{args.data} is ready in {folder}")
         return 0
     data = _load(args, args.image_size or 32)

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import pickle
+import sys
 import tarfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from .download import CIFAR_ARCHIVES, check_member_name, ensure_cifar, file_digest
-from .errors import CnnlabError, UsageError
+from .errors import CnnlabError, UsageError, brief
 from .images import IMAGE_EXTENSIONS, decode_image
 
 CACHE_VERSION = 1
@@ -176,14 +177,14 @@ def _read_cifar(source: str, read: Callable[[str], bytes], description: str) -> 
         except CnnlabError:
             raise
         except Exception as e:  # any unpickling failure means a damaged or foreign file
-            raise CnnlabError(f"{description}: '{name}' is not a readable CIFAR batch ({e}); download the data again") from None
+            raise CnnlabError(f"{description}: '{name}' is not a readable CIFAR batch ({brief(e)}); download the data again") from None
 
     def images_labels(batches: list[dict], key: str) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             x = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
             y = np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
         except (KeyError, ValueError, TypeError) as e:
-            raise CnnlabError(f"{description}: a CIFAR batch has unexpected contents ({e}); download the data again") from None
+            raise CnnlabError(f"{description}: a CIFAR batch has unexpected contents ({brief(e)}); download the data again") from None
         if len(x) != len(y):
             raise CnnlabError(f"{description}: a CIFAR batch has {len(x)} images but {len(y)} labels; download the data again")
         return torch.from_numpy(x), torch.from_numpy(y)
@@ -239,7 +240,7 @@ def _archive_members(path: Path) -> list[str]:
         else:
             raise CnnlabError(f"{path} is neither a folder nor a .tar, .tar.gz or .zip archive; give an image folder or an archive of one")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise CnnlabError(f"{path} is not a readable archive ({e}); copy or download it again") from None
+        raise CnnlabError(f"{path} is not a readable archive ({brief(e)}); copy or download it again") from None
     for name in names:
         check_member_name(path, name)
     return names
@@ -262,7 +263,7 @@ def _archive_files(path: Path) -> Iterator[FileEntry]:
                         data = tf.extractfile(member).read()
                         yield PurePosixPath(member.name), (lambda d=data: d)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise CnnlabError(f"{path} is not a readable archive ({e}); copy or download it again") from None
+        raise CnnlabError(f"{path} is not a readable archive ({brief(e)}); copy or download it again") from None
 
 
 def _read_image_tree(files: Iterator[FileEntry], description: str, size: int) -> Dataset:
@@ -360,9 +361,7 @@ def _cached(path: Path, size: int, cache_dir, read: Callable[[], Dataset], progr
                     )
             except (OSError, ValueError, KeyError, zipfile.BadZipFile):
                 pass  # a damaged cache is rebuilt below
-    if progress:
-        import sys
-
+    if progress and sys.stderr.isatty():
         print(f"decoding {path} (once; later loads use the cache)", file=sys.stderr)
     ds = read()
     ds.checksum = fingerprint
@@ -404,16 +403,21 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float,
 
 
 def parse_count(value: str | float | int | None, total: int, what: str) -> int:
-    """'5000' is a count, '0.1' a fraction of `total`; 0 or None means none."""
+    """A count ('5000') or, written with a decimal point, a fraction ('0.1') of `total`; 0 or None means none."""
     if value in (None, "", 0, "0"):
         return 0
+    text = str(value).strip()
     try:
-        number = float(value)
-    except (TypeError, ValueError):
+        number = float(text)
+    except ValueError:
         raise UsageError(f"{what} {value!r} is not a number; give a count (5000) or a fraction (0.1)") from None
-    count = round(number * total) if 0 < number < 1 else int(number)
-    if number < 0 or number != int(number) and number >= 1 or count >= total or count <= 0:
-        raise UsageError(f"{what} {value} does not fit the {total} training images; give a count below {total} or a fraction below 1")
+    if "." in text or "e" in text.lower():
+        count = round(number * total) if 0 < number < 1 else -1
+    else:
+        count = int(number)
+    if not 0 < count < total:
+        raise UsageError(f"{what} {value} does not fit the {total} training images; give a count from 1 to {total - 1} "
+                         "or a fraction between 0 and 1")
     return count
 
 

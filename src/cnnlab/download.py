@@ -18,7 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import CnnlabError
+from .errors import CnnlabError, brief
 
 MIRROR_ENV = "CNNLAB_CIFAR_MIRROR"
 OFFICIAL_MIRROR = "https://www.cs.toronto.edu/~kriz"
@@ -58,7 +58,7 @@ def download(url: str, dest: Path, md5: str | None, progress: bool = True) -> Pa
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
             expected = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=expected, unit="B", unit_scale=True, desc=dest.name, disable=not progress, leave=False) as bar:
+            with tqdm(total=expected, unit="B", unit_scale=True, desc=dest.name, disable=None if progress else True, leave=False) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)
@@ -128,7 +128,7 @@ def extract(archive: Path, target: Path) -> None:
                 shutil.rmtree(final) if final.is_dir() else final.unlink()
             os.replace(entry, final)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise CnnlabError(f"{archive} is not a readable archive ({e}); delete it and download or copy it again") from None
+        raise CnnlabError(f"{archive} is not a readable archive ({brief(e)}); delete it and download or copy it again") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -16,3 +16,9 @@ class UsageError(CnnlabError):
     """A bad command-line value, unknown name or conflicting options (exit code 2)."""
 
     exit_code = 2
+
+
+def brief(error: BaseException, limit: int = 160) -> str:
+    """The first line of a library's exception text, for embedding in our one-line messages."""
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import CnnlabError
+from .errors import CnnlabError, brief
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -61,4 +61,4 @@ def decode_image(data: bytes | Path, name: str, size: int) -> np.ndarray:
     except UnidentifiedImageError:
         raise CnnlabError(f"{name}: not an image Pillow can read; remove it or convert it to PNG or JPEG") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise CnnlabError(f"{name}: damaged image ({e}); remove it or replace it") from None
+        raise CnnlabError(f"{name}: damaged image ({brief(e)}); remove it or replace it") from None

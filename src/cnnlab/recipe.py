@@ -56,6 +56,9 @@ class Recipe:
             if not ok:
                 raise UsageError(message)
 
+        from .models import MODELS
+
+        need(self.model in MODELS, f"unknown model '{self.model}': choose one of {', '.join(sorted(MODELS))}")
         need(self.epochs >= 1, f"epochs must be at least 1 (got {self.epochs})")
         need(self.batch_size >= 1, f"batch size must be at least 1 (got {self.batch_size})")
         need(self.eval_batch_size >= 1, f"eval batch size must be at least 1 (got {self.eval_batch_size})")

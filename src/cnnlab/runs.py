@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CnnlabError
+from .errors import CnnlabError, brief
 
 CHECKPOINT_FORMAT = "cnnlab-checkpoint"
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
@@ -131,7 +131,7 @@ def load_checkpoint(path: str | Path) -> dict:
             "Re-save it with torch.save(model.state_dict(), ...) from code you trust"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CnnlabError(f"{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0][:120]}); check the file") from None
+        raise CnnlabError(f"{path} is not a readable PyTorch checkpoint ({brief(e)}); check the file") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint (no '{CHECKPOINT_FORMAT}' header); pass a run folder or a .pt written by cnnlab")
     return payload

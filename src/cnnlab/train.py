@@ -87,7 +87,7 @@ class TrainResult:
 
 def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | Path = "data",
           runs_dir: str | Path | None = "runs", name: str | None = None, progress: bool = True,
-          callbacks: list | None = None, log=print) -> TrainResult:
+          callbacks: list | None = None, log=None) -> TrainResult:
     """Train `recipe` on `data` (a Dataset, or a source for `load_dataset`) and return the result.
 
     With `runs_dir=None` nothing is written to disk (handy in notebooks and tests).
@@ -130,7 +130,7 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
                        best_metric="val_acc" if val_count else "test_acc")
     callbacks = list(callbacks or [])
     if progress:
-        callbacks.insert(0, ConsolePrinter(log))
+        callbacks.insert(0, ConsolePrinter(log or (lambda line: print(line, flush=True))))
     run_dir = None
     if runs_dir is not None:
         run_dir = claim_run_folder(runs_dir, name, stem=f"{recipe.name}-{recipe.model}")

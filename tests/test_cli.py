@@ -1,0 +1,83 @@
+"""The CLI end to end, in a real subprocess."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from conftest import files_under, run_cli, write_image_folder
+
+RUN_FILES = {"config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "summary.json"}
+
+
+def test_train_then_evaluate(tmp_path):
+    data = write_image_folder(tmp_path / "tree", n_train_per_class=16, n_test_per_class=6)
+    runs = tmp_path / "runs"
+    result = run_cli("train", "--data", str(data), "--epochs", "2", "--batch-size", "16", "--val-split", "8",
+                     "--runs-dir", str(runs), "--name", "tiny")
+    assert result.returncode == 0, result.stderr
+    lines = [l for l in result.stdout.splitlines() if l.startswith("epoch")]
+    assert len(lines) == 2 and "loss" in lines[0] and "test acc" in lines[0] and "img/s" in lines[0]
+    run = runs / "tiny"
+    assert files_under(run) == RUN_FILES
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    with open(run / "metrics.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert list(csv_rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+                                 "test_acc", "seconds", "images_per_s"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"]["epochs"] == 2 and config["data"]["checksum"] and config["versions"]["torch"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_metric"] == "val_acc" and 1 <= summary["best_epoch"] <= 2
+
+    evaluated = run_cli("evaluate", str(run / "last.pt"), "--data", str(data), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert abs(report["test_acc"] - rows[-1]["test_acc"]) < 1e-9
+    assert set(report["per_class_acc"]) == {"airplane", "automobile", "bird", "cat"}
+    # A run folder means its best.pt, and its own data by default.
+    table = run_cli("evaluate", str(run))
+    assert table.returncode == 0 and "test accuracy" in table.stdout and "airplane" in table.stdout
+
+    again = run_cli("train", "--data", str(data), "--epochs", "1", "--runs-dir", str(runs), "--name", "tiny")
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert files_under(run) == RUN_FILES
+    assert json.loads((run / "summary.json").read_text()) == summary
+
+
+def test_usage_errors_are_one_line_with_exit_code_2(tmp_path):
+    cases = [
+        ("train", "--epochs", "abc"),
+        ("train", "--epochs", "0", "--data", str(tmp_path)),
+        ("train", "--model", "vgg99", "--data", str(tmp_path)),
+        ("train", "--data", "imagenet"),
+        ("train", "--recipe", "nope"),
+        ("train", "--lr", "-1"),
+        ("train", "--precision", "fp8"),
+        ("frobnicate",),
+    ]
+    for args in cases:
+        result = run_cli(*args, "--runs-dir", str(tmp_path / "runs")) if args[0] == "train" else run_cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_module_and_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("cnnlab ")
+
+
+def test_recipes_and_models_are_listed():
+    assert "seed" in run_cli("recipes").stdout
+    assert "smallcnn" in run_cli("models").stdout
+
+
+def test_data_info_and_stats(tmp_path):
+    data = write_image_folder(tmp_path / "tree")
+    info = run_cli("data", "info", "--data", str(data))
+    assert info.returncode == 0 and "train       48 images" in info.stdout
+    stats = run_cli("data", "stats", "--data", str(data))
+    assert stats.returncode == 0 and stats.stdout.count("(") == 2

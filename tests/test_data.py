@@ -1,0 +1,172 @@
+"""Image folders (as folders, tars and zips), the decode cache, statistics and splits."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.data import channel_stats, load_dataset, parse_count, stratified_take
+from cnnlab.errors import CnnlabError, UsageError
+from conftest import CLASSES, real_data, write_image_folder
+
+
+def test_image_folder_loads_sorted_classes(tmp_path):
+    write_image_folder(tmp_path / "tree")
+    ds = load_dataset(str(tmp_path / "tree"))
+    assert ds.classes == sorted(CLASSES[:4])
+    assert ds.train_images.shape == (48, 3, 32, 32) and ds.train_images.dtype == torch.uint8
+    assert ds.test_images.shape == (16, 3, 32, 32)
+    assert ds.train_labels.bincount().tolist() == [12, 12, 12, 12]
+    assert ds.checksum.startswith("tree-sha256:")
+
+
+def test_odd_sizes_grayscale_palette_and_rgba_become_rgb_of_the_image_size(tmp_path):
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=2, n_test_per_class=1)
+    folder = root / "train" / "bird"
+    Image.new("L", (50, 17), 128).save(folder / "gray.png")
+    Image.new("P", (7, 90)).save(folder / "palette.bmp")
+    Image.new("RGBA", (64, 64), (255, 0, 0, 0)).save(folder / "clear.png")  # fully transparent red -> white
+    Image.new("RGB", (33, 31), (0, 0, 255)).save(folder / "odd.jpg")
+    Image.new("RGB", (40, 40), (0, 255, 0)).save(folder / "green.webp")
+    ds = load_dataset(str(root), image_size=24)
+    assert ds.train_images.shape == (13, 3, 24, 24)
+    by_name = sorted(p.name for p in folder.iterdir())
+    images = ds.train_images[ds.train_labels == ds.classes.index("bird")]
+    clear = images[by_name.index("clear.png")]
+    assert clear.min() == 255  # transparency composited onto white
+    gray = images[by_name.index("gray.png")]
+    assert (gray[0] == gray[1]).all() and (gray[1] == gray[2]).all()
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "tar", "zip"])
+def test_archives_of_an_image_folder(tmp_path, kind):
+    root = write_image_folder(tmp_path / "tree")
+    archive = tmp_path / f"tree.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for p in sorted(root.rglob("*.png")):
+                zf.write(p, "wrapped/" + str(p.relative_to(root)))  # one wrapping folder is allowed
+    else:
+        with tarfile.open(archive, "w:gz" if kind == "tar.gz" else "w") as tf:
+            tf.add(root / "train", "train")
+            tf.add(root / "test", "test")
+    from_archive = load_dataset(str(archive))
+    from_folder = load_dataset(str(root))
+    assert from_archive.classes == from_folder.classes
+    assert torch.equal(from_archive.train_images, from_folder.train_images)
+    assert torch.equal(from_archive.test_labels, from_folder.test_labels)
+
+
+def test_a_file_that_is_not_an_image_is_named(tmp_path):
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=2, n_test_per_class=1)
+    (root / "train" / "cat" / "0099.png").write_bytes(b"certainly not a png")
+    with pytest.raises(CnnlabError, match="0099.png"):
+        load_dataset(str(root))
+
+
+def test_a_file_with_another_extension_is_named(tmp_path):
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=2, n_test_per_class=1)
+    (root / "test" / "cat" / "notes.txt").write_text("hi")
+    with pytest.raises(CnnlabError, match="notes.txt"):
+        load_dataset(str(root))
+
+
+def test_different_class_sets_are_an_error(tmp_path):
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=2, n_test_per_class=1)
+    shutil.rmtree(root / "test" / "cat")
+    with pytest.raises(CnnlabError, match="different classes.*only in train: \\['cat'\\]"):
+        load_dataset(str(root))
+
+
+def test_missing_test_split_is_an_error(tmp_path):
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=2, n_test_per_class=1)
+    shutil.rmtree(root / "test")
+    with pytest.raises(CnnlabError, match="no images under test/"):
+        load_dataset(str(root))
+
+
+def test_unknown_name_and_missing_path_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="unknown dataset 'mnist'"):
+        load_dataset("mnist")
+    with pytest.raises(UsageError, match="no such file"):
+        load_dataset(str(tmp_path / "missing.tar.gz"))
+
+
+def test_not_an_archive_is_an_error(tmp_path):
+    junk = tmp_path / "data.bin"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(CnnlabError, match="neither a folder nor"):
+        load_dataset(str(junk))
+
+
+def test_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "tree")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CNNLAB_CACHE", str(cache))
+    first = load_dataset(str(root))
+    assert len(list(cache.glob("*.npz"))) == 1
+    second = load_dataset(str(root))
+    assert torch.equal(first.train_images, second.train_images)
+    assert len(list(cache.glob("*.npz"))) == 1
+    # Changing the content (here: adding an image) means a new key, not stale data.
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(root / "train" / "bird" / "extra.png")
+    third = load_dataset(str(root))
+    assert len(third.train_labels) == len(first.train_labels) + 1
+    assert len(list(cache.glob("*.npz"))) == 2
+
+
+def test_cache_beside_a_writable_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("CNNLAB_CACHE")
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=2, n_test_per_class=1)
+    load_dataset(str(root))
+    assert len(list((root / ".cnnlab-cache").glob("*.npz"))) == 1
+    load_dataset(str(root))  # the cache folder is hidden, so it is not mistaken for data
+
+
+def test_channel_stats_match_numpy():
+    x = torch.randint(0, 256, (37, 3, 5, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = channel_stats(x, chunk=10)
+    ref = x.numpy().astype(np.float64) / 255
+    assert np.allclose(mean, ref.mean(axis=(0, 2, 3)), atol=1e-4)
+    assert np.allclose(std, ref.std(axis=(0, 2, 3)), atol=1e-4)
+
+
+def test_parse_count():
+    assert parse_count("0.1", 1000, "x") == 100
+    assert parse_count("250", 1000, "x") == 250
+    assert parse_count(None, 1000, "x") == 0
+    for bad in ("abc", "-5", "1000", "2.5", "1.0"):
+        with pytest.raises(UsageError):
+            parse_count(bad, 1000, "--val-split")
+
+
+def test_stratified_take_is_disjoint_proportional_and_seeded():
+    labels = torch.tensor([0] * 600 + [1] * 300 + [2] * 100)
+    taken, rest = stratified_take(labels, 100, seed=3)
+    assert len(taken) == 100 and len(rest) == 900
+    assert set(taken.tolist()).isdisjoint(rest.tolist())
+    assert labels[taken].bincount().tolist() == [60, 30, 10]
+    again, _ = stratified_take(labels, 100, seed=3)
+    other, _ = stratified_take(labels, 100, seed=4)
+    assert torch.equal(taken, again) and not torch.equal(taken, other)
+
+
+def test_real_data_loads_with_published_statistics():
+    ds = load_dataset(str(real_data()), progress=False)
+    assert ds.train_images.shape == (50000, 3, 32, 32) and ds.test_images.shape == (10000, 3, 32, 32)
+    assert ds.train_labels.bincount().tolist() == [5000] * 10
+    mean, std = channel_stats(ds.train_images)
+    # The data README: mean (0.4913, 0.4821, 0.4465), std (0.2452, 0.2428, 0.2606).
+    assert np.allclose(mean, (0.4913, 0.4821, 0.4465), atol=2e-4)
+    assert np.allclose(std, (0.2452, 0.2428, 0.2606), atol=2e-4)
+    start = time.perf_counter()
+    load_dataset(str(real_data()), progress=False)
+    cached_seconds = time.perf_counter() - start
+    print(f"cached load of 60,000 images: {cached_seconds:.2f}s")  # reported, not asserted (noisy machine)

@@ -1,0 +1,32 @@
+import torch
+
+from cnnlab.models import MODELS, build_model, count_parameters
+from cnnlab.errors import UsageError
+import pytest
+
+
+def test_smallcnn_has_the_chapters_parameter_count():
+    assert count_parameters(build_model("smallcnn", 10)) == 288_746
+
+
+def test_num_classes_sets_the_head():
+    model = build_model("smallcnn", 100)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
+    assert count_parameters(model) == 288_746 + 90 * 129
+
+
+def test_no_batchnorm_variant_has_biases_and_no_bn():
+    model = build_model("smallcnn-nobn", 10)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert all(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_every_registered_model_runs_forward_and_backward():
+    for name in MODELS:
+        model = build_model(name, 10)
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+def test_unknown_model_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown model 'resnet9000'"):
+        build_model("resnet9000", 10)
