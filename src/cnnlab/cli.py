@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     overrides.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     overrides.add_argument("--precision", help="auto, fp32, bf16 or fp16")
     overrides.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    overrides.add_argument("--compile", help="torch.compile mode: off, default, reduce-overhead (CUDA graphs) or max-autotune")
     overrides.add_argument("--val-split", help="hold out a count (5000) or fraction (0.1) of the training images")
     overrides.add_argument("--train-subset", help="train on a seeded, stratified count or fraction of the training images")
     overrides.add_argument("--eval-batch-size", type=int)
@@ -74,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(d)
     d.add_argument("--md5", help="expected md5 of the archive, for a private mirror serving another build")
 
+    b = commands.add_parser("bench", help="training throughput of the chapter's recipe, variants side by side")
+    b.add_argument("--data", default="cifar10", help="data source (default: %(default)s)")
+    b.add_argument("--variants", help="comma-separated variant names (default: all; first is the baseline)")
+    b.add_argument("--repeats", type=int, default=3, help="interleaved repeats per variant (default: %(default)s)")
+    b.add_argument("--steps", type=int, default=40, help="timed training steps per measurement (default: %(default)s)")
+    b.add_argument("--warmup", type=int, default=8, help="untimed steps first (default: %(default)s)")
+    b.add_argument("--json", dest="json_out", help="also write the full result as JSON to this file")
+    b.add_argument("--list", action="store_true", help="list the variants and exit")
+
     commands.add_parser("recipes", help="list the shipped recipes")
     commands.add_parser("models", help="list the models by name")
     return parser
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "recipes": cmd_recipes,
-                "models": cmd_models}[args.command](args)
+                "models": cmd_models, "bench": cmd_bench}[args.command](args)
     except CnnlabError as e:
         message = " ".join(str(e).split())  # always exactly one line
         print(f"cnnlab {args.command}: error: {message}", file=sys.stderr)
@@ -174,6 +184,22 @@ def cmd_data(args) -> int:
         if data.known_stats:
             kmean, kstd = data.known_stats
             print(f"published constants used for training: mean {kmean}, std {kstd}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import DEFAULT_VARIANTS, VARIANTS, format_table, run_bench
+    from .runs import atomic_write_json
+
+    if args.list:
+        for v in VARIANTS.values():
+            print(f"{v.name:<22} {v.description}")
+        return 0
+    variants = args.variants.split(",") if args.variants else DEFAULT_VARIANTS
+    result = run_bench(variants, args.data, repeats=args.repeats, steps=args.steps, warmup=args.warmup)
+    print(format_table(result))
+    if args.json_out:
+        atomic_write_json(Path(args.json_out), result)
     return 0
 
 

@@ -44,3 +44,29 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+_allocator_tuned = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Stop glibc from handing large freed blocks back to the OS after every training step.
+
+    By default glibc serves big allocations (a batch's activations are megabytes) with mmap and
+    returns them on free, so each step faults every page in again: about 10,000 page faults per
+    step for SmallCNN at batch 128, measured. Raising the mmap and trim thresholds keeps the memory
+    in the heap for reuse (about 200 faults per step). Linux/glibc only; elsewhere a no-op.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    except (OSError, AttributeError):
+        ok = False
+    _allocator_tuned = ok
+    return ok

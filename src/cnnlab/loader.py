@@ -3,7 +3,7 @@ augmented and normalized there. This replaces the chapter's per-image PIL + Data
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,11 +16,14 @@ class Normalizer:
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    _constants: dict = field(default_factory=dict, repr=False)
 
     def __call__(self, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        scale = 1.0 / (255.0 * std)
-        shift = -torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1) / std
+        if images.device not in self._constants:  # made once per device: no host-to-device copy per batch
+            std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+            mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+            self._constants[images.device] = (1.0 / (255.0 * std), -mean / std)
+        scale, shift = self._constants[images.device]
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)  # cheaper on uint8
         return torch.addcmul(shift, images.float(), scale)

@@ -21,6 +21,7 @@ from .errors import UsageError
 
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Recipe:
     device: str = "auto"        # auto = cuda, then mps, then cpu
     precision: str = "auto"     # auto = the measured best per device (see BENCHMARKS.md)
     channels_last: bool = True
+    compile: str = "off"        # torch.compile mode for the training and evaluation forward passes
     eval_batch_size: int = 1000
 
     def validate(self) -> "Recipe":
@@ -70,6 +72,7 @@ class Recipe:
         need(8 <= self.image_size <= 512, f"image size must be between 8 and 512 (got {self.image_size})")
         need(self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}': choose one of {', '.join(SCHEDULES)}")
         need(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
+        need(self.compile in COMPILE_MODES, f"unknown compile mode '{self.compile}': choose one of {', '.join(COMPILE_MODES)}")
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
              f"unknown device '{self.device}': use auto, cpu, cuda, cuda:N or mps")
         need(not (self.nesterov and self.momentum == 0), "nesterov needs a non-zero momentum")

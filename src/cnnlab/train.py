@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .data import Dataset, channel_stats, load_dataset, parse_count, stratified_take
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, resolve_device, resolve_precision, tune_cpu_allocator
 from .evaluate import evaluate
 from .loader import Loader, Normalizer
 from .models import build_model, count_parameters
@@ -50,6 +50,7 @@ class TrainState:
     std: tuple
     device: torch.device
     precision: str
+    forward: torch.nn.Module | None = None  # what runs the batches: the model, or its torch.compile'd form
     epoch: int = 0  # epochs completed
     rows: list[dict] = field(default_factory=list)
     best_metric: str = "test_acc"
@@ -97,6 +98,8 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
         data = load_dataset(data, root=data_root, image_size=recipe.image_size, progress=progress)
     device = resolve_device(recipe.device)
     precision = resolve_precision(recipe.precision, device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     torch.manual_seed(recipe.seed)
 
     # Which training images are trained on, which are held out for validation.
@@ -126,7 +129,9 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
         eval_loaders["val"] = Loader(data.train_images[val_index], all_labels[val_index], recipe.eval_batch_size,
                                      normalize, device=device, channels_last=cl)
 
-    state = TrainState(recipe, model, optimizer, train_loader, data.classes, mean, std, device, precision,
+    # The compiled module shares the model's parameters; the plain one is what checkpoints hold.
+    forward = model if recipe.compile == "off" else torch.compile(model, mode=None if recipe.compile == "default" else recipe.compile)
+    state = TrainState(recipe, model, optimizer, train_loader, data.classes, mean, std, device, precision, forward,
                        best_metric="val_acc" if val_count else "test_acc")
     callbacks = list(callbacks or [])
     if progress:
@@ -146,7 +151,7 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
         train_loss, train_acc, seconds = train_one_epoch(state, progress and sys.stderr.isatty(), epoch)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
         for split, loader in sorted(eval_loaders.items(), key=lambda kv: kv[0] != "val"):
-            result = evaluate(model, loader)
+            result = evaluate(state.forward, loader)
             row[f"{split}_loss"], row[f"{split}_acc"] = result["loss"], result["acc"]
         row["seconds"] = seconds
         row["images_per_s"] = len(train_index) / seconds
@@ -182,8 +187,9 @@ def train_one_epoch(state: TrainState, show_progress: bool, epoch: int) -> tuple
     once at the end, so the loop never waits on the device mid-epoch."""
     from tqdm import tqdm
 
-    model, optimizer, recipe = state.model, state.optimizer, state.recipe
-    model.train()
+    optimizer, recipe = state.optimizer, state.recipe
+    forward = state.forward or state.model
+    state.model.train()
     loss_sum = torch.zeros((), device=state.device)
     correct = torch.zeros((), device=state.device, dtype=torch.long)
     seen = 0
@@ -191,7 +197,7 @@ def train_one_epoch(state: TrainState, show_progress: bool, epoch: int) -> tuple
     batches = tqdm(state.train_loader, desc=f"epoch {epoch + 1:2d}", leave=False, disable=not show_progress, unit="batch")
     for x, y in batches:
         with autocast(state.device, state.precision):
-            logits = model(x)
+            logits = forward(x)
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,242 @@
+"""`cnnlab bench`: training throughput of the chapter's recipe, variants side by side in one run.
+
+Each measurement runs in a fresh subprocess (so process-wide settings such as the allocator or
+thread count never leak between variants), and repeats are interleaved A B C A B C ... so that a
+noisy neighbour slows every variant alike. We report medians and the spread (min to max).
+
+Variants are data: a name, which loader, and the execution settings. `seed-literal` is what a user
+copying the chapter gets: a per-sample Dataset with per-image crop, flip, to-tensor and normalize,
+a DataLoader(batch_size=128, shuffle=True, num_workers=2), an NCHW float32 model, and `loss.item()`
+every step. The `cnnlab-*` variants time cnnlab's own `train_one_epoch` on the in-memory loader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    loader: str = "memory"          # memory: cnnlab's loader; dataloader: the chapter's per-sample path
+    precision: str = "fp32"
+    channels_last: bool = True
+    tune_allocator: bool = True
+    threads: int | None = None      # None: PyTorch's default (one per core)
+
+
+VARIANTS = {v.name: v for v in [
+    Variant("seed-literal", "chapter's data path: per-image PIL crop/flip, DataLoader(2 workers), NCHW fp32",
+            loader="dataloader", channels_last=False, tune_allocator=False),
+    Variant("cnnlab-nchw-fp32", "in-memory batched loader, NCHW fp32, default allocator",
+            channels_last=False, tune_allocator=False),
+    Variant("cnnlab-cl-fp32", "+ channels-last", tune_allocator=False),
+    Variant("cnnlab-cl-fp32-alloc", "+ allocator keeps freed memory (no page faults per step)"),
+    Variant("cnnlab-cl-bf16", "channels-last, bf16 autocast, default allocator", precision="bf16", tune_allocator=False),
+    Variant("cnnlab", "cnnlab's default CPU path: channels-last, bf16 autocast, tuned allocator", precision="bf16"),
+]}
+DEFAULT_VARIANTS = ["seed-literal", "cnnlab-nchw-fp32", "cnnlab-cl-fp32", "cnnlab-cl-fp32-alloc", "cnnlab-cl-bf16", "cnnlab"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The chapter's data path, rebuilt without torchvision (what torchvision's transforms do per image)
+
+
+class ChapterDataset(torch.utils.data.Dataset):
+    """Per-sample: uint8 HWC -> PIL -> pad 4 + random 32x32 crop -> random flip -> [0,1] CHW -> normalize."""
+
+    def __init__(self, images_nchw: torch.Tensor, labels: torch.Tensor, mean, std):
+        self.images = images_nchw.permute(0, 2, 3, 1).numpy()  # torchvision's CIFAR10 keeps HWC numpy
+        self.labels = labels.tolist()
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        image = Image.fromarray(self.images[i])
+        padded = np.pad(np.asarray(image), ((4, 4), (4, 4), (0, 0)))             # RandomCrop(32, padding=4)
+        top, left = torch.randint(0, 9, (2,)).tolist()
+        image = Image.fromarray(padded).crop((left, top, left + 32, top + 32))
+        if torch.rand(1).item() < 0.5:                                             # RandomHorizontalFlip()
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255)  # ToTensor()
+        return (x - self.mean) / self.std, self.labels[i]                          # Normalize(MEAN, STD)
+
+
+# ---------------------------------------------------------------------------------------------
+# Work counting
+
+
+def forward_macs(model: torch.nn.Module, image_size: int = 32) -> int:
+    """Multiply-adds of one image's forward pass through the conv and linear layers."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += output[0].numel() * k
+        elif isinstance(module, torch.nn.Linear):
+            total += module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, image_size, image_size))
+    for h in handles:
+        h.remove()
+    return total
+
+
+# The peak we compare against, and why: Zen 4 (this machine's EPYC, family 25 model 17) runs
+# AVX-512 on two 256-bit FMA pipes, i.e. 16 fp32 FMAs = 32 FLOP per cycle per core, and twice that
+# for bf16 dot products (VDPBF16PS). The VM does not show its clock; we assume 3.0 GHz.
+ASSUMED_GHZ = 3.0
+PEAK_FLOP_PER_CYCLE_PER_CORE = {"fp32": 32, "bf16": 64}
+
+
+def peak_flops(precision: str, cores: int) -> float:
+    return PEAK_FLOP_PER_CYCLE_PER_CORE.get(precision, 32) * cores * ASSUMED_GHZ * 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+# One measurement (runs inside a worker subprocess)
+
+
+def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_size: int, seed: int) -> dict:
+    from .data import KNOWN_STATS, load_dataset
+    from .device import tune_cpu_allocator
+    from .loader import Loader, Normalizer
+    from .models import build_model
+    from .recipe import load_recipe
+    from .train import TrainState, train_one_epoch
+
+    if variant.tune_allocator:
+        tune_cpu_allocator()
+    if variant.threads:
+        torch.set_num_threads(variant.threads)
+    torch.manual_seed(seed)
+    data = load_dataset(data_source, progress=False)
+    n = (warmup + steps) * batch_size
+    images, labels = data.train_images[:n], data.train_labels[:n]
+    mean, std = KNOWN_STATS["cifar10"]
+    model = build_model("smallcnn", data.num_classes)
+    if variant.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=True)
+    device = torch.device("cpu")
+
+    if variant.loader == "dataloader":
+        loader = torch.utils.data.DataLoader(ChapterDataset(images, labels, mean, std), batch_size=batch_size,
+                                             shuffle=True, num_workers=2)
+        criterion = torch.nn.CrossEntropyLoss()
+        model.train()
+        batches = iter(loader)
+        for i in range(warmup + steps):
+            if i == warmup:
+                start = time.perf_counter()
+            x, y = next(batches)
+            optimizer.zero_grad()
+            loss = criterion(model(x.to(device)), y.to(device))
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the chapter's `running += loss.item()`
+        seconds = time.perf_counter() - start
+        del batches
+    else:
+        recipe = load_recipe("seed", {"precision": variant.precision, "channels_last": variant.channels_last})
+        make_loader = lambda k: Loader(images[:k * batch_size], labels[:k * batch_size], batch_size,
+                                       Normalizer(mean, std), device=device, train=True, seed=seed,
+                                       channels_last=variant.channels_last)
+        state = TrainState(recipe, model, optimizer, make_loader(warmup), data.classes, mean, std, device, variant.precision)
+        train_one_epoch(state, False, 0)  # warm-up: one short epoch
+        state.train_loader = make_loader(steps)
+        _, _, seconds = train_one_epoch(state, False, 1)
+    throughput = steps * batch_size / seconds
+    return {"variant": variant.name, "images_per_s": throughput, "seconds": seconds, "steps": steps}
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: int = 40, warmup: int = 8,
+              batch_size: int = 128, log=print) -> dict:
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise UsageError(f"unknown bench variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
+    if repeats < 1 or steps < 1 or warmup < 1:
+        raise UsageError("--repeats, --steps and --warmup must be at least 1")
+    from .data import load_dataset
+
+    load_dataset(data_source, progress=False)  # decode once here, so workers read the cache
+    samples: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(repeats):
+        for name in variants:
+            args = [sys.executable, "-m", "cnnlab.bench", name, data_source, str(steps), str(warmup), str(batch_size), str(r)]
+            done = subprocess.run(args, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"bench worker for {name} failed:\n{done.stderr}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            samples[name].append(result["images_per_s"])
+            log(f"  repeat {r + 1}/{repeats}  {name:<22} {result['images_per_s']:7.0f} img/s")
+
+    from .models import build_model
+
+    macs = forward_macs(build_model("smallcnn", 10))
+    train_flop_per_image = 6 * macs  # forward 2 FLOP per MAC, backward about twice the forward
+    cores = os.cpu_count() or 1
+    baseline = statistics.median(samples[variants[0]])
+    rows = []
+    for name in variants:
+        v, s = VARIANTS[name], samples[name]
+        median = statistics.median(s)
+        achieved = median * train_flop_per_image
+        rows.append({
+            "variant": name, "description": v.description, "precision": v.precision,
+            "images_per_s_median": median, "images_per_s_min": min(s), "images_per_s_max": max(s), "samples": s,
+            "epoch_seconds_median": 50_000 / median, "speedup_vs_first": median / baseline,
+            "achieved_gflops": achieved / 1e9, "peak_gflops_assumed": peak_flops(v.precision, cores) / 1e9,
+            "fraction_of_peak": achieved / peak_flops(v.precision, cores),
+        })
+    return {
+        "machine": {"cores": cores, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "assumed_ghz": ASSUMED_GHZ},
+        "model": "smallcnn", "forward_macs_per_image": macs, "train_flop_per_image": train_flop_per_image,
+        "batch_size": batch_size, "steps": steps, "warmup": warmup, "repeats": repeats, "data": data_source,
+        "rows": rows,
+    }
+
+
+def format_table(result: dict) -> str:
+    lines = [f"SmallCNN training throughput, batch {result['batch_size']}, {result['steps']} timed steps, "
+             f"median of {result['repeats']} interleaved repeats (min-max); epoch = 50,000 images",
+             f"{'variant':<22} {'img/s':>7} {'min-max':>13} {'epoch s':>8} {'speed-up':>8} {'GFLOP/s':>8} {'of peak':>8}"]
+    for r in result["rows"]:
+        lines.append(f"{r['variant']:<22} {r['images_per_s_median']:7.0f} {r['images_per_s_min']:6.0f}-{r['images_per_s_max']:<6.0f} "
+                     f"{r['epoch_seconds_median']:8.1f} {r['speedup_vs_first']:7.2f}x {r['achieved_gflops']:8.1f} "
+                     f"{100 * r['fraction_of_peak']:7.0f}%")
+    lines.append(f"work: {result['forward_macs_per_image']:,} multiply-adds per image forward; training step counted as "
+                 f"{result['train_flop_per_image'] / 1e6:.1f} MFLOP per image. Peak assumed: "
+                 f"{result['machine']['cores']} cores x 32 (fp32) or 64 (bf16) FLOP/cycle x {result['machine']['assumed_ghz']} GHz")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # worker: python -m cnnlab.bench VARIANT DATA STEPS WARMUP BATCH SEED
+    name, source, steps, warmup, batch, seed = sys.argv[1:7]
+    print(json.dumps(measure(VARIANTS[name], source, int(steps), int(warmup), int(batch), int(seed))))

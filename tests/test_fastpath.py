@@ -1,0 +1,103 @@
+"""Every fast path computes what the plain path computes (speed itself lives in `cnnlab bench`)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.augment import random_crop_flip
+from cnnlab.bench import ChapterDataset, forward_macs
+from cnnlab.device import autocast, tune_cpu_allocator
+from cnnlab.loader import Normalizer
+from cnnlab.models import build_model
+from conftest import run_cli, write_image_folder
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def fixed_batch(n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def loss_and_grads(model, x, y, precision="fp32"):
+    model.zero_grad()
+    with autocast(torch.device("cpu"), precision):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    return loss.detach().float(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_channels_last_matches_nchw():
+    torch.manual_seed(0)
+    plain = build_model("smallcnn", 10).train()
+    fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    x, y = fixed_batch()
+    loss_a, grad_a = loss_and_grads(plain, x, y)
+    loss_b, grad_b = loss_and_grads(fast, x.contiguous(memory_format=torch.channels_last), y)
+    assert torch.allclose(loss_a, loss_b, rtol=1e-5)
+    assert torch.allclose(grad_a, grad_b, rtol=1e-3, atol=1e-5)
+
+
+def test_bf16_autocast_loss_and_gradient_direction_match_fp32():
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 10).train().to(memory_format=torch.channels_last)
+    x, y = fixed_batch(64)
+    x = x.contiguous(memory_format=torch.channels_last)
+    loss32, grad32 = loss_and_grads(model, x, y, "fp32")
+    loss16, grad16 = loss_and_grads(model, x, y, "bf16")
+    assert abs(float(loss32) - float(loss16)) / float(loss32) < 0.02
+    cosine = F.cosine_similarity(grad32, grad16, dim=0)
+    assert cosine > 0.99, float(cosine)
+
+
+def test_tuned_allocator_changes_nothing_numerically():
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 10).train()
+    x, y = fixed_batch()
+    before = loss_and_grads(model, x, y)
+    tune_cpu_allocator()
+    after = loss_and_grads(model, x, y)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+
+
+def test_batched_augmentation_has_the_chapters_statistics():
+    """The per-pixel mean and spread of augmented images match the per-image chapter path."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    repeats = 400
+    many = images.repeat(repeats, 1, 1, 1)
+    batched = Normalizer(MEAN, STD)(random_crop_flip(many, 4, True, torch.Generator().manual_seed(1)))
+    chapter = ChapterDataset(images, torch.zeros(8, dtype=torch.long), MEAN, STD)
+    per_image = torch.stack([chapter[i % 8][0] for i in range(8 * repeats)])
+    for a, b in ((batched, per_image),):
+        a, b = a.view(repeats, 8, 3, 32, 32), b.view(repeats, 8, 3, 32, 32)
+        # Means over 400 draws differ by sampling noise only (per-pixel std of a mean ~ 1/sqrt(400)).
+        assert (a.mean(0) - b.mean(0)).abs().mean() < 0.05
+        assert ((a.std(0) - b.std(0)).abs().mean()) < 0.05
+        # The border rows are zero padding (normalized) in about 4/9 x 1/2... of draws on both paths.
+        pad_value = (-torch.tensor(MEAN) / torch.tensor(STD)).view(3, 1)
+        frac = lambda t: (t[:, :, :, 0, :] == pad_value.view(1, 1, 3, 1)).float().mean()
+        assert abs(float(frac(a)) - float(frac(b))) < 0.03
+
+
+def test_forward_macs_of_smallcnn():
+    # conv: 884,736 + 2,359,296 + 4,718,592 + 2,359,296 + 4,718,592 + 2,359,296; linear 1,280
+    assert forward_macs(build_model("smallcnn", 10)) == 17_401_088
+
+
+def test_bench_runs_end_to_end(tmp_path):
+    data = write_image_folder(tmp_path / "tree", n_train_per_class=100, n_test_per_class=2)
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "--data", str(data), "--variants", "seed-literal,cnnlab", "--repeats", "1",
+                     "--steps", "2", "--warmup", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "seed-literal" in result.stdout and "cnnlab" in result.stdout and "GFLOP/s" in result.stdout
+    import json
+
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["seed-literal", "cnnlab"] and rows[0]["speedup_vs_first"] == 1.0
+    bad = run_cli("bench", "--variants", "warp-drive")
+    assert bad.returncode == 2 and "unknown bench variant" in bad.stderr
