@@ -9,7 +9,14 @@ import torch
 from .errors import UsageError
 
 # What `precision = "auto"` means on each device type; chosen by measurement (BENCHMARKS.md).
-AUTO_PRECISION = {"cuda": "bf16", "cpu": "fp32", "mps": "fp32"}
+AUTO_PRECISION = {"cuda": "bf16", "mps": "fp32"}
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matmuls run in hardware. Elsewhere bf16 is emulated, and slower than fp32."""
+    cpu = torch.cpu
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -32,6 +39,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
+        if device.type == "cpu":
+            return "bf16" if cpu_has_native_bf16() else "fp32"
         return AUTO_PRECISION.get(device.type, "fp32")
     if precision == "fp16" and device.type == "cpu":
         raise UsageError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32")
