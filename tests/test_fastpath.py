@@ -64,23 +64,25 @@ def test_tuned_allocator_changes_nothing_numerically():
 
 
 def test_batched_augmentation_has_the_chapters_statistics():
-    """The per-pixel mean and spread of augmented images match the per-image chapter path."""
+    """Per-pixel mean of many augmented draws: the batched path and the per-image chapter path differ
+    by no more than two independent batched runs differ from each other (sampling noise), while a
+    wrong augmentation (2-pixel padding, no flip) is told apart."""
     torch.manual_seed(0)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     repeats = 400
     many = images.repeat(repeats, 1, 1, 1)
-    batched = Normalizer(MEAN, STD)(random_crop_flip(many, 4, True, torch.Generator().manual_seed(1)))
+    normalize = Normalizer(MEAN, STD)
+
+    def batched(seed, padding=4, flip=True):
+        out = normalize(random_crop_flip(many, padding, flip, torch.Generator().manual_seed(seed)))
+        return out.view(repeats, 8, 3, 32, 32).mean(0)
+
     chapter = ChapterDataset(images, torch.zeros(8, dtype=torch.long), MEAN, STD)
-    per_image = torch.stack([chapter[i % 8][0] for i in range(8 * repeats)])
-    for a, b in ((batched, per_image),):
-        a, b = a.view(repeats, 8, 3, 32, 32), b.view(repeats, 8, 3, 32, 32)
-        # Means over 400 draws differ by sampling noise only (per-pixel std of a mean ~ 1/sqrt(400)).
-        assert (a.mean(0) - b.mean(0)).abs().mean() < 0.05
-        assert ((a.std(0) - b.std(0)).abs().mean()) < 0.05
-        # The border rows are zero padding (normalized) in about 4/9 x 1/2... of draws on both paths.
-        pad_value = (-torch.tensor(MEAN) / torch.tensor(STD)).view(3, 1)
-        frac = lambda t: (t[:, :, :, 0, :] == pad_value.view(1, 1, 3, 1)).float().mean()
-        assert abs(float(frac(a)) - float(frac(b))) < 0.03
+    per_image = torch.stack([chapter[i % 8][0] for i in range(8 * repeats)]).view(repeats, 8, 3, 32, 32).mean(0)
+    distance = lambda a, b: float((a - b).abs().mean())
+    noise = distance(batched(1), batched(2))
+    assert distance(batched(1), per_image) < 1.2 * noise
+    assert distance(batched(3, padding=2, flip=False), per_image) > 2 * noise
 
 
 def test_forward_macs_of_smallcnn():
