@@ -188,7 +188,7 @@ def train_one_epoch(state: TrainState, show_progress: bool, epoch: int) -> tuple
     from tqdm import tqdm
 
     optimizer, recipe = state.optimizer, state.recipe
-    forward = state.forward or state.model
+    forward = state.forward if state.forward is not None else state.model
     state.model.train()
     loss_sum = torch.zeros((), device=state.device)
     correct = torch.zeros((), device=state.device, dtype=torch.long)
