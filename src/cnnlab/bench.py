@@ -141,6 +141,9 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=True)
     device = torch.device("cpu")
 
+    import resource
+
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     if variant.loader == "dataloader":
         loader = torch.utils.data.DataLoader(ChapterDataset(images, labels, mean, std), batch_size=batch_size,
                                              shuffle=True, num_workers=2)
@@ -168,7 +171,10 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
         state.train_loader = make_loader(steps)
         _, _, seconds = train_one_epoch(state, False, 1)
     throughput = steps * batch_size / seconds
-    return {"variant": variant.name, "images_per_s": throughput, "seconds": seconds, "steps": steps}
+    # Minor page faults of this process per training step (warm-up included; DataLoader workers not counted).
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / (warmup + steps)
+    return {"variant": variant.name, "images_per_s": throughput, "seconds": seconds, "steps": steps,
+            "page_faults_per_step": faults}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,6 +192,7 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
 
     load_dataset(data_source, progress=False)  # decode once here, so workers read the cache
     samples: dict[str, list[float]] = {v: [] for v in variants}
+    faults: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(repeats):
         for name in variants:
             args = [sys.executable, "-m", "cnnlab.bench", name, data_source, str(steps), str(warmup), str(batch_size), str(r)]
@@ -194,6 +201,7 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
                 raise RuntimeError(f"bench worker for {name} failed:\n{done.stderr}")
             result = json.loads(done.stdout.strip().splitlines()[-1])
             samples[name].append(result["images_per_s"])
+            faults[name].append(result["page_faults_per_step"])
             log(f"  repeat {r + 1}/{repeats}  {name:<22} {result['images_per_s']:7.0f} img/s")
 
     from .models import build_model
@@ -213,6 +221,7 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
             "epoch_seconds_median": 50_000 / median, "speedup_vs_first": median / baseline,
             "achieved_gflops": achieved / 1e9, "peak_gflops_assumed": peak_flops(v.precision, cores) / 1e9,
             "fraction_of_peak": achieved / peak_flops(v.precision, cores),
+            "page_faults_per_step_median": statistics.median(faults[name]),
         })
     return {
         "machine": {"cores": cores, "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -226,11 +235,11 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
 def format_table(result: dict) -> str:
     lines = [f"SmallCNN training throughput, batch {result['batch_size']}, {result['steps']} timed steps, "
              f"median of {result['repeats']} interleaved repeats (min-max); epoch = 50,000 images",
-             f"{'variant':<22} {'img/s':>7} {'min-max':>13} {'epoch s':>8} {'speed-up':>8} {'GFLOP/s':>8} {'of peak':>8}"]
+             f"{'variant':<22} {'img/s':>7} {'min-max':>13} {'epoch s':>8} {'speed-up':>8} {'GFLOP/s':>8} {'of peak':>8} {'faults/step':>11}"]
     for r in result["rows"]:
         lines.append(f"{r['variant']:<22} {r['images_per_s_median']:7.0f} {r['images_per_s_min']:6.0f}-{r['images_per_s_max']:<6.0f} "
                      f"{r['epoch_seconds_median']:8.1f} {r['speedup_vs_first']:7.2f}x {r['achieved_gflops']:8.1f} "
-                     f"{100 * r['fraction_of_peak']:7.0f}%")
+                     f"{100 * r['fraction_of_peak']:7.0f}% {r['page_faults_per_step_median']:11.0f}")
     lines.append(f"work: {result['forward_macs_per_image']:,} multiply-adds per image forward; training step counted as "
                  f"{result['train_flop_per_image'] / 1e6:.1f} MFLOP per image. Peak assumed: "
                  f"{result['machine']['cores']} cores x 32 (fp32) or 64 (bf16) FLOP/cycle x {result['machine']['assumed_ghz']} GHz")
