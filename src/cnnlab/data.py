@@ -247,19 +247,24 @@ def _archive_members(path: Path) -> list[str]:
 
 
 def _archive_files(path: Path) -> Iterator[FileEntry]:
-    """Every regular file of a tar or zip, read in one sequential pass (gzip cannot seek cheaply)."""
-    _archive_members(path)  # validates member names before anything is decoded
+    """Every regular file of a tar or zip, read in one sequential pass (gzip cannot seek cheaply).
+
+    Member names are checked as they are read; nothing is written to disk, so a bad name found
+    partway through only ends the read.
+    """
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
                     if not info.is_dir():
+                        check_member_name(path, info.filename)
                         data = zf.read(info)
                         yield PurePosixPath(info.filename), (lambda d=data: d)
         else:
             with tarfile.open(path, mode="r|*") as tf:
                 for member in tf:
                     if member.isfile():
+                        check_member_name(path, member.name)
                         data = tf.extractfile(member).read()
                         yield PurePosixPath(member.name), (lambda d=data: d)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
