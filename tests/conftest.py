@@ -140,3 +140,21 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
 def files_under(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory):
+    """A small python-format CIFAR-10 archive (30 training and 10 test images per class)."""
+    return write_cifar_archive(tmp_path_factory.mktemp("data") / "cifar.tar.gz", n_train_per_class=30, n_test_per_class=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(archive, tmp_path_factory):
+    """A real 4-epoch run folder on `archive`, with a validation split. Treat it as read-only."""
+    from cnnlab.data import load_dataset
+    from cnnlab.recipe import load_recipe
+    from cnnlab.train import train
+
+    data = load_dataset(str(archive), cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+    recipe = load_recipe("seed", {"epochs": 4, "batch_size": 32, "val_split": "50", "precision": "fp32"})
+    return train(recipe, data, runs_dir=tmp_path_factory.mktemp("runs"), name="tiny", progress=False).run_dir

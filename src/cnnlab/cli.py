@@ -29,23 +29,14 @@ def _data_options(p: argparse.ArgumentParser, default: str | None = "cifar10") -
     p.add_argument("--image-size", type=int, help="images of other sizes are resized to this (default 32)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cnnlab", description="Train convolutional networks on CIFAR-10-class data, end to end.")
-    from . import __version__
-
-    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
-
-    t = commands.add_parser("train", help="train a model with a recipe; writes a run folder")
+def _train_options(t: argparse.ArgumentParser, epochs_help: str | None = None) -> None:
     t.add_argument("--recipe", default="seed", help="a shipped recipe name or a TOML file (default: %(default)s)")
     _data_options(t)
     t.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: %(default)s)")
-    t.add_argument("--name", help="run folder name (default: generated; an existing run is never overwritten)")
     t.add_argument("--no-progress", action="store_true", help="print nothing but errors")
     overrides = t.add_argument_group("recipe overrides (each replaces the recipe's field)")
     overrides.add_argument("--model")
-    overrides.add_argument("--epochs", type=int)
+    overrides.add_argument("--epochs", type=int, help=epochs_help)
     overrides.add_argument("--batch-size", type=int)
     overrides.add_argument("--lr", type=float)
     overrides.add_argument("--momentum", type=float)
@@ -62,7 +53,47 @@ def build_parser() -> argparse.ArgumentParser:
     overrides.add_argument("--compile", help="torch.compile mode: off, default, reduce-overhead (CUDA graphs) or max-autotune")
     overrides.add_argument("--val-split", help="hold out a count (5000) or fraction (0.1) of the training images")
     overrides.add_argument("--train-subset", help="train on a seeded, stratified count or fraction of the training images")
+    overrides.add_argument("--early-stop", type=int, metavar="PATIENCE",
+                           help="stop after PATIENCE epochs without a better validation accuracy (needs --val-split)")
     overrides.add_argument("--eval-batch-size", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cnnlab", description="Train convolutional networks on CIFAR-10-class data, end to end.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    t = commands.add_parser("train", help="train a model with a recipe; writes a run folder")
+    _train_options(t)
+    t.add_argument("--name", help="run folder name (default: generated; an existing run is never overwritten)")
+    t.add_argument("--no-plots", action="store_true", help="skip the figures drawn at the end of the run")
+    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars (needs cnnlab[tensorboard])")
+
+    a = commands.add_parser("ablate", help="the chapter's ablations: bn (Exercise 19.5.2) or recipe (the 'poor recipe' claim)")
+    a.add_argument("ablation", choices=["bn", "recipe"])
+    _train_options(a, epochs_help="epochs per variant (default: 15)")
+
+    p = commands.add_parser("plot", help="draw a run's figures: curves, confusion, errors, per-class")
+    p.add_argument("run", help="a run folder")
+    _data_options(p, default=None)
+
+    g = commands.add_parser("diagnose", help="underfitting, good fit or overfitting, from a run's curves, with remedies")
+    g.add_argument("run", help="a run folder")
+    g.add_argument("--json", action="store_true", help="print one JSON object")
+
+    c = commands.add_parser("confusion", help="confusion matrix, most confused pairs and their images")
+    c.add_argument("run", help="a run folder")
+    c.add_argument("--top", type=int, default=3, help="how many confused pairs (default: %(default)s)")
+    _data_options(c, default=None)
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+
+    r = commands.add_parser("report", help="one self-contained HTML page for a run, or a comparison of several")
+    r.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    r.add_argument("--out", help="output file (default: RUN/report.html for one run, else report.html here)")
+    _data_options(r, default=None)
 
     e = commands.add_parser("evaluate", help="test accuracy, overall and per class, of a run or checkpoint")
     e.add_argument("run", help="a run folder (its best.pt) or a checkpoint file")
@@ -94,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "recipes": cmd_recipes,
-                "models": cmd_models, "bench": cmd_bench}[args.command](args)
+                "models": cmd_models, "bench": cmd_bench, "ablate": cmd_ablate, "plot": cmd_plot,
+                "diagnose": cmd_diagnose, "confusion": cmd_confusion, "report": cmd_report}[args.command](args)
     except CnnlabError as e:
         message = " ".join(str(e).split())  # always exactly one line
         print(f"cnnlab {args.command}: error: {message}", file=sys.stderr)
@@ -102,21 +134,125 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed: not an error worth a traceback
+        sys.stderr.close()
+        return 0
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def cmd_train(args) -> int:
+def _recipe(args):
     from .device import resolve_device
     from .recipe import Recipe, load_recipe
-    from .train import train
 
     fields = Recipe.__dataclass_fields__
     overrides = {k: v for k, v in vars(args).items() if k in fields and k != "name" and v is not None}
     recipe = load_recipe(args.recipe, overrides)
     resolve_device(recipe.device)  # fail on a bad --device before spending time on the data
-    train(recipe, _load(args, recipe.image_size), runs_dir=args.runs_dir, name=args.name, progress=not args.no_progress)
+    return recipe
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    recipe = _recipe(args)
+    if args.tensorboard:
+        from .tensorboard import require_tensorboard
+
+        require_tensorboard()
+    train(recipe, _load(args, recipe.image_size), runs_dir=args.runs_dir, name=args.name, progress=not args.no_progress,
+          plots=not args.no_plots, tensorboard=args.tensorboard)
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from .ablate import format_table, run_ablation
+
+    recipe = _recipe(args)
+    comparison = run_ablation(args.ablation, recipe, _load(args, recipe.image_size), epochs=args.epochs,
+                              runs_dir=args.runs_dir, progress=not args.no_progress)
+    print(format_table(comparison))
+    print(f"runs, table (ablation.md, ablation.json) and plot (ablation.png) in {comparison['folder']}")
+    return 0
+
+
+def _run_and_predictions(args):
+    """A run folder's records and its final model's test predictions, on --data or the run's own data."""
+    from .analysis import read_run, run_predictions
+
+    run = read_run(args.run)
+    data = None
+    if args.data is not None:
+        from .runs import load_checkpoint, resolve_checkpoint
+
+        image_size = args.image_size or load_checkpoint(resolve_checkpoint(run.path, "last.pt"))["image_size"]
+        data = _load(args, image_size)
+    return run, run_predictions(run, data)
+
+
+def cmd_plot(args) -> int:
+    from .plots import make_run_plots
+
+    run, predictions = _run_and_predictions(args)
+    for path in make_run_plots(run, predictions):
+        print(path)
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from .analysis import read_run
+    from .diagnose import diagnose
+
+    result = diagnose(read_run(args.run))
+    print(json.dumps(result.to_dict()) if args.json else result.format())
+    return 0
+
+
+def cmd_confusion(args) -> int:
+    from .evaluate import most_confused
+    from .plots import plot_pair_gallery
+
+    if args.top < 1:
+        raise UsageError(f"--top must be at least 1 (got {args.top})")
+    run, predictions = _run_and_predictions(args)
+    matrix, classes = predictions.confusion(), predictions.classes
+    pairs = most_confused(matrix, args.top)
+    gallery = plot_pair_gallery(predictions, pairs, run.path / "confused_pairs.png")
+    named = [{"classes": [classes[p["a"]], classes[p["b"]]], "total": p["total"],
+              f"{classes[p['a']]} as {classes[p['b']]}": p["a_as_b"], f"{classes[p['b']]} as {classes[p['a']]}": p["b_as_a"]}
+             for p in pairs]
+    if args.json:
+        print(json.dumps({"run": str(run.path), "accuracy": predictions.accuracy, "classes": classes,
+                          "matrix": matrix.tolist(), "most_confused": named, "gallery": str(gallery)}))
+        return 0
+    print(format_matrix(matrix, classes))
+    print(f"\nmost confused pairs (of {int(matrix.sum() - matrix.trace())} errors on {int(matrix.sum())} test images):")
+    for k, p in enumerate(pairs, start=1):
+        a, b = classes[p["a"]], classes[p["b"]]
+        print(f"  {k}. {a} / {b}: {p['total']} errors ({a} taken for {b} {p['a_as_b']}, {b} taken for {a} {p['b_as_a']})")
+    print(f"gallery of their misclassified images: {gallery}")
+    return 0
+
+
+def format_matrix(matrix, classes: list[str]) -> str:
+    """Rows true, columns predicted, as counts; long class names are cut to keep columns narrow."""
+    short = [c[:7] for c in classes]
+    width = max(5, max(len(str(int(v))) for v in matrix.flatten()) + 1, max(len(s) for s in short) + 1)
+    label = max(len(c) for c in classes)
+    head = " " * (label + 2) + "".join(f"{s:>{width}}" for s in short) + "   <- predicted"
+    lines = [head]
+    for i, name in enumerate(classes):
+        lines.append(f"{name:>{label}}  " + "".join(f"{int(v):>{width}}" for v in matrix[i]) + f"   {100.0 * int(matrix[i, i]) / max(1, int(matrix[i].sum())):5.1f}% right")
+    lines.append(f"{'(true)':>{label}}")
+    return "\n".join(lines)
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    out = write_report(args.runs, out=args.out, data=(lambda size: _load(args, args.image_size or size)) if args.data else None)
+    print(out)
     return 0
 
 

@@ -42,6 +42,7 @@ class Recipe:
     nesterov: bool = False
     schedule: str = "cosine"    # cosine: CosineAnnealingLR(T_max=epochs), stepped once per epoch
     label_smoothing: float = 0.0
+    early_stop: int = 0         # stop after this many epochs without a better val_acc (0 = off; needs val_split)
     # augmentation (train split only)
     crop_padding: int = 4
     flip: bool = True
@@ -76,6 +77,9 @@ class Recipe:
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
              f"unknown device '{self.device}': use auto, cpu, cuda, cuda:N or mps")
         need(not (self.nesterov and self.momentum == 0), "nesterov needs a non-zero momentum")
+        need(self.early_stop >= 0, f"early-stop patience must not be negative (got {self.early_stop})")
+        need(self.early_stop == 0 or self.val_split not in ("0", "0.0", ""),
+             "early stopping watches validation accuracy: add --val-split (for example --val-split 5000)")
         return self
 
     def to_dict(self) -> dict:

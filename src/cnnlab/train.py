@@ -56,6 +56,7 @@ class TrainState:
     best_metric: str = "test_acc"
     best_value: float = -math.inf
     best_epoch: int = 0
+    stopped_early: bool = False
 
     def checkpoint(self) -> dict:
         return {
@@ -88,12 +89,17 @@ class TrainResult:
 
 def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | Path = "data",
           runs_dir: str | Path | None = "runs", name: str | None = None, progress: bool = True,
-          callbacks: list | None = None, log=None) -> TrainResult:
+          callbacks: list | None = None, log=None, plots: bool = True, tensorboard: bool = False) -> TrainResult:
     """Train `recipe` on `data` (a Dataset, or a source for `load_dataset`) and return the result.
 
-    With `runs_dir=None` nothing is written to disk (handy in notebooks and tests).
+    With `runs_dir=None` nothing is written to disk (handy in notebooks and tests). With a run
+    folder, `plots` draws its figures at the end and `tensorboard` adds TensorBoard event files.
     """
     started = time.perf_counter()
+    if tensorboard and runs_dir is not None:
+        from .tensorboard import require_tensorboard
+
+        require_tensorboard()  # before any time is spent
     if not isinstance(data, Dataset):
         data = load_dataset(data, root=data_root, image_size=recipe.image_size, progress=progress)
     device = resolve_device(recipe.device)
@@ -140,6 +146,14 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
     if runs_dir is not None:
         run_dir = claim_run_folder(runs_dir, name, stem=f"{recipe.name}-{recipe.model}")
         callbacks.append(RunWriter(RunFolder(run_dir), data, train_count=len(train_index), val_count=val_count))
+        if plots:
+            from .plots import PlotWriter
+
+            callbacks.append(PlotWriter(run_dir, data))
+        if tensorboard:
+            from .tensorboard import TensorBoardWriter
+
+            callbacks.append(TensorBoardWriter(run_dir / "tensorboard"))
     _emit(callbacks, "on_train_start", state)
 
     # Extension points later features hook into: on_epoch_end (early stopping, EMA, plots),
@@ -160,10 +174,15 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
         if row[state.best_metric] > state.best_value:
             state.best_value, state.best_epoch = row[state.best_metric], epoch + 1
         _emit(callbacks, "on_epoch_end", state, row)
+        if recipe.early_stop and state.epoch - state.best_epoch >= recipe.early_stop:
+            state.stopped_early = True  # no better val_acc for `early_stop` epochs: best.pt holds the winner
+            break
 
     last = state.rows[-1]
     summary = {
-        "epochs": recipe.epochs,
+        "epochs": state.epoch,
+        "epochs_planned": recipe.epochs,
+        "stopped_early": state.stopped_early,
         "final_test_acc": last["test_acc"],
         "final_train_acc": last["train_acc"],
         "best_epoch": state.best_epoch,
@@ -236,6 +255,9 @@ class ConsolePrinter:
 
     def on_train_end(self, state: TrainState, summary: dict) -> None:
         where = f"; run folder {summary['run_dir']}" if summary["run_dir"] else ""
+        if summary["stopped_early"]:
+            self.log(f"stopped early after epoch {summary['epochs']}: val acc has not improved for "
+                     f"{state.recipe.early_stop} epochs (best at epoch {summary['best_epoch']}, kept in best.pt)")
         self.log(f"final test acc {summary['final_test_acc']:.2f}% after {summary['epochs']} epochs in "
                  f"{summary['wall_seconds']:.0f}s (best {summary['best_metric']} {summary['best_value']:.2f}% "
                  f"at epoch {summary['best_epoch']}){where}")

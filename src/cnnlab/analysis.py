@@ -1,0 +1,126 @@
+"""What the diagnostics read: a run folder's records, and its final model's predictions on the test split.
+
+Plots, `diagnose`, `confusion` and `report` start here; none of them touches the training loop.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import CnnlabError
+
+
+@dataclass
+class RunRecord:
+    """The files of one run folder, read once."""
+
+    path: Path
+    config: dict
+    rows: list[dict]
+    summary: dict  # empty while the run is still training
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def eval_split(self) -> str:
+        """The split the curves judge generalisation on: validation when held out, else test."""
+        return "val" if self.rows and "val_acc" in self.rows[0] else "test"
+
+
+def read_run(path: str | Path) -> RunRecord:
+    from .runs import read_metrics
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CnnlabError(f"{path}: no such run folder; pass a folder written by 'cnnlab train'")
+    rows = read_metrics(path)
+    if not rows:
+        raise CnnlabError(f"{path} has no finished epoch yet; wait for the first epoch to end")
+    config = _read_json(path / "config.json")
+    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    return RunRecord(path, config, rows, summary)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CnnlabError(f"{path.parent} has no {path.name}; is it a cnnlab run folder?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CnnlabError(f"{path} is not valid JSON ({e}); the run folder is damaged") from None
+
+
+@dataclass
+class Predictions:
+    """A model's decisions on every test image, with the images themselves for galleries."""
+
+    classes: list[str]
+    images: torch.Tensor         # uint8 [N, 3, H, W]
+    labels: torch.Tensor         # [N]
+    probabilities: torch.Tensor  # [N, C]
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.probabilities.argmax(dim=1)
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        return self.probabilities.max(dim=1).values
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * float((self.predictions == self.labels).double().mean())
+
+    def confusion(self) -> torch.Tensor:
+        from .evaluate import confusion_matrix
+
+        return confusion_matrix(self.predictions, self.labels, len(self.classes))
+
+    def per_class_accuracy(self) -> list[float]:
+        from .evaluate import per_class_accuracy
+
+        return per_class_accuracy(self.predictions, self.labels, len(self.classes))
+
+    def most_confident_errors(self, count: int) -> torch.Tensor:
+        """Indices of wrong predictions, most confident first (fastai's 'top losses', by confidence)."""
+        wrong = (self.predictions != self.labels).nonzero().flatten()
+        order = self.confidence[wrong].argsort(descending=True)
+        return wrong[order][:count]
+
+
+def predict_test_split(model: torch.nn.Module, data, mean, std, device: torch.device | str = "cpu") -> Predictions:
+    """Float32 probabilities of `model` on `data`'s test split, normalised as in training."""
+    from .evaluate import evaluate
+    from .loader import Loader, Normalizer
+
+    loader = Loader(data.test_images, data.test_labels, 1000, Normalizer(tuple(mean), tuple(std)), device=device)
+    result = evaluate(model, loader)
+    return Predictions(list(data.classes), data.test_images, data.test_labels, result["probabilities"])
+
+
+def run_predictions(run: RunRecord, data=None, checkpoint: str = "last.pt", device="cpu") -> Predictions:
+    """The predictions of a run's final model (last.pt: the model behind final_test_acc).
+
+    `data` defaults to the source recorded in the run's config, loaded through the decode cache.
+    """
+    from .data import load_dataset
+    from .runs import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(run.path, checkpoint)
+    payload = load_checkpoint(path)
+    if data is None:
+        source = run.config.get("data", {}).get("source")
+        if not source:
+            raise CnnlabError(f"{run.path}/config.json does not name its data; pass --data")
+        data = load_dataset(source, image_size=payload["image_size"], progress=False)
+    if list(data.classes) != list(payload["classes"]):
+        raise CnnlabError(f"{path} was trained on classes {payload['classes']}, but the data has {data.classes}; "
+                          "pass the data the run was trained on with --data")
+    model = model_from_checkpoint(payload, path).to(device)
+    return predict_test_split(model, data, payload["mean"], payload["std"], device)

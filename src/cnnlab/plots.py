@@ -1,0 +1,205 @@
+"""PNG figures of a run: learning curves, confusion matrix, most confident errors, per-class accuracy,
+the gallery of a confused pair, and the side-by-side curves of an ablation.
+
+Figures are drawn with matplotlib's object API (no pyplot state, no display needed) and written
+atomically, like every other file of a run folder.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from .analysis import Predictions, RunRecord
+from .runs import atomic_write_bytes
+
+RUN_PLOTS = ("curves.png", "confusion.png", "errors.png", "per_class.png")
+
+
+def _integer_epochs(*axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _save(fig, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def _image(ax, image: torch.Tensor) -> None:
+    """Show a uint8 [3, H, W] image without smoothing, without axes."""
+    ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_curves(run: RunRecord, path: Path) -> Path:
+    """The chapter's Figure 19.5.2 view: loss on the left; accuracies and the learning rate on the right."""
+    rows = run.rows
+    epochs = [r["epoch"] for r in rows]
+    fig = _figure(11, 4.2)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, [r["train_loss"] for r in rows], "o-", ms=3, label="training loss")
+    for split, style in (("val", "s-"), ("test", "^-")):
+        if f"{split}_loss" in rows[0]:
+            loss_ax.plot(epochs, [r[f"{split}_loss"] for r in rows], style, ms=3, label=f"{split} loss")
+    loss_ax.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    loss_ax.legend()
+    loss_ax.grid(alpha=0.3)
+
+    acc_ax.plot(epochs, [r["train_acc"] for r in rows], "o-", ms=3, label="training (augmented batches)")
+    for split, style in (("val", "s-"), ("test", "^-")):
+        if f"{split}_acc" in rows[0]:
+            acc_ax.plot(epochs, [r[f"{split}_acc"] for r in rows], style, ms=3, label=f"{split}")
+    best = run.summary.get("best_epoch")
+    if best:
+        acc_ax.axvline(best, color="grey", ls=":", lw=1, label=f"best epoch ({best})")
+    acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    acc_ax.grid(alpha=0.3)
+    lr_ax = acc_ax.twinx()
+    lr_ax.plot(epochs, [r["lr"] for r in rows], color="tab:purple", alpha=0.5, lw=1, label="learning rate")
+    lr_ax.set_ylabel("learning rate", color="tab:purple")
+    lr_ax.set_ylim(bottom=0)
+    handles = acc_ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
+    acc_ax.legend(handles=handles, loc="lower right", fontsize=8)
+    _integer_epochs(loss_ax, acc_ax)
+    fig.suptitle(f"{run.name}: learning curves")
+    return _save(fig, path)
+
+
+def plot_confusion(predictions: Predictions, path: Path, title: str = "") -> Path:
+    """Rows are the true class, columns the predicted one; each cell shows its count and its row percentage."""
+    matrix = predictions.confusion()
+    classes, n = predictions.classes, len(predictions.classes)
+    row_share = 100.0 * matrix.double() / matrix.sum(dim=1, keepdim=True).clamp_min(1)
+    size = max(6.0, 0.62 * n + 2)
+    fig = _figure(size, size * 0.9)
+    ax = fig.subplots()
+    shown = ax.imshow(row_share.numpy(), cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(shown, ax=ax, shrink=0.8, label="% of the true class")
+    if n <= 20:  # beyond that the numbers would not fit; the colours still read
+        for i in range(n):
+            for j in range(n):
+                if not matrix[i, j]:
+                    continue  # empty cells stay blank, so the errors stand out
+                colour = "white" if row_share[i, j] > 60 else "black"
+                ax.text(j, i, f"{int(matrix[i, j])}\n{row_share[i, j]:.0f}%", ha="center", va="center",
+                        fontsize=7, color=colour)
+    ticks = range(n) if n <= 40 else []
+    ax.set_xticks(list(ticks), [classes[i] for i in ticks], rotation=45, ha="right")
+    ax.set_yticks(list(ticks), [classes[i] for i in ticks])
+    ax.set(xlabel="predicted class", ylabel="true class")
+    ax.set_title(title or f"Confusion matrix: {predictions.accuracy:.2f}% of {len(predictions.labels)} test images right")
+    return _save(fig, path)
+
+
+def plot_errors(predictions: Predictions, path: Path, count: int = 32, title: str = "") -> Path:
+    """The most confidently wrong test images: where the model is surest and still mistaken."""
+    index = predictions.most_confident_errors(count)
+    return _gallery(predictions, index, path, title or f"The {len(index)} most confident mistakes on the test split")
+
+
+def plot_pair_gallery(predictions: Predictions, pairs: list[dict], path: Path, per_direction: int = 6) -> Path:
+    """For each confused pair (a, b): up to `per_direction` images of a taken for b, then of b taken for a."""
+    chosen = []
+    for pair in pairs:
+        for true, predicted in ((pair["a"], pair["b"]), (pair["b"], pair["a"])):
+            hits = ((predictions.labels == true) & (predictions.predictions == predicted)).nonzero().flatten()
+            order = predictions.confidence[hits].argsort(descending=True)
+            chosen.append(hits[order][:per_direction])
+    index = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.long)
+    return _gallery(predictions, index, path, "Misclassified images of the most confused pairs", columns=per_direction)
+
+
+def _gallery(predictions: Predictions, index: torch.Tensor, path: Path, title: str, columns: int = 8) -> Path:
+    count = len(index)
+    rows = max(1, -(-count // columns))
+    fig = _figure(1.45 * columns, 1.75 * rows + 0.5)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= count:
+            ax.axis("off")
+            continue
+        i = int(index[k])
+        _image(ax, predictions.images[i])
+        true, guess = predictions.classes[int(predictions.labels[i])], predictions.classes[int(predictions.predictions[i])]
+        ax.set_title(f"true {true}\npred {guess} {100 * float(predictions.confidence[i]):.0f}%", fontsize=7)
+    if count == 0:
+        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_per_class(predictions: Predictions, path: Path) -> Path:
+    accuracy = predictions.per_class_accuracy()
+    classes = predictions.classes
+    order = sorted(range(len(classes)), key=lambda i: accuracy[i])  # weakest first: where to look
+    fig = _figure(7, max(3.0, 0.32 * len(classes) + 1))
+    ax = fig.subplots()
+    bars = ax.barh([classes[i] for i in order], [accuracy[i] for i in order], color="tab:blue")
+    if len(classes) <= 40:
+        ax.bar_label(bars, fmt="%.1f%%", padding=2, fontsize=8)
+    overall = predictions.accuracy
+    ax.axvline(overall, color="tab:red", ls="--", lw=1, label=f"overall {overall:.2f}%")
+    ax.set(xlim=(0, 105), xlabel="test accuracy (%)", title="Per-class test accuracy (weakest first)")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_comparison(runs: dict[str, list[dict]], path: Path, title: str, metric: str = "test_acc") -> Path:
+    """Several runs' curves on one figure: `metric` solid, training accuracy dashed in the same colour."""
+    fig = _figure(9, 5)
+    ax = fig.subplots()
+    for k, (name, rows) in enumerate(runs.items()):
+        colour = f"C{k % 10}"
+        epochs = [r["epoch"] for r in rows]
+        ax.plot(epochs, [r[metric] for r in rows], "o-", ms=3, color=colour, label=f"{name} ({metric.split('_')[0]})")
+        ax.plot(epochs, [r["train_acc"] for r in rows], "--", lw=1, color=colour, alpha=0.7, label=f"{name} (train)")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
+    _integer_epochs(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def make_run_plots(run: RunRecord, predictions: Predictions) -> list[Path]:
+    """All four run figures into the run folder, and confusion.json (the matrix as numbers, for reports)."""
+    from .evaluate import most_confused
+    from .runs import atomic_write_json
+
+    matrix = predictions.confusion()
+    atomic_write_json(run.path / "confusion.json", {
+        "classes": predictions.classes, "matrix": matrix.tolist(), "accuracy": predictions.accuracy,
+        "per_class_acc": predictions.per_class_accuracy(), "most_confused": most_confused(matrix, 5),
+    })
+    return [
+        plot_curves(run, run.path / "curves.png"),
+        plot_confusion(predictions, run.path / "confusion.png"),
+        plot_errors(predictions, run.path / "errors.png"),
+        plot_per_class(predictions, run.path / "per_class.png"),
+    ]
+
+
+class PlotWriter:
+    """A training callback: the four run figures, drawn from the final model once training ends."""
+
+    def __init__(self, run_dir: Path, data):
+        self.run_dir, self.data = Path(run_dir), data
+
+    def on_train_end(self, state, summary: dict) -> None:
+        from .analysis import predict_test_split, read_run
+
+        predictions = predict_test_split(state.model, self.data, state.mean, state.std, state.device)
+        make_run_plots(read_run(self.run_dir), predictions)

@@ -1,0 +1,200 @@
+"""`cnnlab report`: one self-contained HTML page (images embedded, no scripts, no network) for a run,
+or a side-by-side comparison of several runs followed by each run's section.
+
+A run's figures and confusion.json are made at the end of training; a run that lacks them (trained
+with --no-plots, or by an older cnnlab) gets them drawn here first, from its own data.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+
+from . import __version__
+from .analysis import RunRecord, read_run
+from .diagnose import diagnose
+from .errors import UsageError
+from .runs import atomic_write_bytes
+
+# Figures that other commands leave in a run folder, shown when present (title, file).
+EXTRA_FIGURES = [("Confused pairs (cnnlab confusion)", "confused_pairs.png"),
+                 ("First-layer filters (cnnlab inspect)", "filters.png"),
+                 ("Feature maps (cnnlab inspect)", "feature_maps.png"),
+                 ("Class evidence, Grad-CAM (cnnlab inspect)", "gradcam.png")]
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
+.meta { color: #666; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 0.3em 0.6em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.headline { display: flex; gap: 1em; flex-wrap: wrap; }
+.headline div { background: #f4f6fa; border-radius: 6px; padding: 0.6em 1em; }
+.headline b { display: block; font-size: 1.5em; }
+.verdict { font-weight: bold; text-transform: uppercase; }
+img { max-width: 100%; height: auto; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
+"""
+
+
+def write_report(runs: list[str | Path], out: str | Path | None = None, data=None) -> Path:
+    """Write the report and return its path. `data(image_size)` may supply the test data for runs lacking figures."""
+    records = [read_run(r) for r in runs]
+    names = [r.name for r in records]
+    if len(set(names)) != len(names):
+        names = [str(r.path) for r in records]  # same folder names from different parents: use paths
+    for record in records:
+        _ensure_figures(record, data)
+    if out is None:
+        out = records[0].path / "report.html" if len(records) == 1 else Path("report.html")
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")
+    title = f"cnnlab report: {names[0]}" if len(records) == 1 else f"cnnlab comparison of {len(records)} runs"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>",
+             f"<style>{STYLE}</style></head><body>", f"<h1>{_e(title)}</h1>",
+             f"<p class='meta'>written {time.strftime('%Y-%m-%d %H:%M')} by cnnlab {__version__}</p>"]
+    if len(records) > 1:
+        parts.append(_comparison(records, names))
+    for record, name in zip(records, names):
+        parts.append(_run_section(record, name, level=2 if len(records) > 1 else None))
+    parts.append("</body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, "\n".join(parts).encode("utf-8"))
+    return out
+
+
+def _ensure_figures(record: RunRecord, data) -> None:
+    from .plots import RUN_PLOTS, make_run_plots
+
+    if all((record.path / f).is_file() for f in RUN_PLOTS) and (record.path / "confusion.json").is_file():
+        return
+    from .analysis import run_predictions
+    from .runs import load_checkpoint, resolve_checkpoint
+
+    dataset = None
+    if data is not None:
+        dataset = data(load_checkpoint(resolve_checkpoint(record.path, "last.pt"))["image_size"])
+    make_run_plots(record, run_predictions(record, dataset))
+
+
+def _e(text) -> str:
+    return html.escape(str(text))
+
+
+def _img(path: Path, alt: str) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"<img alt='{_e(alt)}' src='data:image/png;base64,{encoded}'>"
+
+
+def _figure_png(fig_maker) -> str:
+    """Embed a figure drawn into memory (the comparison plot belongs to no run folder)."""
+    buffer = io.BytesIO()
+    fig_maker().savefig(buffer, format="png")
+    return f"<img alt='comparison' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}'>"
+
+
+def _comparison(records: list[RunRecord], names: list[str]) -> str:
+    rows = ["<h2>Comparison</h2><table><tr><th>run</th><th>model</th><th>recipe</th><th>epochs</th>"
+            "<th>final test acc</th><th>best held-out acc (epoch)</th><th>train-held-out gap</th><th>verdict</th>"
+            "<th>train time</th></tr>"]
+    for record, name in zip(records, names):
+        recipe = record.config.get("recipe", {})
+        d = diagnose(record)
+        last = record.rows[-1]
+        seconds = sum(r.get("seconds", 0) for r in record.rows)
+        rows.append(f"<tr><td>{_e(name)}</td><td>{_e(recipe.get('model', '?'))}</td><td>{_e(recipe.get('name', '?'))}</td>"
+                    f"<td class='num'>{last['epoch']}</td><td class='num'>{last['test_acc']:.2f}%</td>"
+                    f"<td class='num'>{d.numbers['best_eval_acc']:.2f}% ({d.numbers['best_epoch']})</td>"
+                    f"<td class='num'>{d.numbers['gap']:+.2f}</td><td>{_e(d.verdict)}</td><td class='num'>{seconds:.0f} s</td></tr>")
+    rows.append("</table>")
+
+    def draw():
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(9, 4.5), dpi=110, layout="constrained")
+        ax = fig.subplots()
+        for k, (record, name) in enumerate(zip(records, names)):
+            split = record.eval_split
+            ax.plot([r["epoch"] for r in record.rows], [r[f"{split}_acc"] for r in record.rows], "o-", ms=3,
+                    color=f"C{k % 10}", label=f"{name} ({split})")
+        ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Held-out accuracy per epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        return fig
+
+    rows.append(_figure_png(draw))
+    return "\n".join(rows)
+
+
+def _run_section(record: RunRecord, name: str, level: int | None) -> str:
+    h = (lambda text: f"<h{level}>{_e(text)}</h{level}>") if level else (lambda text: "")
+    sub = (lambda text: f"<h{(level or 1) + 1}>{_e(text)}</h{(level or 1) + 1}>")
+    config, summary, last = record.config, record.summary, record.rows[-1]
+    recipe = config.get("recipe", {})
+    d = diagnose(record)
+    out = [h(f"Run {name}"), f"<p class='meta'>{_e(record.path)}</p>"]
+    if not summary:
+        out.append("<p><b>This run has not finished</b>: the numbers below are from its last completed epoch.</p>")
+
+    cards = [("final test accuracy", f"{last['test_acc']:.2f}%"),
+             (f"best {d.numbers['split']} accuracy", f"{d.numbers['best_eval_acc']:.2f}% (epoch {d.numbers['best_epoch']})"),
+             ("epochs", f"{last['epoch']}" + (" (stopped early)" if summary.get("stopped_early") else "")),
+             ("training time", f"{sum(r.get('seconds', 0) for r in record.rows):.0f} s"),
+             ("parameters", f"{config.get('parameters', 0):,}"),
+             ("device", f"{config.get('device', '?')} ({config.get('precision', '?')})")]
+    out.append("<div class='headline'>" + "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in cards) + "</div>")
+
+    out.append(sub("Diagnosis"))
+    out.append(f"<p>Verdict: <span class='verdict'>{_e(d.verdict)}</span></p><ul>"
+               + "".join(f"<li>{_e(r)}</li>" for r in d.reasons) + "</ul>")
+    out.append("<p>Remedies, most promising first:</p><ol>" + "".join(f"<li>{_e(r)}</li>" for r in d.remedies) + "</ol>")
+    out += [f"<p class='meta'>Note: {_e(n)}</p>" for n in d.notes]
+
+    out.append(sub("Learning curves"))
+    out.append(_img(record.path / "curves.png", "learning curves"))
+
+    confusion = json.loads((record.path / "confusion.json").read_text())
+    classes = confusion["classes"]
+    out.append(sub("Confusion"))
+    out.append(_img(record.path / "confusion.png", "confusion matrix"))
+    if confusion["most_confused"]:
+        out.append("<table><tr><th>most confused pair</th><th>errors</th><th>one way</th><th>the other way</th></tr>")
+        for p in confusion["most_confused"]:
+            a, b = classes[p["a"]], classes[p["b"]]
+            out.append(f"<tr><td>{_e(a)} / {_e(b)}</td><td class='num'>{p['total']}</td>"
+                       f"<td>{_e(a)} taken for {_e(b)}: {p['a_as_b']}</td><td>{_e(b)} taken for {_e(a)}: {p['b_as_a']}</td></tr>")
+        out.append("</table>")
+    out.append(sub("Per-class accuracy"))
+    out.append(_img(record.path / "per_class.png", "per-class accuracy"))
+    out.append(sub("Most confident mistakes"))
+    out.append(_img(record.path / "errors.png", "most confident mistakes"))
+    for title, file in EXTRA_FIGURES:
+        if (record.path / file).is_file():
+            out.append(sub(title))
+            out.append(_img(record.path / file, title))
+
+    out.append(sub("Configuration"))
+    out.append("<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in recipe.items()) + "</table>")
+    data = config.get("data", {})
+    out.append(f"<p>Data: {_e(data.get('source', '?'))} (checksum {_e(data.get('checksum', '?'))}), "
+               f"{data.get('train_used', '?')} training images, {data.get('val_held_out', 0)} held out for validation. "
+               f"Versions: {_e(', '.join(f'{k} {v}' for k, v in config.get('versions', {}).items()))}.</p>")
+    out.append(sub("Metrics per epoch"))
+    columns = [c for c in ("epoch", "lr", "train_loss", "train_acc", "val_acc", "test_loss", "test_acc", "seconds") if c in last]
+    out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
+               + "".join("<tr>" + "".join(f"<td class='num'>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in record.rows)
+               + "</table>")
+    return "\n".join(out)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"
+    return _e(value)

@@ -1,0 +1,153 @@
+"""Figures, confusion, diagnosis, early stopping, ablations and TensorBoard on a real (tiny) run folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.ablate import ABLATIONS, variant_recipes
+from cnnlab.data import load_dataset
+from cnnlab.evaluate import confusion_matrix, most_confused
+from cnnlab.recipe import load_recipe
+from cnnlab.runs import load_checkpoint
+from cnnlab.train import train
+from conftest import CLASSES, files_under, run_cli
+
+FIGURES = ("curves.png", "confusion.png", "errors.png", "per_class.png")
+
+
+def test_a_run_ends_with_its_figures_and_confusion_numbers(tiny_run):
+    for name in FIGURES:
+        with Image.open(tiny_run / name) as image:
+            assert image.format == "PNG" and image.width >= 400 and image.height >= 150
+    confusion = json.loads((tiny_run / "confusion.json").read_text())
+    matrix = torch.tensor(confusion["matrix"])
+    assert matrix.shape == (10, 10) and int(matrix.sum()) == 100 and confusion["classes"] == CLASSES
+    last = [json.loads(l) for l in (tiny_run / "metrics.jsonl").read_text().splitlines()][-1]
+    # The figures describe the final model: its accuracy is the run's final test accuracy.
+    assert confusion["accuracy"] == pytest.approx(last["test_acc"])
+    assert 100.0 * int(matrix.trace()) / 100 == pytest.approx(last["test_acc"])
+
+
+def test_confusion_matrix_counts_rows_true_columns_predicted():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    predicted = torch.tensor([0, 1, 1, 1, 0, 2, 1, 0, 2])
+    matrix = confusion_matrix(predicted, labels, 3)
+    assert matrix.tolist() == [[1, 2, 0], [1, 1, 0], [1, 1, 2]]
+    pairs = most_confused(matrix, k=5)
+    assert [(p["a"], p["b"], p["total"], p["a_as_b"], p["b_as_a"]) for p in pairs] == [(0, 1, 3, 2, 1), (0, 2, 1, 0, 1), (1, 2, 1, 0, 1)]
+
+
+def test_confusion_command_prints_the_matrix_pairs_and_a_gallery(tiny_run):
+    result = run_cli("confusion", str(tiny_run), "--top", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    matrix = torch.tensor(report["matrix"])
+    both_ways = matrix + matrix.T
+    confused_pairs = int((both_ways.triu(diagonal=1) > 0).sum())
+    assert len(report["most_confused"]) == min(2, confused_pairs) >= 1 and report["classes"] == CLASSES
+    for pair in report["most_confused"]:
+        a, b = pair["classes"]
+        i, j = CLASSES.index(a), CLASSES.index(b)
+        assert pair["total"] == int(matrix[i, j] + matrix[j, i]) == pair[f"{a} as {b}"] + pair[f"{b} as {a}"]
+    with Image.open(report["gallery"]) as image:
+        assert image.format == "PNG"
+    text = run_cli("confusion", str(tiny_run))
+    assert text.returncode == 0 and "<- predicted" in text.stdout and "airplane" in text.stdout
+    assert "most confused pairs" in text.stdout
+
+
+def test_plot_redraws_missing_figures(tiny_run, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(tiny_run, tmp_path / "copy")
+    for name in FIGURES:
+        (copy / name).unlink()
+    result = run_cli("plot", str(copy))
+    assert result.returncode == 0, result.stderr
+    assert all((copy / name).is_file() for name in FIGURES)
+
+
+def test_diagnose_command(tiny_run, tmp_path):
+    result = run_cli("diagnose", str(tiny_run))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("verdict: ") and "remedies" in result.stdout
+    report = json.loads(run_cli("diagnose", str(tiny_run), "--json").stdout)
+    assert report["verdict"] in ("underfitting", "good fit", "overfitting") and report["numbers"]["split"] == "val"
+    for bad, needle in ((tmp_path / "nope", "no such run folder"), (tmp_path, "no metrics.jsonl")):
+        failed = run_cli("diagnose", str(bad))
+        assert failed.returncode == 1 and needle in failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1 and "Traceback" not in failed.stderr
+
+
+def test_confusion_rejects_a_bad_top(tiny_run):
+    result = run_cli("confusion", str(tiny_run), "--top", "0")
+    assert result.returncode == 2 and "--top" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_early_stopping_keeps_the_best_epoch(archive, tmp_path):
+    data = load_dataset(str(archive), progress=False)
+    # A constant high rate on easy data: validation accuracy saturates, then cannot improve.
+    recipe = load_recipe("seed", {"epochs": 40, "batch_size": 32, "val_split": "50", "early_stop": 2,
+                                  "schedule": "constant", "precision": "fp32"})
+    result = train(recipe, data, runs_dir=tmp_path, name="stop", progress=False, plots=False)
+    summary = json.loads((tmp_path / "stop" / "summary.json").read_text())
+    assert summary["stopped_early"] and summary["epochs"] < 40 and summary["epochs_planned"] == 40
+    assert summary["epochs"] == summary["best_epoch"] + 2
+    assert load_checkpoint(tmp_path / "stop" / "best.pt")["epoch"] == summary["best_epoch"]
+    assert len(result.rows) == summary["epochs"]
+    best = max(r["val_acc"] for r in result.rows)
+    assert result.rows[summary["best_epoch"] - 1]["val_acc"] == best
+
+
+def test_early_stopping_needs_a_validation_split(archive, tmp_path):
+    result = run_cli("train", "--data", str(archive), "--early-stop", "3", "--runs-dir", str(tmp_path))
+    assert result.returncode == 2 and "--val-split" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and files_under(tmp_path) == set()
+
+
+def test_ablation_variants_are_the_base_recipe_with_one_change_each():
+    base = load_recipe("seed", {"seed": 7})
+    recipes = variant_recipes(ABLATIONS["recipe"], base)
+    assert list(recipes) == ["seed", "no-augmentation", "no-weight-decay", "constant-lr", "poor (all three)"]
+    assert all(r.seed == 7 and r.epochs == 15 for r in recipes.values())
+    assert recipes["seed"].to_dict() == {**base.to_dict(), "epochs": 15}
+    poor = recipes["poor (all three)"]
+    assert (poor.crop_padding, poor.flip, poor.weight_decay, poor.schedule) == (0, False, 0.0, "constant")
+    assert recipes["no-weight-decay"].crop_padding == 4 and recipes["no-weight-decay"].weight_decay == 0.0
+    bn = variant_recipes(ABLATIONS["bn"], base, epochs=3)
+    assert [r.model for r in bn.values()] == ["smallcnn", "smallcnn-nobn"] and bn["with-bn"].epochs == 3
+
+
+def test_ablate_command_writes_runs_a_table_and_a_plot(archive, tmp_path):
+    result = run_cli("ablate", "bn", "--data", str(archive), "--epochs", "2", "--batch-size", "32",
+                     "--runs-dir", str(tmp_path), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "| with-bn |" in result.stdout and "| without-bn |" in result.stdout
+    (folder,) = tmp_path.iterdir()
+    comparison = json.loads((folder / "ablation.json").read_text())
+    assert [r["variant"] for r in comparison["table"]] == ["with-bn", "without-bn"]
+    for row in comparison["table"]:
+        rows = [json.loads(l) for l in (folder / row["run"].split("/")[-1] / "metrics.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and row["final_test_acc"] == rows[-1]["test_acc"]
+    assert (folder / "ablation.md").read_text().startswith("Exercise 19.5.2")
+    with Image.open(folder / "ablation.png") as image:
+        assert image.format == "PNG"
+
+
+def test_tensorboard_scalars_read_back(archive, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = load_dataset(str(archive), progress=False)
+    recipe = load_recipe("seed", {"epochs": 2, "batch_size": 32, "precision": "fp32"})
+    result = train(recipe, data, runs_dir=tmp_path, name="tb", progress=False, plots=False, tensorboard=True)
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "accuracy/train", "accuracy/test", "loss/test", "train/lr"} <= tags
+    assert [e.step for e in events.Scalars("accuracy/test")] == [1, 2]
+    assert [e.value for e in events.Scalars("accuracy/test")] == pytest.approx([r["test_acc"] for r in result.rows])
