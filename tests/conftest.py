@@ -158,3 +158,30 @@ def tiny_run(archive, tmp_path_factory):
     data = load_dataset(str(archive), cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
     recipe = load_recipe("seed", {"epochs": 4, "batch_size": 32, "val_split": "50", "precision": "fp32"})
     return train(recipe, data, runs_dir=tmp_path_factory.mktemp("runs"), name="tiny", progress=False).run_dir
+
+
+def real_test_files(folder: Path, per_class: int = 2) -> list[tuple[Path, str]]:
+    """Copy the first `per_class` test JPEGs of each class out of the real archive, bytes unchanged."""
+    counts: dict[str, int] = {}
+    files = []
+    with tarfile.open(real_data(), "r:gz") as tf:
+        for member in tf:
+            parts = member.name.strip("./").split("/")
+            if not member.isfile() or len(parts) < 3 or parts[-3] != "test":
+                continue
+            cls = parts[-2]
+            if counts.get(cls, 0) >= per_class:
+                continue
+            counts[cls] = counts.get(cls, 0) + 1
+            target = folder / f"{cls}-{parts[-1]}"
+            target.write_bytes(tf.extractfile(member).read())
+            files.append((target, cls))
+    return files
+
+
+@pytest.fixture(scope="session")
+def real_dataset(tmp_path_factory):
+    """The real CIFAR-10 JPEG archive, decoded once per test session."""
+    from cnnlab.data import load_dataset
+
+    return load_dataset(str(real_data()), cache_dir=tmp_path_factory.mktemp("real-cache"), progress=False)

@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="a run folder (its best.pt) or a checkpoint file")
     _data_options(e, default=None)
     e.add_argument("--device", default="auto")
+    e.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and one-pixel shifts")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     d = commands.add_parser("data", help="download a dataset, or describe one")
@@ -115,6 +116,29 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", dest="json_out", help="also write the full result as JSON to this file")
     b.add_argument("--list", action="store_true", help="list the variants and exit")
 
+    i = commands.add_parser("inspect", help="first-layer filters, feature maps and Grad-CAM evidence, as PNGs in the run")
+    i.add_argument("run", help="a run folder (its last.pt) or a checkpoint file")
+    i.add_argument("--image", action="append", default=[], metavar="FILE", help="an image of your own (repeatable)")
+    i.add_argument("--test-index", action="append", type=int, default=[], metavar="I",
+                   help="a test image by index (repeatable; default: one each of four classes)")
+    i.add_argument("--out-dir", help="where the PNGs go (default: the run folder)")
+    _data_options(i, default=None)
+
+    pr = commands.add_parser("predict", help="top-k classes for image files or folders")
+    pr.add_argument("run", help="a run folder (its best.pt) or a checkpoint file")
+    pr.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
+    pr.add_argument("--top-k", type=int, default=3, help="classes shown per image (default: %(default)s)")
+    pr.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and one-pixel shifts")
+    pr.add_argument("--json", action="store_true", help="one JSON object per image (JSON lines)")
+    pr.add_argument("--device", default="cpu")
+
+    x = commands.add_parser("export", help="ONNX or TorchScript, normalisation included, dynamic batch")
+    x.add_argument("run", help="a run folder (its best.pt) or a checkpoint file")
+    x.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    x.add_argument("--out", help="output file (default: model.onnx or model.torchscript.pt in the run folder)")
+    x.add_argument("--input-type", default="uint8", choices=["uint8", "float32"],
+                   help="ONNX input: uint8 0-255 or float32 0-1 (TorchScript takes both; default: %(default)s)")
+
     commands.add_parser("recipes", help="list the shipped recipes")
     commands.add_parser("models", help="list the models by name")
     return parser
@@ -126,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "recipes": cmd_recipes,
                 "models": cmd_models, "bench": cmd_bench, "ablate": cmd_ablate, "plot": cmd_plot,
-                "diagnose": cmd_diagnose, "confusion": cmd_confusion, "report": cmd_report}[args.command](args)
+                "diagnose": cmd_diagnose, "confusion": cmd_confusion, "report": cmd_report, "inspect": cmd_inspect,
+                "predict": cmd_predict, "export": cmd_export}[args.command](args)
     except CnnlabError as e:
         message = " ".join(str(e).split())  # always exactly one line
         print(f"cnnlab {args.command}: error: {message}", file=sys.stderr)
@@ -279,15 +304,16 @@ def cmd_evaluate(args) -> int:
     loader = Loader(data.test_images, data.test_labels, 1000, Normalizer(tuple(checkpoint["mean"]), tuple(checkpoint["std"])),
                     device=device)
     with torch.no_grad():
-        result = evaluate(model, loader)
+        result = evaluate(model, loader, tta=args.tta)
     per_class = per_class_accuracy(result["predictions"], result["labels"], data.num_classes)
-    report = {"checkpoint": str(path), "data": args.data, "test_images": int(result["labels"].numel()),
+    report = {"checkpoint": str(path), "data": args.data, "tta": args.tta, "test_images": int(result["labels"].numel()),
               "test_acc": result["acc"], "test_loss": result["loss"],
               "per_class_acc": dict(zip(data.classes, per_class))}
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{path}: test accuracy {result['acc']:.2f}% on {report['test_images']} images (loss {result['loss']:.4f})")
+        tta = " with test-time augmentation" if args.tta else ""
+        print(f"{path}: test accuracy {result['acc']:.2f}%{tta} on {report['test_images']} images (loss {result['loss']:.4f})")
         width = max(len(c) for c in data.classes)
         for cls, acc in report["per_class_acc"].items():
             print(f"  {cls:<{width}}  {acc:6.2f}%")
@@ -336,6 +362,108 @@ def cmd_bench(args) -> int:
     print(format_table(result))
     if args.json_out:
         atomic_write_json(Path(args.json_out), result)
+    return 0
+
+
+def _checkpoint(run: str, which: str = "best.pt"):
+    from .runs import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(run, which)
+    payload = load_checkpoint(path)
+    return path, payload, model_from_checkpoint(payload, path)
+
+
+def cmd_inspect(args) -> int:
+    import torch
+
+    from .inspect import inspect_model
+    from .predict import load_images
+
+    path, checkpoint, model = _checkpoint(args.run, "last.pt")
+    images, labels, names = [], [], []
+    if args.image:
+        loaded, kept, failed = load_images([Path(f) for f in args.image], checkpoint["image_size"])
+        if failed:
+            raise CnnlabError(failed[0].error)
+        images.append(loaded)
+        labels += [None] * len(kept)
+        names += [str(f) for f in kept]
+    if args.test_index or not args.image:
+        if args.data is None:
+            config = path.parent / "config.json"
+            args.data = json.loads(config.read_text())["data"]["source"] if config.is_file() else "cifar10"
+        data = _load(args, checkpoint["image_size"])
+        # Default: the first test image of four classes spread over the class list (test folders are often sorted).
+        spread = sorted({k * data.num_classes // 4 for k in range(4)})
+        indices = args.test_index or [int((data.test_labels == c).nonzero()[0]) for c in spread if (data.test_labels == c).any()]
+        bad = [i for i in indices if not 0 <= i < len(data.test_labels)]
+        if bad:
+            raise UsageError(f"--test-index {bad[0]} is out of range: the test split has {len(data.test_labels)} images (0 to {len(data.test_labels) - 1})")
+        images.append(data.test_images[indices])
+        labels += [int(data.test_labels[i]) for i in indices]
+        names += [f"test #{i}" for i in indices]
+    out_dir = Path(args.out_dir) if args.out_dir else path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = inspect_model(model, torch.cat(images), labels, names, checkpoint["classes"], checkpoint["mean"],
+                           checkpoint["std"], out_dir)
+    print(result.summary())
+    for item in result.images:
+        truth = f", true {item['label']}" if item["label"] else ""
+        print(f"  {item['image']}: predicted {item['predicted']} ({100 * item['confidence']:.1f}%){truth}")
+    for figure in result.figures:
+        print(figure)
+    if (out_dir / "report.html").is_file() and (out_dir / "metrics.jsonl").is_file():
+        from .report import write_report
+
+        print(f"{write_report([out_dir])} (updated)")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict_files
+
+    path, checkpoint, model = _checkpoint(args.run)
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1 (got {args.top_k})")
+    results = predict_files(model, checkpoint, args.paths, top_k=args.top_k, tta=args.tta, device=args.device)
+    failed = 0
+    for r in results:
+        if r.error:
+            failed += 1
+            print(f"cnnlab predict: error: {' '.join(r.error.split())}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps(r.to_dict()), flush=True)
+        else:
+            print(f"{r.image}  " + "  ".join(f"{c} {100 * p:.1f}%" for c, p in r.top))
+    if failed:
+        print(f"cnnlab predict: {failed} of {len(results)} files could not be read (named above); the others were predicted",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_export(args) -> int:
+    import torch
+
+    from .export import FORMATS, check_onnx, export_model
+
+    path, checkpoint, model = _checkpoint(args.run)
+    default = path.parent / ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")
+    out = export_model(model, checkpoint, args.format, Path(args.out) if args.out else default, args.input_type)
+    print(f"{out}: {args.format}, input images [N, 3, {checkpoint['image_size']}, {checkpoint['image_size']}] "
+          f"{args.input_type if args.format == 'onnx' else 'uint8 or float'}, outputs logits and probabilities")
+    if args.format == "onnx":
+        generator = torch.Generator().manual_seed(0)
+        size = checkpoint["image_size"]
+        images = torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8, generator=generator)
+        from .export import WithNormalization
+
+        with torch.no_grad():
+            reference = WithNormalization(model, checkpoint["mean"], checkpoint["std"]).eval()(images)[0]
+        feed = images if args.input_type == "uint8" else images.float() / 255
+        difference = check_onnx(out, feed, reference)
+        if difference is not None:
+            print(f"checked with ONNX Runtime on 8 random images: max |logit difference| from PyTorch {difference:.2e}")
     return 0
 
 

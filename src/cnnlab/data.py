@@ -93,6 +93,7 @@ def load_dataset(
         if os.sep not in source and "." not in source:
             raise UsageError(f"unknown dataset '{source}': use cifar10, cifar100, or the path of an archive or image folder")
         raise UsageError(f"{source}: no such file or folder; give cifar10, cifar100, or an existing archive or image folder")
+    path = path.resolve()  # runs record the absolute path, so later commands find the data from any folder
     return _cached(path, image_size, cache_dir, lambda: _read_path(path, image_size), progress)
 
 

@@ -9,22 +9,46 @@ import torch.nn.functional as F
 from .loader import Loader
 
 
+# Test-time augmentation: the image, its one-pixel shifts up, down, left and right, and the mirror of each.
+TTA_SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Translate a batch by (dy, dx) pixels, filling the uncovered edge by reflection (no black border)."""
+    if dy == dx == 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    return padded[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+
+
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, loader: Loader) -> tuple[torch.Tensor, torch.Tensor]:
+def tta_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Mean logits over the 10 views: TTA_SHIFTS, each as it is and mirrored."""
+    total = None
+    for view in (x, x.flip(-1)):
+        for dy, dx in TTA_SHIFTS:
+            logits = model(shift(view, dy, dx)).float()
+            total = logits if total is None else total + logits
+    return total / (2 * len(TTA_SHIFTS))
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, loader: Loader, tta: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, C] and labels [N] for every image of an evaluation loader, in order."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
     for x, y in loader:
-        logits.append(model(x).float())
+        logits.append(tta_logits(model, x) if tta else model(x).float())
         labels.append(y)
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
 
 
-def evaluate(model: torch.nn.Module, loader: Loader) -> dict:
-    """{'loss', 'acc' (percent), 'predictions'} over the loader's split."""
-    logits, labels = predict_logits(model, loader)
+def evaluate(model: torch.nn.Module, loader: Loader, tta: bool = False) -> dict:
+    """{'loss', 'acc' (percent), 'probabilities', 'predictions', 'labels'} over the loader's split."""
+    logits, labels = predict_logits(model, loader, tta)
     predictions = logits.argmax(dim=1)
     return {
         "probabilities": logits.softmax(dim=1).cpu(),

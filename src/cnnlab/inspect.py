@@ -1,0 +1,161 @@
+"""Open the trained model (the chapter's promised Section 19.6): first-layer filters, the feature maps
+of each stage, and Grad-CAM class evidence.
+
+Stages are found, not hard-coded: the last module at each spatial resolution of `model.features`
+(for SmallCNN, the three stride-2 blocks at 16x16, 8x8 and 4x4). Grad-CAM uses the last stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .errors import CnnlabError
+
+# A 3x3 filter is an "oriented edge" when most of its energy is spatial contrast with one dominant
+# direction, and a "colour blob" when most of it is a difference between channels.
+EDGE_SPATIAL_SHARE = 0.5
+EDGE_COHERENCE = 0.5
+BLOB_COLOUR_SHARE = 0.5
+
+
+def first_conv(model: torch.nn.Module) -> torch.nn.Conv2d:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            return module
+    raise CnnlabError("this model has no convolution to show")
+
+
+def classify_filters(weight: torch.Tensor) -> list[str]:
+    """'edge', 'colour blob' or 'mixed' for each filter [out, 3, k, k], by where its energy lies.
+
+    Colour: the per-channel means minus their average (a filter that weighs red against blue).
+    Spatial: the grey-level pattern minus its mean; its orientation coherence comes from the
+    structure tensor of the pattern's gradients (1 = one direction, 0 = none).
+    """
+    kinds = []
+    for w in weight.detach().float().cpu():
+        channel_means = w.mean(dim=(1, 2))
+        colour = ((channel_means - channel_means.mean()) ** 2).sum() * w[0].numel()
+        grey = w.mean(dim=0)
+        spatial_pattern = grey - grey.mean()
+        spatial = (spatial_pattern ** 2).sum() * w.shape[0]
+        total = (w - w.mean()).pow(2).sum().clamp_min(1e-12)
+        gy, gx = torch.gradient(grey)
+        jxx, jyy, jxy = (gx * gx).sum(), (gy * gy).sum(), (gx * gy).sum()
+        coherence = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / (jxx + jyy).clamp_min(1e-12)
+        if spatial / total >= EDGE_SPATIAL_SHARE and coherence >= EDGE_COHERENCE:
+            kinds.append("edge")
+        elif colour / total >= BLOB_COLOUR_SHARE:
+            kinds.append("colour blob")
+        else:
+            kinds.append("mixed")
+    return kinds
+
+
+def stage_modules(model: torch.nn.Module, image_size: int) -> list[tuple[str, torch.nn.Module]]:
+    """The last child of `model.features` at each spatial resolution, found with one dry forward pass."""
+    features = getattr(model, "features", None)
+    if not isinstance(features, torch.nn.Sequential):
+        raise CnnlabError(f"inspect needs a model with a 'features' sequence; {type(model).__name__} has none")
+    sizes = []
+    x = torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
+    with torch.no_grad():
+        for child in features:
+            x = child(x)
+            sizes.append(tuple(x.shape[-2:]))
+    stages = []
+    for i, (name, child) in enumerate(features.named_children()):
+        if i == len(sizes) - 1 or sizes[i + 1] != sizes[i]:
+            stages.append((f"features.{name} ({sizes[i][0]}x{sizes[i][1]})", child))
+    return stages
+
+
+def feature_maps(model: torch.nn.Module, x: torch.Tensor, image_size: int) -> list[tuple[str, torch.Tensor]]:
+    """Each stage's output [N, C, h, w] for the normalised batch x."""
+    outputs = []
+    hooks = [module.register_forward_hook(lambda m, i, o, name=name: outputs.append((name, o.detach().float())))
+             for name, module in stage_modules(model, image_size)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return outputs
+
+
+def grad_cam(model: torch.nn.Module, x: torch.Tensor, classes: list[int], image_size: int) -> torch.Tensor:
+    """Grad-CAM heatmaps [N, H, W] in [0, 1] at the input's resolution, one per image for its class.
+
+    The last stage's channels are weighted by the spatial mean of the class score's gradient, summed,
+    rectified, upsampled bilinearly and scaled to a maximum of 1 (Selvaraju et al., 2017).
+    """
+    _, layer = stage_modules(model, image_size)[-1]
+    saved = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        saved["activation"] = output
+
+    hook = layer.register_forward_hook(keep)
+    try:
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            logits = model(x.clone().requires_grad_(True))
+            score = logits.gather(1, torch.as_tensor(classes, device=logits.device).view(-1, 1)).sum()
+            score.backward()
+    finally:
+        hook.remove()
+    activation = saved["activation"]
+    weights = activation.grad.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+    peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12).view(-1, 1, 1)
+    model.zero_grad(set_to_none=True)
+    return cam / peak
+
+
+@dataclass
+class Inspection:
+    """What `inspect` found; the figures are written beside the run's other plots."""
+
+    filter_kinds: list[str]
+    figures: list[Path]
+    images: list[dict]  # per chosen image: label, predicted class and confidence
+
+    def summary(self) -> str:
+        counts = {k: self.filter_kinds.count(k) for k in ("edge", "colour blob", "mixed")}
+        return (f"first-layer filters: {len(self.filter_kinds)}, of which {counts['edge']} look like oriented edges, "
+                f"{counts['colour blob']} like colour blobs and {counts['mixed']} mix both")
+
+
+def inspect_model(model: torch.nn.Module, images: torch.Tensor, labels: list[int | None], names: list[str],
+                  classes: list[str], mean, std, out_dir: Path) -> Inspection:
+    """Draw filters.png, feature_maps.png and gradcam.png for uint8 `images` [N, 3, H, W]."""
+    from .loader import Normalizer
+    from .plots import plot_feature_maps, plot_filters, plot_gradcam
+
+    model = model.eval()
+    image_size = images.shape[-1]
+    x = Normalizer(tuple(mean), tuple(std))(images)
+    with torch.no_grad():
+        probabilities = model(x).float().softmax(dim=1)
+    predicted = probabilities.argmax(dim=1).tolist()
+    weight = first_conv(model).weight
+    kinds = classify_filters(weight)
+    maps = feature_maps(model, x, image_size)
+    cam_predicted = grad_cam(model, x, predicted, image_size)
+    truths = [label if label is not None else p for label, p in zip(labels, predicted)]
+    cam_true = grad_cam(model, x, truths, image_size)
+    info = [{"image": name, "label": classes[l] if l is not None else None, "predicted": classes[p],
+             "confidence": float(probabilities[i, p])} for i, (name, l, p) in enumerate(zip(names, labels, predicted))]
+    figures = [
+        plot_filters(weight, kinds, out_dir / "filters.png"),
+        plot_feature_maps(images, maps, names, out_dir / "feature_maps.png"),
+        plot_gradcam(images, cam_predicted, cam_true, info, out_dir / "gradcam.png"),
+    ]
+    return Inspection(kinds, figures, info)

@@ -1,0 +1,90 @@
+"""Filters, feature maps and Grad-CAM: shapes, and evidence that moves with the object."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.data import Dataset, channel_stats
+from cnnlab.loader import Normalizer
+from cnnlab.inspect import classify_filters, feature_maps, grad_cam, stage_modules
+from cnnlab.models import SmallCNN
+from cnnlab.recipe import load_recipe
+from cnnlab.train import train
+from conftest import run_cli
+
+
+def test_filter_kinds_on_constructed_filters():
+    vertical_edge = torch.tensor([[-1.0, 0, 1]] * 3).expand(3, 3, 3)
+    diagonal_edge = torch.tensor([[0.0, 1, 2], [-1, 0, 1], [-2, -1, 0]]).expand(3, 3, 3)
+    red_against_blue = torch.stack([torch.ones(3, 3), torch.zeros(3, 3), -torch.ones(3, 3)])
+    weight = torch.stack([vertical_edge, diagonal_edge, red_against_blue])
+    assert classify_filters(weight) == ["edge", "edge", "colour blob"]
+
+
+def test_stages_and_feature_map_shapes():
+    model = SmallCNN(10).eval()
+    stages = stage_modules(model, 32)
+    assert [name.split(" ")[1] for name, _ in stages] == ["(32x32)", "(16x16)", "(8x8)", "(4x4)"]
+    maps = feature_maps(model, torch.randn(2, 3, 32, 32), 32)
+    assert [tuple(m.shape) for _, m in maps] == [(2, 32, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8), (2, 128, 4, 4)]
+
+
+def patch_images(n: int, seed: int, size: int = 32):
+    """Grey noise with one 8x8 patch anywhere: red for class 0, blue for class 1."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(90, 166, (n, 3, size, size), dtype=np.uint8)
+    labels = rng.integers(0, 2, n)
+    for image, label in zip(images, labels):
+        y, x = rng.integers(0, size - 8, 2)
+        image[:, y:y + 8, x:x + 8] = np.array((220, 30, 30) if label == 0 else (30, 30, 220)).reshape(3, 1, 1)
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+@pytest.fixture(scope="module")
+def patch_model():
+    train_x, train_y = patch_images(1200, seed=0)
+    test_x, test_y = patch_images(200, seed=1)
+    data = Dataset("patches", ["red", "blue"], train_x, train_y, test_x, test_y, checksum="synthetic")
+    recipe = load_recipe("seed", {"epochs": 4, "batch_size": 64, "precision": "fp32", "lr": 0.05})
+    result = train(recipe, data, runs_dir=None, progress=False)
+    assert result.rows[-1]["test_acc"] > 95  # the model must have learnt the patches for the next test to mean anything
+    return result.model.eval(), channel_stats(train_x)
+
+
+def test_grad_cam_evidence_moves_with_the_object(patch_model):
+    model, (mean, std) = patch_model
+    images = torch.full((2, 3, 32, 32), 128, dtype=torch.uint8)
+    images[0, :, 12:20, 2:10] = torch.tensor([220, 30, 30]).view(3, 1, 1)   # red patch on the left
+    images[1, :, 12:20, 22:30] = torch.tensor([220, 30, 30]).view(3, 1, 1)  # the same patch on the right
+    x = Normalizer(mean, std)(images)
+    with torch.no_grad():
+        assert model(x).argmax(dim=1).tolist() == [0, 0]
+    cam = grad_cam(model, x, [0, 0], 32)
+    assert cam.shape == (2, 32, 32) and float(cam.min()) >= 0 and float(cam.max()) == pytest.approx(1.0)
+    left, right = cam[:, :, :16].sum(dim=(1, 2)), cam[:, :, 16:].sum(dim=(1, 2))
+    assert left[0] > 1.5 * right[0], (left, right)
+    assert right[1] > 1.5 * left[1], (left, right)
+
+
+def test_inspect_command_writes_its_figures(tiny_run, tmp_path):
+    picture = tmp_path / "mine.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(picture)
+    out = tmp_path / "inspected"
+    result = run_cli("inspect", str(tiny_run), "--test-index", "0", "--test-index", "5", "--image", str(picture),
+                     "--out-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "first-layer filters: 32, of which" in result.stdout and "mine.png: predicted" in result.stdout
+    for name in ("filters.png", "feature_maps.png", "gradcam.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG"
+    with Image.open(out / "gradcam.png") as image:
+        assert image.height > image.width  # one row per image: three rows
+
+
+def test_inspect_rejects_a_bad_index(tiny_run, tmp_path):
+    result = run_cli("inspect", str(tiny_run), "--test-index", "100000", "--out-dir", str(tmp_path))
+    assert result.returncode == 2 and "out of range" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,115 @@
+"""`cnnlab predict` and test-time augmentation: same decisions as `evaluate`, bad files named and skipped."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.evaluate import TTA_SHIFTS, evaluate, shift, tta_logits
+from cnnlab.loader import Loader, Normalizer
+from cnnlab.runs import load_checkpoint, model_from_checkpoint
+from conftest import CLASSES, real_test_files, run_cli
+
+
+def evaluate_decisions(run, data):
+    checkpoint = load_checkpoint(run / "best.pt")
+    model = model_from_checkpoint(checkpoint)
+    loader = Loader(data.test_images, data.test_labels, 500, Normalizer(tuple(checkpoint["mean"]), tuple(checkpoint["std"])), device="cpu")
+    return evaluate(model, loader)["predictions"]
+
+
+def test_predict_decides_as_evaluate_does_on_real_cifar10_test_images(tiny_run, real_dataset, tmp_path):
+    files = real_test_files(tmp_path, per_class=3)
+    result = run_cli("predict", str(tiny_run), *[str(f) for f, _ in files], "--json", "--top-k", "3")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(l) for l in result.stdout.splitlines()]
+    assert [l["image"] for l in lines] == [str(f) for f, _ in files]
+    decided = evaluate_decisions(tiny_run, real_dataset)
+    flat = real_dataset.test_images.flatten(1)
+    from cnnlab.images import decode_image
+
+    for (file, _), line in zip(files, lines):
+        pixels = torch.from_numpy(decode_image(file, str(file), 32).copy()).permute(2, 0, 1).flatten()
+        (index,) = (flat == pixels).all(dim=1).nonzero().flatten().tolist()  # the same test image in the dataset
+        assert line["predicted"] == real_dataset.classes[int(decided[index])]
+        probabilities = [t["probability"] for t in line["top"]]
+        assert probabilities == sorted(probabilities, reverse=True) and len(probabilities) == 3
+
+
+def test_predict_table_folders_and_any_size(tiny_run, tmp_path):
+    folder = tmp_path / "pictures"
+    (folder / "nested").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(folder / "big.jpg")
+    Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(folder / "nested" / "grey.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 4), dtype=np.uint8), "RGBA").save(folder / "alpha.webp")
+    (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
+    result = run_cli("predict", str(tiny_run), str(folder), "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and all(l.count("%") == 2 for l in lines)
+    assert {l.split("  ")[0].split("/")[-1] for l in lines} == {"big.jpg", "grey.png", "alpha.webp"}
+
+
+def test_bad_files_are_named_and_skipped(tiny_run, tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((32, 32, 3), 120, dtype=np.uint8)).save(good)
+    not_image = tmp_path / "fake.png"
+    not_image.write_text("hello")
+    truncated = tmp_path / "truncated.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb)  # 400 Mpx, a few kB on disk
+    missing = tmp_path / "missing.jpg"
+    bad = [not_image, truncated, empty, bomb, missing]
+    result = run_cli("predict", str(tiny_run), str(good), *map(str, bad), "--json")
+    assert result.returncode == 1
+    assert [json.loads(l)["image"] for l in result.stdout.splitlines()] == [str(good)]  # the good one is not lost
+    errors = [l for l in result.stderr.splitlines() if "error:" in l]
+    assert len(errors) == len(bad) and "Traceback" not in result.stderr
+    for path, line in zip(bad, errors):
+        assert str(path) in line
+    assert "0 bytes" in errors[2] and "decompression-bomb" in errors[3] and "no such file" in errors[4]
+    assert "5 of 6 files could not be read" in result.stderr
+
+
+def test_a_checkpoint_of_another_class_count_is_refused(tiny_run, tmp_path):
+    import torch as t
+
+    payload = load_checkpoint(tiny_run / "best.pt")
+    payload["num_classes"], payload["classes"] = 4, CLASSES[:4]
+    t.save(payload, tmp_path / "other.pt")
+    picture = tmp_path / "p.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(picture)
+    result = run_cli("predict", str(tmp_path / "other.pt"), str(picture))
+    assert result.returncode == 1 and "do not fit model 'smallcnn' with 4 classes" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tta_views_and_their_mean():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    assert torch.equal(shift(x, 0, 1)[..., 1:], x[..., :-1])  # moved one pixel right
+    assert torch.equal(shift(x, -1, 0)[..., :-1, :], x[..., 1:, :])  # moved one pixel up
+    assert torch.equal(shift(x, 0, 1)[..., 0], x[..., 1])  # the uncovered column is a reflection, not black
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(75, 4))
+    expected = sum(model(shift(v, dy, dx)) for v in (x, x.flip(-1)) for dy, dx in TTA_SHIFTS) / (2 * len(TTA_SHIFTS))
+    assert torch.allclose(tta_logits(model, x), expected)
+
+
+def test_evaluate_and_predict_accept_tta(tiny_run, archive, tmp_path):
+    plain = json.loads(run_cli("evaluate", str(tiny_run), "--json").stdout)
+    with_tta = run_cli("evaluate", str(tiny_run), "--json", "--tta")
+    assert with_tta.returncode == 0, with_tta.stderr
+    report = json.loads(with_tta.stdout)
+    assert report["tta"] is True and plain["tta"] is False and report["test_images"] == plain["test_images"]
+    picture = tmp_path / "p.png"
+    Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8)).save(picture)
+    predicted = run_cli("predict", str(tiny_run), str(picture), "--tta", "--json")
+    assert predicted.returncode == 0 and json.loads(predicted.stdout)["predicted"] in CLASSES
