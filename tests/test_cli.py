@@ -7,7 +7,7 @@ import json
 
 from conftest import files_under, run_cli, write_image_folder
 
-RUN_FILES = {"config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "summary.json",
+RUN_FILES = {".lock", "config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "summary.json",
              "curves.png", "confusion.png", "errors.png", "per_class.png", "confusion.json"}
 
 

@@ -29,9 +29,9 @@ def _data_options(p: argparse.ArgumentParser, default: str | None = "cifar10") -
     p.add_argument("--image-size", type=int, help="images of other sizes are resized to this (default 32)")
 
 
-def _train_options(t: argparse.ArgumentParser, epochs_help: str | None = None) -> None:
-    t.add_argument("--recipe", default="seed", help="a shipped recipe name or a TOML file (default: %(default)s)")
-    _data_options(t)
+def _train_options(t: argparse.ArgumentParser, epochs_help: str | None = None, data_default: str | None = "cifar10") -> None:
+    t.add_argument("--recipe", help="a shipped recipe name or a TOML file (default: seed)")
+    _data_options(t, default=data_default)
     t.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: %(default)s)")
     t.add_argument("--no-progress", action="store_true", help="print nothing but errors")
     overrides = t.add_argument_group("recipe overrides (each replaces the recipe's field)")
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     t = commands.add_parser("train", help="train a model with a recipe; writes a run folder")
-    _train_options(t)
+    _train_options(t, data_default=None)
+    t.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run from its last checkpoint, exactly")
     t.add_argument("--name", help="run folder name (default: generated; an existing run is never overwritten)")
     t.add_argument("--no-plots", action="store_true", help="skip the figures drawn at the end of the run")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars (needs cnnlab[tensorboard])")
@@ -159,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        from .train import Interrupted
+
+        if not isinstance(e, Interrupted):
+            raise
+        where = f"; continue with: cnnlab train --resume {e.run_dir}" if e.run_dir else ""
+        print(f"cnnlab {args.command}: {e}, checkpoint written{where}", file=sys.stderr)
+        return e.exit_code
     except BrokenPipeError:  # output piped into `head` and closed: not an error worth a traceback
         sys.stderr.close()
         return 0
@@ -173,14 +182,25 @@ def _recipe(args):
 
     fields = Recipe.__dataclass_fields__
     overrides = {k: v for k, v in vars(args).items() if k in fields and k != "name" and v is not None}
-    recipe = load_recipe(args.recipe, overrides)
+    recipe = load_recipe(args.recipe or "seed", overrides)
     resolve_device(recipe.device)  # fail on a bad --device before spending time on the data
     return recipe
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .train import resume, train
 
+    if args.resume:
+        from .recipe import Recipe
+
+        given = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+                 if v is not None and (k in Recipe.__dataclass_fields__ or k in ("recipe", "name", "image_size"))]
+        if given:
+            raise UsageError(f"--resume continues the run with its own recipe; drop {', '.join(given)}")
+        resume(args.resume, args.data, data_root=args.data_root, progress=not args.no_progress, plots=not args.no_plots,
+               tensorboard=args.tensorboard)
+        return 0
+    args.data = args.data or "cifar10"
     recipe = _recipe(args)
     if args.tensorboard:
         from .tensorboard import require_tensorboard
@@ -436,7 +456,7 @@ def cmd_predict(args) -> int:
             print(json.dumps(r.to_dict()), flush=True)
         else:
             print(f"{r.image}  " + "  ".join(f"{c} {100 * p:.1f}%" for c, p in r.top))
-    if failed:
+    if failed and len(results) > 1:
         print(f"cnnlab predict: {failed} of {len(results)} files could not be read (named above); the others were predicted",
               file=sys.stderr)
     return 1 if failed else 0

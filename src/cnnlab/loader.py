@@ -31,7 +31,9 @@ class Normalizer:
 
 class Loader:
     """Batches of one split. Training order and augmentation draw from their own generators,
-    so each is reproducible from the seed and can be saved and restored mid-run."""
+    so each is reproducible from the seed and can be saved and restored mid-run, even mid-epoch:
+    `position` counts the batches handed out this epoch, and `epoch_start` is the order generator's
+    state before this epoch's shuffle, so a resumed epoch re-draws the same order and skips ahead."""
 
     def __init__(self, images, labels, batch_size, normalize: Normalizer, *, device, train=False,
                  crop_padding=4, flip=True, seed=0, channels_last=False):
@@ -45,6 +47,8 @@ class Loader:
         self.channels_last = channels_last
         self.order_generator = torch.Generator(device=self.images.device).manual_seed(seed)
         self.augment_generator = torch.Generator(device=self.images.device).manual_seed(seed + 1)
+        self.position = 0
+        self.epoch_start = self.order_generator.get_state()
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -52,9 +56,14 @@ class Loader:
     def __iter__(self):
         n = len(self.labels)
         if self.train:
+            if self.position == 0:
+                self.epoch_start = self.order_generator.get_state()
+            else:  # resuming mid-epoch: the same shuffle as the interrupted epoch
+                self.order_generator.set_state(self.epoch_start)
             order = torch.randperm(n, generator=self.order_generator, device=self.images.device)
-        for start in range(0, n, self.batch_size):
+        for start in range(self.position * self.batch_size if self.train else 0, n, self.batch_size):
             if self.train:
+                self.position = start // self.batch_size + 1  # handed out = trained on, once the step finishes
                 index = order[start:start + self.batch_size]
                 x = random_crop_flip(self.images[index], self.crop_padding, self.flip, self.augment_generator)
                 y = self.labels[index]
@@ -62,10 +71,14 @@ class Loader:
                 x = self.images[start:start + self.batch_size]
                 y = self.labels[start:start + self.batch_size]
             yield self.normalize(x, self.channels_last), y
+        self.position = 0
 
     def state_dict(self) -> dict:
-        return {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state()}
+        return {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state(),
+                "epoch_start": self.epoch_start, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
         self.order_generator.set_state(state["order"])
         self.augment_generator.set_state(state["augment"])
+        self.epoch_start = state.get("epoch_start", self.order_generator.get_state())
+        self.position = state.get("position", 0)

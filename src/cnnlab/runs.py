@@ -25,6 +25,12 @@ METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc
                   "seconds", "images_per_s"]
 
 
+# A test hook for the crash tests: "last.pt:3" makes this process SIGKILL itself during its third write
+# of last.pt, after the temporary file is written and before it replaces the old one.
+KILL_DURING_WRITE = "CNNLAB_TEST_KILL_DURING_WRITE"
+_writes: dict[str, int] = {}
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -32,10 +38,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _maybe_die_mid_write(path.name)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise CnnlabError(f"could not write {path} ({e.strerror or e}); free some disk space or choose another --runs-dir") from None
+
+
+def _maybe_die_mid_write(name: str) -> None:
+    hook = os.environ.get(KILL_DURING_WRITE)
+    if hook:
+        target, _, count = hook.partition(":")
+        _writes[name] = _writes.get(name, 0) + 1
+        if name == target and _writes[name] == int(count or 1):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -71,12 +89,43 @@ def claim_run_folder(runs_dir: str | Path, name: str | None, stem: str) -> Path:
     raise CnnlabError(f"could not find a free run name in {runs_dir}")
 
 
+class RunLock:
+    """An exclusive lock on a run folder for as long as one process trains in it (released at exit,
+    even after SIGKILL, because the kernel drops a dead process's locks)."""
+
+    def __init__(self, path: Path):
+        import fcntl
+
+        self.file = open(Path(path) / ".lock", "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise CnnlabError(f"{path} is being trained by {holder}; wait for it to finish or stop it first") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()}")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()
+
+
 class RunFolder:
     """Writes one run's files. The training loop hands it rows and checkpoints; it never reads them."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.rows: list[dict] = []
+
+    def remove_stale_temporaries(self) -> list[str]:
+        """Temporary files of a process that died mid-write (call only while holding the RunLock)."""
+        stale = sorted(self.path.glob(".*.tmp"))
+        for tmp in stale:
+            tmp.unlink(missing_ok=True)
+        return [p.name for p in stale]
 
     def write_config(self, config: dict) -> None:
         atomic_write_json(self.path / "config.json", config)
@@ -125,10 +174,15 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        import re
+
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:  # not a pickle at all, or a damaged one
+            raise CnnlabError(f"{path} is not a readable PyTorch checkpoint (damaged or another format); check the file") from None
         raise CnnlabError(
-            f"{path} contains pickled Python objects that could run code; cnnlab loads only tensors and plain data. "
-            "Re-save it with torch.save(model.state_dict(), ...) from code you trust"
+            f"{path} contains pickled Python objects that could run code (it references {found.group(1)}); cnnlab loads "
+            "only tensors and plain data. Re-save it with torch.save(model.state_dict(), ...) from code you trust"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CnnlabError(f"{path} is not a readable PyTorch checkpoint ({brief(e)}); check the file") from None

@@ -9,9 +9,12 @@ Callbacks may define on_train_start(state), on_epoch_end(state, row) and on_trai
 
 from __future__ import annotations
 
+import json
 import math
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +26,14 @@ import torch.nn.functional as F
 from . import __version__
 from .data import Dataset, channel_stats, load_dataset, parse_count, stratified_take
 from .device import autocast, resolve_device, resolve_precision, tune_cpu_allocator
+from .errors import CnnlabError
 from .evaluate import evaluate
 from .loader import Loader, Normalizer
 from .models import build_model, count_parameters
 from .recipe import Recipe
-from .runs import CHECKPOINT_FORMAT, RunFolder, claim_run_folder
+from .runs import CHECKPOINT_FORMAT, RunFolder, RunLock, claim_run_folder, load_checkpoint, resolve_checkpoint
+
+CHECK_EVERY = 25  # steps between finiteness reads on accelerators (each read waits for the device)
 
 
 def learning_rate(recipe: Recipe, epoch: int) -> float:
@@ -57,6 +63,8 @@ class TrainState:
     best_value: float = -math.inf
     best_epoch: int = 0
     stopped_early: bool = False
+    partial: dict | None = None   # sums of an epoch interrupted mid-way: loss_sum, correct, seen, seconds
+    stop_signal: int | None = None  # set by SIGINT/SIGTERM: finish the step, checkpoint, stop
 
     def checkpoint(self) -> dict:
         return {
@@ -76,7 +84,19 @@ class TrainState:
             "recipe": self.recipe.to_dict(),
             "rows": list(self.rows),
             "best": {"metric": self.best_metric, "value": self.best_value, "epoch": self.best_epoch},
+            "partial": self.partial,
         }
+
+    def restore(self, checkpoint: dict) -> None:
+        """Continue exactly where `checkpoint` left off: weights, optimizer, generators, history, best."""
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.train_loader.load_state_dict(checkpoint["loader"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        self.epoch, self.rows = checkpoint["epoch"], list(checkpoint["rows"])
+        best = checkpoint["best"]
+        self.best_metric, self.best_value, self.best_epoch = best["metric"], best["value"], best["epoch"]
+        self.partial = checkpoint.get("partial")
 
 
 @dataclass
@@ -89,11 +109,16 @@ class TrainResult:
 
 def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | Path = "data",
           runs_dir: str | Path | None = "runs", name: str | None = None, progress: bool = True,
-          callbacks: list | None = None, log=None, plots: bool = True, tensorboard: bool = False) -> TrainResult:
+          callbacks: list | None = None, log=None, plots: bool = True, tensorboard: bool = False,
+          resume_from: dict | None = None) -> TrainResult:
     """Train `recipe` on `data` (a Dataset, or a source for `load_dataset`) and return the result.
 
     With `runs_dir=None` nothing is written to disk (handy in notebooks and tests). With a run
     folder, `plots` draws its figures at the end and `tensorboard` adds TensorBoard event files.
+    `resume_from` is a checkpoint of the run `runs_dir/name` to continue (see `resume`).
+
+    Raises Interrupted after SIGINT/SIGTERM (a checkpoint is written first) and Diverged when the
+    loss stops being finite (the last good checkpoint is kept).
     """
     started = time.perf_counter()
     if tensorboard and runs_dir is not None:
@@ -142,10 +167,17 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
     callbacks = list(callbacks or [])
     if progress:
         callbacks.insert(0, ConsolePrinter(log or (lambda line: print(line, flush=True))))
-    run_dir = None
+    if resume_from is not None:
+        state.restore(resume_from)
+    run_dir = lock = None
     if runs_dir is not None:
-        run_dir = claim_run_folder(runs_dir, name, stem=f"{recipe.name}-{recipe.model}")
-        callbacks.append(RunWriter(RunFolder(run_dir), data, train_count=len(train_index), val_count=val_count))
+        if resume_from is None:
+            run_dir = claim_run_folder(runs_dir, name, stem=f"{recipe.name}-{recipe.model}")
+        else:
+            run_dir = Path(runs_dir) / name
+        lock = RunLock(run_dir)  # one process per run folder, also across --resume
+        callbacks.append(RunWriter(RunFolder(run_dir), data, train_count=len(train_index), val_count=val_count,
+                                   resumed=resume_from is not None))
         if plots:
             from .plots import PlotWriter
 
@@ -154,29 +186,13 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
             from .tensorboard import TensorBoardWriter
 
             callbacks.append(TensorBoardWriter(run_dir / "tensorboard"))
-    _emit(callbacks, "on_train_start", state)
-
-    # Extension points later features hook into: on_epoch_end (early stopping, EMA, plots),
-    # the step (regularizers, gradient scaling), and TrainState.checkpoint (resume).
-    for epoch in range(state.epoch, recipe.epochs):
-        lr = learning_rate(recipe, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        train_loss, train_acc, seconds = train_one_epoch(state, progress and sys.stderr.isatty(), epoch)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
-        for split, loader in sorted(eval_loaders.items(), key=lambda kv: kv[0] != "val"):
-            result = evaluate(state.forward, loader)
-            row[f"{split}_loss"], row[f"{split}_acc"] = result["loss"], result["acc"]
-        row["seconds"] = seconds
-        row["images_per_s"] = len(train_index) / seconds
-        state.epoch = epoch + 1
-        state.rows.append(row)
-        if row[state.best_metric] > state.best_value:
-            state.best_value, state.best_epoch = row[state.best_metric], epoch + 1
-        _emit(callbacks, "on_epoch_end", state, row)
-        if recipe.early_stop and state.epoch - state.best_epoch >= recipe.early_stop:
-            state.stopped_early = True  # no better val_acc for `early_stop` epochs: best.pt holds the winner
-            break
+    try:
+        with StopOnSignal(state):
+            _emit(callbacks, "on_train_start", state)
+            _loop(state, recipe, eval_loaders, callbacks, progress, len(train_index), run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
 
     last = state.rows[-1]
     summary = {
@@ -201,32 +217,156 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
     return TrainResult(run_dir, state.rows, summary, model)
 
 
-def train_one_epoch(state: TrainState, show_progress: bool, epoch: int) -> tuple[float, float, float]:
-    """One pass over the training loader. Loss and accuracy are summed on the device and read
-    once at the end, so the loop never waits on the device mid-epoch."""
+def resume(run_dir: str | Path, data: Dataset | str | None = None, **options) -> TrainResult:
+    """Continue a stopped or killed run from its last.pt, with the run's own recipe and data.
+
+    The result equals an uninterrupted run's: every generator, the optimizer, the history and the
+    early-stopping state come from the checkpoint, and an epoch stopped mid-way resumes at its step.
+    """
+    from .recipe import recipe_from_dict
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CnnlabError(f"{run_dir}: no such run folder; pass the folder of the run to continue")
+    if (run_dir / "summary.json").is_file():
+        raise CnnlabError(f"{run_dir} has finished (summary.json is written); nothing to resume")
+    if not (run_dir / "last.pt").is_file():
+        raise CnnlabError(f"{run_dir} has no checkpoint yet (it stopped before its first epoch ended); start it again")
+    checkpoint = load_checkpoint(resolve_checkpoint(run_dir, "last.pt"))
+    recipe = recipe_from_dict(checkpoint["recipe"], where=f"{run_dir}/last.pt")
+    if data is None:
+        config = json.loads((run_dir / "config.json").read_text())
+        data = config["data"]["source"]
+    return train(recipe, data, runs_dir=run_dir.parent, name=run_dir.name, resume_from=checkpoint, **options)
+
+
+def _loop(state: TrainState, recipe: Recipe, eval_loaders: dict, callbacks: list, progress: bool, train_count: int,
+          run_dir: Path | None) -> None:
+    """The epochs: set the rate, train, evaluate, hand the row to the callbacks; stop early or on a signal.
+
+    Extension points later features hook into: on_epoch_end (early stopping, EMA, plots), the step
+    (regularizers, gradient scaling), and TrainState.checkpoint (resume)."""
+    for epoch in range(state.epoch, recipe.epochs):
+        lr = learning_rate(recipe, epoch)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        if state.stop_signal is None:
+            train_loss, train_acc, seconds = train_one_epoch(state, progress and sys.stderr.isatty(), epoch, run_dir)
+        if state.stop_signal is not None:  # mid-epoch: the sums so far are in state.partial
+            _emit(callbacks, "on_interrupt", state)
+            raise Interrupted(state.stop_signal, epoch + 1, state.train_loader.position, run_dir)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
+        for split, loader in sorted(eval_loaders.items(), key=lambda kv: kv[0] != "val"):
+            result = evaluate(state.forward, loader)
+            row[f"{split}_loss"], row[f"{split}_acc"] = result["loss"], result["acc"]
+        row["seconds"] = seconds
+        row["images_per_s"] = train_count / seconds
+        state.epoch = epoch + 1
+        state.rows.append(row)
+        if row[state.best_metric] > state.best_value:
+            state.best_value, state.best_epoch = row[state.best_metric], epoch + 1
+        _emit(callbacks, "on_epoch_end", state, row)
+        if recipe.early_stop and state.epoch - state.best_epoch >= recipe.early_stop:
+            state.stopped_early = True  # no better val_acc for `early_stop` epochs: best.pt holds the winner
+            break
+        if state.stop_signal is not None:  # arrived during evaluation: the epoch's checkpoint is written
+            raise Interrupted(state.stop_signal, epoch + 1, 0, run_dir)
+
+
+def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir: Path | None = None) -> tuple[float, float, float]:
+    """One pass over the training loader. Loss and accuracy are summed on the device and read once
+    at the end, so the loop never waits on the device mid-epoch (finiteness is checked on the device
+    too, and read every step on the CPU, where reading is free, else every CHECK_EVERY steps).
+
+    A signal ends the pass after the current step with the sums kept in state.partial; a pass
+    resumed from such a checkpoint starts from those sums and the loader's saved position.
+    """
     from tqdm import tqdm
 
     optimizer, recipe = state.optimizer, state.recipe
     forward = state.forward if state.forward is not None else state.model
     state.model.train()
-    loss_sum = torch.zeros((), device=state.device)
-    correct = torch.zeros((), device=state.device, dtype=torch.long)
-    seen = 0
+    partial = state.partial or {}
+    loss_sum = torch.as_tensor(partial.get("loss_sum", 0.0), device=state.device, dtype=torch.float32).clone()
+    correct = torch.as_tensor(partial.get("correct", 0), device=state.device, dtype=torch.long).clone()
+    seen, seconds_before = partial.get("seen", 0), partial.get("seconds", 0.0)
+    finite = torch.ones((), device=state.device, dtype=torch.bool)
+    check_every = 1 if state.device.type == "cpu" else CHECK_EVERY
     start = time.perf_counter()
-    batches = tqdm(state.train_loader, desc=f"epoch {epoch + 1:2d}", leave=False, disable=not show_progress, unit="batch")
-    for x, y in batches:
+    first_step = state.train_loader.position
+    batches = tqdm(state.train_loader, desc=f"epoch {epoch + 1:2d}", leave=False, disable=not show_progress, unit="batch",
+                   initial=first_step, total=len(state.train_loader))
+    for step, (x, y) in enumerate(batches, start=first_step + 1):
         with autocast(state.device, state.precision):
             logits = forward(x)
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        finite &= torch.isfinite(loss.detach())
+        if step % check_every == 0 and not bool(finite):
+            raise Diverged(epoch + 1, step, len(state.train_loader), optimizer.param_groups[0]["lr"], state.epoch, run_dir)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(dim=1) == y).sum()
         seen += len(y)
+        if state.stop_signal is not None and step < len(state.train_loader):
+            state.partial = {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
+                             "seconds": seconds_before + time.perf_counter() - start}
+            batches.close()
+            return math.nan, math.nan, math.nan
+    if not bool(finite):
+        raise Diverged(epoch + 1, len(state.train_loader), len(state.train_loader), optimizer.param_groups[0]["lr"], state.epoch, run_dir)
+    state.partial = None
     loss_value = float(loss_sum) / seen  # the one synchronisation of the epoch
-    seconds = time.perf_counter() - start
+    seconds = seconds_before + time.perf_counter() - start
     return loss_value, 100.0 * int(correct) / seen, seconds
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after a checkpoint was written; `cnnlab train --resume` continues it."""
+
+    def __init__(self, signum: int, epoch: int, step: int, run_dir: Path | None):
+        self.signum, self.epoch, self.step, self.run_dir = signum, epoch, step, run_dir
+        where = f"epoch {epoch}, step {step}" if step else f"the end of epoch {epoch}"
+        super().__init__(f"stopped by {signal.Signals(signum).name} at {where}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class Diverged(CnnlabError):
+    def __init__(self, epoch: int, step: int, steps: int, lr: float, good_epoch: int, run_dir: Path | None):
+        kept = (f"the last good checkpoint (epoch {good_epoch}) is kept in {run_dir / 'last.pt'}" if run_dir and good_epoch
+                else "no checkpoint was written")
+        super().__init__(f"the training loss became NaN or infinite in epoch {epoch}, step {step} of {steps}, at learning "
+                         f"rate {lr:.4g}; {kept}. Try a lower --lr, --precision fp32, or a run with batch norm")
+
+
+class StopOnSignal:
+    """While training: the first SIGINT or SIGTERM asks the loop to stop after its current step
+    (a second SIGINT stops at once). Only in the main thread, where Python can install handlers."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, state: TrainState):
+        self.state, self.previous = state, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.state.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.state.stop_signal = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        return False
 
 
 def _emit(callbacks, event: str, *args) -> None:
@@ -266,11 +406,27 @@ class ConsolePrinter:
 class RunWriter:
     """Writes the run folder: config at the start, metrics and checkpoints every epoch, summary at the end."""
 
-    def __init__(self, folder: RunFolder, data: Dataset, train_count: int, val_count: int):
+    def __init__(self, folder: RunFolder, data: Dataset, train_count: int, val_count: int, resumed: bool = False):
         self.folder, self.data = folder, data
         self.train_count, self.val_count = train_count, val_count
+        self.resumed = resumed
 
     def on_train_start(self, state: TrainState) -> None:
+        if self.resumed:
+            # The checkpoint is the truth: metrics rewritten from it (a kill may have come between the
+            # two writes), best.pt re-saved if the kill came before it was, and the resume noted.
+            self.folder.remove_stale_temporaries()
+            self.folder.write_metrics(state.rows)
+            if state.best_epoch == state.epoch and state.partial is None and state.rows:
+                best = self.folder.path / "best.pt"
+                if not best.is_file() or load_checkpoint(best).get("epoch") != state.epoch:
+                    self.folder.save_checkpoint("best.pt", state.checkpoint())
+            config_path = self.folder.path / "config.json"
+            config = json.loads(config_path.read_text())
+            config.setdefault("resumed", []).append({"at_epoch": state.epoch, "at_step": state.train_loader.position,
+                                                     "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv})
+            self.folder.write_config(config)
+            return
         self.folder.write_config({
             "recipe": state.recipe.to_dict(),
             "data": {**self.data.summary(), "train_used": self.train_count, "val_held_out": self.val_count,
@@ -286,11 +442,14 @@ class RunWriter:
         })
 
     def on_epoch_end(self, state: TrainState, row: dict) -> None:
-        self.folder.write_metrics(state.rows)
         checkpoint = state.checkpoint()
-        self.folder.save_checkpoint("last.pt", checkpoint)
+        self.folder.save_checkpoint("last.pt", checkpoint)  # first: resuming trusts it over the metrics files
         if state.best_epoch == row["epoch"]:
             self.folder.save_checkpoint("best.pt", checkpoint)
+        self.folder.write_metrics(state.rows)
+
+    def on_interrupt(self, state: TrainState) -> None:
+        self.folder.save_checkpoint("last.pt", state.checkpoint())
 
     def on_train_end(self, state: TrainState, summary: dict) -> None:
         note = None

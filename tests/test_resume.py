@@ -1,0 +1,163 @@
+"""Exact resume after SIGKILL at any moment (also mid-checkpoint-write), SIGINT/SIGTERM, safe writes,
+divergence, and two processes racing for one run folder. Real subprocesses, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+TIMING = {"seconds", "images_per_s"}
+RECIPE = ["--epochs", "6", "--batch-size", "16", "--val-split", "50", "--precision", "fp32", "--no-plots"]
+
+
+def start(archive, runs, name, env=None, *extra):
+    """`cnnlab train` as a real child process."""
+    return subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "--data", str(archive), "--runs-dir", str(runs),
+                             "--name", name, *RECIPE, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def rows(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def resume(run: Path, *extra) -> subprocess.CompletedProcess:
+    return run_cli("train", "--resume", str(run), "--no-progress", *extra)
+
+
+def wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def reference(archive, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("reference")
+    process = start(archive, runs, "straight")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    return rows(runs / "straight")
+
+
+def test_sigkill_during_a_checkpoint_write_then_resume_is_exact(archive, tmp_path, reference):
+    process = start(archive, tmp_path, "run", {"CNNLAB_TEST_KILL_DURING_WRITE": "last.pt:3"})
+    process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL
+    run = tmp_path / "run"
+    leftovers = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers, "the kill should have come after the temporary file was written"
+    assert json.loads(json.dumps(rows(run)))[-1]["epoch"] == 2  # metrics of epoch 3 never written, last.pt still epoch 2
+    result = resume(run)
+    assert result.returncode == 0, result.stderr
+    assert rows(run) == reference
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # the resumed run cleaned up after itself
+
+
+def test_sigkill_at_random_moments_then_resume_is_exact(archive, tmp_path, reference):
+    rng = random.Random(1234)
+    run = tmp_path / "run"
+    process = start(archive, tmp_path, "run")
+    kills = 0
+    resumed = lambda: len(json.loads((run / "config.json").read_text()).get("resumed", []))
+    while True:
+        # Wait until this process is really training (past start-up), then kill it at a random moment.
+        wait_for(lambda: ((run / "last.pt").is_file() and resumed() == max(0, kills)) or process.poll() is not None)
+        time.sleep(rng.uniform(0.0, 1.5))  # anywhere: mid-step, mid-evaluation, mid-write
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        if kills == 3:
+            break
+        process = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "--resume", str(run), "--no-progress"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert kills >= 3
+    result = resume(run)
+    assert result.returncode == 0, result.stderr
+    assert rows(run) == reference
+    assert len(json.loads((run / "config.json").read_text())["resumed"]) == kills
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_checkpoints_mid_epoch_and_says_how_to_resume(archive, tmp_path, reference, signum, code):
+    process = start(archive, tmp_path, "run")
+    run = tmp_path / "run"
+    wait_for(lambda: (run / "metrics.jsonl").is_file())
+    time.sleep(0.3)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == code, err
+    (line,) = err.strip().splitlines()
+    assert f"stopped by {signal.Signals(signum).name}" in line and f"cnnlab train --resume {run}" in line
+    result = resume(run)
+    assert result.returncode == 0, result.stderr
+    assert rows(run) == reference
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_metrics(archive, tmp_path, reference):
+    run = tmp_path / "run"
+    killed = start(archive, tmp_path, "run", {"CNNLAB_TEST_KILL_DURING_WRITE": "last.pt:2"})
+    killed.communicate(timeout=300)
+    for tmp in run.glob(".*.tmp"):
+        tmp.unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+
+    def small_files_only():
+        import resource
+
+        limit = 200_000  # bytes: config and metrics fit, a checkpoint (about 2.3 MB) does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    full = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--resume", str(run), "--no-progress"],
+                          capture_output=True, text=True, preexec_fn=small_files_only, timeout=300)
+    assert full.returncode == 1
+    (line,) = full.stderr.strip().splitlines()
+    assert "could not write" in line and "last.pt" in line and "free some disk space" in line
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after["last.pt"] == before["last.pt"] and after["best.pt"] == before["best.pt"]
+    assert rows(run) == reference[:1] and not list(run.glob(".*.tmp"))
+    result = resume(run)  # space again: the run finishes as if nothing had happened
+    assert result.returncode == 0, result.stderr
+    assert rows(run) == reference
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(archive, tmp_path):
+    result = run_cli("train", "--data", str(archive), "--runs-dir", str(tmp_path), "--name", "boom", "--epochs", "3",
+                     "--batch-size", "16", "--lr", "1e6", "--precision", "fp32", "--no-plots", "--no-progress")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "NaN or infinite" in line and "epoch 1, step" in line and "--lr" in line and "Traceback" not in result.stderr
+    assert not (tmp_path / "boom" / "last.pt").exists() and not (tmp_path / "boom" / "summary.json").exists()
+
+
+def test_two_processes_never_share_a_run_folder(archive, tmp_path):
+    processes = [start(archive, tmp_path, "same") for _ in range(2)]
+    outcomes = [p.communicate(timeout=300) + (p.returncode,) for p in processes]
+    codes = sorted(code for _, _, code in outcomes)
+    assert codes == [0, 1], outcomes
+    (loser,) = [err for _, err, code in outcomes if code == 1]
+    assert "already exists" in loser and len(loser.strip().splitlines()) == 1
+    assert len(rows(tmp_path / "same")) == 6
+
+
+def test_resume_refuses_what_it_cannot_continue(archive, tmp_path, reference):
+    assert "no such run folder" in resume(tmp_path / "missing").stderr
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    assert "no checkpoint yet" in resume(tmp_path / "empty").stderr
+    override = run_cli("train", "--resume", str(tmp_path / "empty"), "--lr", "0.5")
+    assert override.returncode == 2 and "drop --lr" in override.stderr
