@@ -37,6 +37,22 @@ ABLATIONS = {
             "poor (all three)": {"crop_padding": 0, "flip": False, "weight_decay": 0.0, "schedule": "constant"},
         },
     ),
+    "regularizers": Ablation(
+        "regularizers", "Which of a modern recipe's regularizers help SmallCNN here, each added alone to the seed recipe?", 15,
+        {
+            "seed": {},
+            "label-smoothing 0.1": {"label_smoothing": 0.1},
+            "cutout 8": {"cutout": 8},
+            "random-erasing 0.25": {"random_erasing": 0.25},
+            "color-jitter 0.2": {"color_jitter": 0.2},
+            "mixup 0.2": {"mixup": 0.2},
+            "cutmix 1.0": {"cutmix": 1.0},
+            "ema 0.999": {"ema": 0.999},
+            "nesterov": {"nesterov": True},
+            "warmup 1 epoch": {"warmup_epochs": 1.0},
+            "onecycle": {"schedule": "onecycle"},
+        },
+    ),
 }
 
 THRESHOLD = 70.0  # Exercise 19.5.2 asks when each variant first exceeds 70%
@@ -53,7 +69,8 @@ def variant_recipes(ablation: Ablation, base: Recipe, epochs: int | None = None)
 
 
 def _slug(variant: str) -> str:
-    return variant.split(" ")[0]
+    """A folder name: 'poor (all three)' -> 'poor', 'cutout 8' -> 'cutout-8'."""
+    return "-".join(variant.split(" (")[0].split())
 
 
 def run_ablation(name: str, base: Recipe, data, *, epochs: int | None = None, runs_dir: str | Path = "runs",

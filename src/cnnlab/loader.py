@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .augment import random_crop_flip
+from .augment import color_jitter, cutout, random_crop_flip, random_erasing
 
 
 @dataclass
@@ -28,6 +28,13 @@ class Normalizer:
             images = images.contiguous(memory_format=torch.channels_last)  # cheaper on uint8
         return torch.addcmul(shift, images.float(), scale)
 
+    def from_unit(self, x01: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """The same normalisation for float pixels already in [0, 1] (after colour jitter)."""
+        self(x01[:1, :, :1, :1])  # makes the constants for this device if needed
+        scale, shift = self._constants[x01.device]
+        out = torch.addcmul(shift, x01, scale * 255.0)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
 
 class Loader:
     """Batches of one split. Training order and augmentation draw from their own generators,
@@ -36,7 +43,7 @@ class Loader:
     state before this epoch's shuffle, so a resumed epoch re-draws the same order and skips ahead."""
 
     def __init__(self, images, labels, batch_size, normalize: Normalizer, *, device, train=False,
-                 crop_padding=4, flip=True, seed=0, channels_last=False):
+                 crop_padding=4, flip=True, seed=0, channels_last=False, cutout=0, random_erasing=0.0, color_jitter=0.0):
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
@@ -45,6 +52,7 @@ class Loader:
         self.crop_padding = crop_padding
         self.flip = flip
         self.channels_last = channels_last
+        self.cutout, self.random_erasing, self.color_jitter = cutout, random_erasing, color_jitter
         self.order_generator = torch.Generator(device=self.images.device).manual_seed(seed)
         self.augment_generator = torch.Generator(device=self.images.device).manual_seed(seed + 1)
         self.position = 0
@@ -66,12 +74,26 @@ class Loader:
                 self.position = start // self.batch_size + 1  # handed out = trained on, once the step finishes
                 index = order[start:start + self.batch_size]
                 x = random_crop_flip(self.images[index], self.crop_padding, self.flip, self.augment_generator)
-                y = self.labels[index]
+                yield self._regularize(x), self.labels[index]
+                continue
             else:  # evaluation: clean images, in order
                 x = self.images[start:start + self.batch_size]
                 y = self.labels[start:start + self.batch_size]
             yield self.normalize(x, self.channels_last), y
         self.position = 0
+
+    def _regularize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise a cropped, flipped uint8 batch, with the recipe's further augmentations if any."""
+        gen = self.augment_generator
+        if self.color_jitter:
+            x = self.normalize.from_unit(color_jitter(x.float() / 255.0, self.color_jitter, gen), self.channels_last)
+        else:
+            x = self.normalize(x, self.channels_last)
+        if self.cutout:
+            x = cutout(x, self.cutout, gen)
+        if self.random_erasing:
+            x = random_erasing(x, self.random_erasing, gen)
+        return x
 
     def state_dict(self) -> dict:
         return {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state(),

@@ -19,7 +19,7 @@ else:  # pragma: no cover
 
 from .errors import UsageError
 
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
@@ -42,10 +42,20 @@ class Recipe:
     nesterov: bool = False
     schedule: str = "cosine"    # cosine: CosineAnnealingLR(T_max=epochs), stepped once per epoch
     label_smoothing: float = 0.0
+    warmup_epochs: float = 0.0  # linear warm-up of the rate over this many epochs (per step)
+    ema: float = 0.0            # decay of an exponential moving average of the weights, per step (0 = off)
+    backbone_lr: float = 0.0    # rate for everything but the head when fine-tuning (0 = same as lr)
+    freeze_backbone: bool = False  # train only the head
+    weights: str = ""           # start from these weights (a state dict or a cnnlab checkpoint)
     early_stop: int = 0         # stop after this many epochs without a better val_acc (0 = off; needs val_split)
     # augmentation (train split only)
     crop_padding: int = 4
     flip: bool = True
+    cutout: int = 0             # side of the square hidden per image (0 = off; 8 or 16 are usual on 32x32)
+    random_erasing: float = 0.0  # probability of erasing a random box per image
+    color_jitter: float = 0.0   # brightness/contrast/saturation strength
+    mixup: float = 0.0          # Beta(alpha, alpha) of mixup (0 = off)
+    cutmix: float = 0.0         # Beta(alpha, alpha) of CutMix (0 = off; with mixup, one per batch)
     # execution
     seed: int = 0
     device: str = "auto"        # auto = cuda, then mps, then cpu
@@ -61,7 +71,8 @@ class Recipe:
 
         from .models import MODELS
 
-        need(self.model in MODELS, f"unknown model '{self.model}': choose one of {', '.join(sorted(MODELS))}")
+        need(self.model in MODELS or self.model.startswith("tv:"),
+             f"unknown model '{self.model}': choose one of {', '.join(sorted(MODELS))}, or tv:NAME for a torchvision model")
         need(self.epochs >= 1, f"epochs must be at least 1 (got {self.epochs})")
         need(self.batch_size >= 1, f"batch size must be at least 1 (got {self.batch_size})")
         need(self.eval_batch_size >= 1, f"eval batch size must be at least 1 (got {self.eval_batch_size})")
@@ -77,6 +88,14 @@ class Recipe:
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
              f"unknown device '{self.device}': use auto, cpu, cuda, cuda:N or mps")
         need(not (self.nesterov and self.momentum == 0), "nesterov needs a non-zero momentum")
+        need(0 <= self.cutout <= self.image_size, f"cutout must be between 0 and the image size (got {self.cutout})")
+        need(0 <= self.random_erasing <= 1, f"random erasing is a probability in [0, 1] (got {self.random_erasing})")
+        need(0 <= self.color_jitter < 1, f"colour jitter strength must be in [0, 1) (got {self.color_jitter})")
+        need(self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix take a Beta alpha >= 0 (0 = off)")
+        need(0 <= self.ema < 1, f"ema is a decay in [0, 1), such as 0.999 (got {self.ema})")
+        need(0 <= self.warmup_epochs < self.epochs, f"warm-up must be shorter than the run (got {self.warmup_epochs} of {self.epochs} epochs)")
+        need(self.backbone_lr >= 0, f"backbone learning rate must not be negative (got {self.backbone_lr})")
+        need(not (self.freeze_backbone and self.backbone_lr), "--freeze-backbone and --backbone-lr contradict each other; pick one")
         need(self.early_stop >= 0, f"early-stop patience must not be negative (got {self.early_stop})")
         need(self.early_stop == 0 or self.val_split not in ("0", "0.0", ""),
              "early stopping watches validation accuracy: add --val-split (for example --val-split 5000)")

@@ -22,7 +22,7 @@ from .errors import CnnlabError, brief
 
 CHECKPOINT_FORMAT = "cnnlab-checkpoint"
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                  "seconds", "images_per_s"]
+                  "seconds", "images_per_s", "ema_val_acc", "ema_test_acc"]
 
 
 # A test hook for the crash tests: "last.pt:3" makes this process SIGKILL itself during its third write
@@ -169,11 +169,11 @@ def resolve_checkpoint(run_or_checkpoint: str | Path, which: str = "best.pt") ->
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a cnnlab checkpoint safely: tensors and plain containers only (weights_only=True)."""
+def load_tensors(path: str | Path):
+    """torch.load with weights_only=True: tensors and plain containers, never code."""
     path = Path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         import re
 
@@ -186,6 +186,12 @@ def load_checkpoint(path: str | Path) -> dict:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CnnlabError(f"{path} is not a readable PyTorch checkpoint ({brief(e)}); check the file") from None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a cnnlab checkpoint safely (see load_tensors)."""
+    path = Path(path)
+    payload = load_tensors(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint (no '{CHECKPOINT_FORMAT}' header); pass a run folder or a .pt written by cnnlab")
     return payload

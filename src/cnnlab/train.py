@@ -27,7 +27,9 @@ from . import __version__
 from .data import Dataset, channel_stats, load_dataset, parse_count, stratified_take
 from .device import autocast, resolve_device, resolve_precision, tune_cpu_allocator
 from .errors import CnnlabError
+from .augment import mix
 from .evaluate import evaluate
+from .finetune import load_weights, parameter_groups
 from .loader import Loader, Normalizer
 from .models import build_model, count_parameters
 from .recipe import Recipe
@@ -36,11 +38,32 @@ from .runs import CHECKPOINT_FORMAT, RunFolder, RunLock, claim_run_folder, load_
 CHECK_EVERY = 25  # steps between finiteness reads on accelerators (each read waits for the device)
 
 
-def learning_rate(recipe: Recipe, epoch: int) -> float:
-    """The rate for 0-based `epoch`; cosine matches CosineAnnealingLR(T_max=epochs) stepped per epoch."""
+def learning_rate(recipe: Recipe, epoch: int, step: int = 0, steps: int = 1) -> float:
+    """The rate at 0-based `step` of `steps` in 0-based `epoch`.
+
+    cosine: CosineAnnealingLR(T_max=epochs) stepped once per epoch, as the chapter does; constant;
+    onecycle: OneCycleLR's shape per step (cosine up from lr/25 over the first 30%, then down to
+    lr/25e4). Warm-up multiplies any of them by a linear ramp over `warmup_epochs`, per step.
+    """
     if recipe.schedule == "constant":
-        return recipe.lr
-    return 0.5 * recipe.lr * (1 + math.cos(math.pi * epoch / recipe.epochs))
+        lr = recipe.lr
+    elif recipe.schedule == "onecycle":
+        t, peak = (epoch * steps + step) / (recipe.epochs * steps), 0.3
+        start, end = recipe.lr / 25, recipe.lr / 25e4
+        if t < peak:
+            lr = start + (recipe.lr - start) * 0.5 * (1 - math.cos(math.pi * t / peak))
+        else:
+            lr = end + (recipe.lr - end) * 0.5 * (1 + math.cos(math.pi * (t - peak) / (1 - peak)))
+    else:
+        lr = 0.5 * recipe.lr * (1 + math.cos(math.pi * epoch / recipe.epochs))
+    if recipe.warmup_epochs:
+        lr *= min(1.0, (epoch * steps + step + 1) / (recipe.warmup_epochs * steps))
+    return lr
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 @dataclass
@@ -63,6 +86,9 @@ class TrainState:
     best_value: float = -math.inf
     best_epoch: int = 0
     stopped_early: bool = False
+    ema: torch.nn.Module | None = None    # AveragedModel of the weights, when recipe.ema
+    scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA
+    notes: list[str] = field(default_factory=list)
     partial: dict | None = None   # sums of an epoch interrupted mid-way: loss_sum, correct, seen, seconds
     stop_signal: int | None = None  # set by SIGINT/SIGTERM: finish the step, checkpoint, stop
 
@@ -85,7 +111,15 @@ class TrainState:
             "rows": list(self.rows),
             "best": {"metric": self.best_metric, "value": self.best_value, "epoch": self.best_epoch},
             "partial": self.partial,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
+
+    def ema_checkpoint(self) -> dict:
+        """The averaged weights as a checkpoint of their own (for evaluate, predict, export)."""
+        payload = self.checkpoint()
+        payload["state_dict"] = {k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()}
+        return payload
 
     def restore(self, checkpoint: dict) -> None:
         """Continue exactly where `checkpoint` left off: weights, optimizer, generators, history, best."""
@@ -97,6 +131,10 @@ class TrainState:
         best = checkpoint["best"]
         self.best_metric, self.best_value, self.best_epoch = best["metric"], best["value"], best["epoch"]
         self.partial = checkpoint.get("partial")
+        if self.ema is not None and checkpoint.get("ema") is not None:
+            self.ema.load_state_dict(checkpoint["ema"])
+        if self.scaler is not None and checkpoint.get("scaler") is not None:
+            self.scaler.load_state_dict(checkpoint["scaler"])
 
 
 @dataclass
@@ -146,14 +184,18 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
     normalize = Normalizer(mean, std)
 
     cl = recipe.channels_last and device.type != "mps"
-    model = build_model(recipe.model, data.num_classes).to(device)
+    model = build_model(recipe.model, data.num_classes)
+    notes = load_weights(model, recipe.weights) if recipe.weights and resume_from is None else []
+    model = model.to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+    groups = parameter_groups(model, recipe.lr, recipe.backbone_lr, recipe.freeze_backbone)
+    optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, nesterov=recipe.nesterov, foreach=True)
     train_loader = Loader(train_images, all_labels[train_index], recipe.batch_size, normalize, device=device,
                           train=True, crop_padding=recipe.crop_padding, flip=recipe.flip, seed=recipe.seed,
-                          channels_last=cl)
+                          channels_last=cl, cutout=recipe.cutout, random_erasing=recipe.random_erasing,
+                          color_jitter=recipe.color_jitter)
     eval_loaders = {"test": Loader(data.test_images, data.test_labels, recipe.eval_batch_size, normalize,
                                    device=device, channels_last=cl)}
     if val_count:
@@ -163,7 +205,13 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
     # The compiled module shares the model's parameters; the plain one is what checkpoints hold.
     forward = model if recipe.compile == "off" else torch.compile(model, mode=None if recipe.compile == "default" else recipe.compile)
     state = TrainState(recipe, model, optimizer, train_loader, data.classes, mean, std, device, precision, forward,
-                       best_metric="val_acc" if val_count else "test_acc")
+                       best_metric="val_acc" if val_count else "test_acc", notes=notes)
+    if recipe.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        state.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
+    if precision == "fp16" and device.type == "cuda":
+        state.scaler = torch.amp.GradScaler("cuda")
     callbacks = list(callbacks or [])
     if progress:
         callbacks.insert(0, ConsolePrinter(log or (lambda line: print(line, flush=True))))
@@ -247,9 +295,8 @@ def _loop(state: TrainState, recipe: Recipe, eval_loaders: dict, callbacks: list
     Extension points later features hook into: on_epoch_end (early stopping, EMA, plots), the step
     (regularizers, gradient scaling), and TrainState.checkpoint (resume)."""
     for epoch in range(state.epoch, recipe.epochs):
-        lr = learning_rate(recipe, epoch)
-        for group in state.optimizer.param_groups:
-            group["lr"] = lr
+        lr = learning_rate(recipe, epoch, state.train_loader.position, len(state.train_loader))
+        set_learning_rate(state.optimizer, lr)
         if state.stop_signal is None:
             train_loss, train_acc, seconds = train_one_epoch(state, progress and sys.stderr.isatty(), epoch, run_dir)
         if state.stop_signal is not None:  # mid-epoch: the sums so far are in state.partial
@@ -259,6 +306,8 @@ def _loop(state: TrainState, recipe: Recipe, eval_loaders: dict, callbacks: list
         for split, loader in sorted(eval_loaders.items(), key=lambda kv: kv[0] != "val"):
             result = evaluate(state.forward, loader)
             row[f"{split}_loss"], row[f"{split}_acc"] = result["loss"], result["acc"]
+            if state.ema is not None:
+                row[f"ema_{split}_acc"] = evaluate(state.ema.module, loader)["acc"]
         row["seconds"] = seconds
         row["images_per_s"] = train_count / seconds
         state.epoch = epoch + 1
@@ -296,16 +345,31 @@ def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir:
     first_step = state.train_loader.position
     batches = tqdm(state.train_loader, desc=f"epoch {epoch + 1:2d}", leave=False, disable=not show_progress, unit="batch",
                    initial=first_step, total=len(state.train_loader))
+    per_step_lr = recipe.schedule == "onecycle" or recipe.warmup_epochs > 0
+    mixing = recipe.mixup > 0 or recipe.cutmix > 0
     for step, (x, y) in enumerate(batches, start=first_step + 1):
+        if per_step_lr:
+            set_learning_rate(optimizer, learning_rate(recipe, epoch, step - 1, len(state.train_loader)))
+        if mixing:
+            x, y, y_partner, weight = mix(x, y, recipe.mixup, recipe.cutmix)
         with autocast(state.device, state.precision):
             logits = forward(x)
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            if mixing:
+                loss = weight * loss + (1 - weight) * F.cross_entropy(logits, y_partner, label_smoothing=recipe.label_smoothing)
         finite &= torch.isfinite(loss.detach())
         if step % check_every == 0 and not bool(finite):
-            raise Diverged(epoch + 1, step, len(state.train_loader), optimizer.param_groups[0]["lr"], state.epoch, run_dir)
+            raise Diverged(epoch + 1, step, len(state.train_loader), optimizer.param_groups[-1]["lr"], state.epoch, run_dir)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if state.scaler is not None:  # fp16: scale the loss so small gradients survive, unscale before the step
+            state.scaler.scale(loss).backward()
+            state.scaler.step(optimizer)
+            state.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if state.ema is not None:
+            state.ema.update_parameters(state.model)
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(dim=1) == y).sum()
         seen += len(y)
@@ -315,7 +379,7 @@ def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir:
             batches.close()
             return math.nan, math.nan, math.nan
     if not bool(finite):
-        raise Diverged(epoch + 1, len(state.train_loader), len(state.train_loader), optimizer.param_groups[0]["lr"], state.epoch, run_dir)
+        raise Diverged(epoch + 1, len(state.train_loader), len(state.train_loader), optimizer.param_groups[-1]["lr"], state.epoch, run_dir)
     state.partial = None
     loss_value = float(loss_sum) / seen  # the one synchronisation of the epoch
     seconds = seconds_before + time.perf_counter() - start
@@ -386,9 +450,12 @@ class ConsolePrinter:
         r = state.recipe
         self.log(f"training {r.model} ({count_parameters(state.model):,} parameters) with recipe '{r.name}' "
                  f"on {state.device} ({state.precision}), {len(state.train_loader.labels)} images, {r.epochs} epochs")
+        for note in state.notes:
+            self.log(note)
 
     def on_epoch_end(self, state: TrainState, row: dict) -> None:
         val = f"  val acc {row['val_acc']:.2f}%" if "val_acc" in row else ""
+        val += f"  ema test acc {row['ema_test_acc']:.2f}%" if "ema_test_acc" in row else ""
         self.log(f"epoch {row['epoch']:2d}  loss {row['train_loss']:.3f}  test acc {row['test_acc']:.2f}%  "
                  f"train acc {row['train_acc']:.2f}%{val}  lr {row['lr']:.4f}  {row['seconds']:.1f}s  "
                  f"{row['images_per_s']:.0f} img/s")
@@ -439,6 +506,7 @@ class RunWriter:
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "threads": torch.get_num_threads()},
             "command": sys.argv,
+            **({"weights": state.notes} if state.notes else {}),
         })
 
     def on_epoch_end(self, state: TrainState, row: dict) -> None:
@@ -446,6 +514,8 @@ class RunWriter:
         self.folder.save_checkpoint("last.pt", checkpoint)  # first: resuming trusts it over the metrics files
         if state.best_epoch == row["epoch"]:
             self.folder.save_checkpoint("best.pt", checkpoint)
+        if state.ema is not None:
+            self.folder.save_checkpoint("ema.pt", state.ema_checkpoint())
         self.folder.write_metrics(state.rows)
 
     def on_interrupt(self, state: TrainState) -> None:

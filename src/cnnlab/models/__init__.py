@@ -7,23 +7,50 @@ from typing import Callable
 from torch import nn
 
 from ..errors import UsageError
+from .resnet import ResNet18
 from .smallcnn import SmallCNN, conv_block
 
 # name -> (builder(num_classes) -> nn.Module, one-line description)
 MODELS: dict[str, tuple[Callable[[int], nn.Module], str]] = {
     "smallcnn": (lambda n: SmallCNN(n), "the chapter's SmallCNN: 3 stages of conv-BN-ReLU, 288,746 parameters"),
     "smallcnn-nobn": (lambda n: SmallCNN(n, batch_norm=False), "SmallCNN without batch norm (the Exercise 19.5.2 ablation)"),
+    "resnet18": (lambda n: ResNet18(n), "ResNet-18 for 32x32 inputs: 3x3 stem, no max-pool, 11,173,962 parameters"),
 }
+TORCHVISION_PREFIX = "tv:"
 
 
 def build_model(name: str, num_classes: int) -> nn.Module:
+    if name.startswith(TORCHVISION_PREFIX):
+        return torchvision_model(name[len(TORCHVISION_PREFIX):], num_classes)
     if name not in MODELS:
         raise UsageError(f"unknown model '{name}': choose one of {', '.join(sorted(MODELS))}")
     return MODELS[name][0](num_classes)
+
+
+def torchvision_model(name: str, num_classes: int) -> nn.Module:
+    """torchvision.models by name, randomly initialised, with the head sized for `num_classes`
+    (optional: torchvision must import; load pretrained weights with --weights)."""
+    try:
+        import torchvision
+    except Exception as e:  # ImportError, or a torchvision built for another torch
+        raise UsageError(f"tv:{name} needs torchvision, which cannot be imported here ({type(e).__name__}); "
+                         "install a torchvision that matches your torch, or use a cnnlab model") from None
+    try:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    except ValueError:
+        raise UsageError(f"torchvision has no model '{name}'; see torchvision.models.list_models()") from None
+
+
+def head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The classifier: the last Linear layer, by name (what fine-tuning replaces when classes differ)."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UsageError(f"{type(model).__name__} has no Linear head to fine-tune")
+    return linears[-1]
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "SmallCNN", "build_model", "conv_block", "count_parameters"]
+__all__ = ["MODELS", "ResNet18", "SmallCNN", "build_model", "conv_block", "count_parameters", "head"]
