@@ -161,3 +161,24 @@ def test_resume_refuses_what_it_cannot_continue(archive, tmp_path, reference):
     assert "no checkpoint yet" in resume(tmp_path / "empty").stderr
     override = run_cli("train", "--resume", str(tmp_path / "empty"), "--lr", "0.5")
     assert override.returncode == 2 and "drop --lr" in override.stderr
+
+
+def test_resume_is_exact_with_every_random_regularizer(archive, tmp_path):
+    """Mixup/CutMix draw from torch's global generator, the box augmentations from the loader's, EMA
+    and warm-up carry state across steps: all of it must come back from the checkpoint."""
+    extra = ["--cutout", "8", "--random-erasing", "0.5", "--color-jitter", "0.3", "--mixup", "0.2", "--cutmix", "1.0",
+             "--ema", "0.9", "--warmup-epochs", "1", "--schedule", "onecycle"]
+    straight = start(archive, tmp_path, "straight", None, *extra)
+    _, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err
+    process = start(archive, tmp_path, "stopped", None, *extra)
+    run = tmp_path / "stopped"
+    wait_for(lambda: (run / "metrics.jsonl").is_file())
+    time.sleep(0.4)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == 143
+    result = resume(run)
+    assert result.returncode == 0, result.stderr
+    assert rows(run) == rows(tmp_path / "straight")
+    assert all("ema_test_acc" in r for r in rows(run))

@@ -295,7 +295,7 @@ def _loop(state: TrainState, recipe: Recipe, eval_loaders: dict, callbacks: list
     Extension points later features hook into: on_epoch_end (early stopping, EMA, plots), the step
     (regularizers, gradient scaling), and TrainState.checkpoint (resume)."""
     for epoch in range(state.epoch, recipe.epochs):
-        lr = learning_rate(recipe, epoch, state.train_loader.position, len(state.train_loader))
+        lr = learning_rate(recipe, epoch, 0, len(state.train_loader))  # the epoch's rate (per-step schedules set each step)
         set_learning_rate(state.optimizer, lr)
         if state.stop_signal is None:
             train_loss, train_acc, seconds = train_one_epoch(state, progress and sys.stderr.isatty(), epoch, run_dir)
