@@ -4,12 +4,9 @@ and nothing created or damaged. Plus property-based tests of the readers and the
 from __future__ import annotations
 
 import io
-import pickle
-import tarfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +16,7 @@ from PIL import Image
 from cnnlab.data import load_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import load_recipe
-from conftest import run_cli, write_cifar_archive, write_image_folder
+from conftest import run_cli, write_cifar_archive
 
 
 def png_bytes(size=8, colour=(10, 200, 30)) -> bytes:

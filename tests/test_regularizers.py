@@ -111,7 +111,7 @@ def test_ema_differs_from_and_lags_the_live_weights(tmp_path):
 
 
 def test_fine_tuning_replaces_a_head_of_another_size(tmp_path):
-    source = train(load_recipe("seed", {"epochs": 1, "batch_size": 16}), synthetic_dataset(num_classes=4),
+    train(load_recipe("seed", {"epochs": 1, "batch_size": 16}), synthetic_dataset(num_classes=4),
                    runs_dir=tmp_path, name="src", progress=False, plots=False)
     target = build_model("smallcnn", 7)
     notes = load_weights(target, tmp_path / "src" / "last.pt")

@@ -352,7 +352,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import channel_stats, load_dataset
+    from .data import channel_stats
     from .download import CIFAR_ARCHIVES, ensure_cifar
 
     if args.action == "download":
@@ -476,7 +476,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     import torch
 
-    from .export import FORMATS, check_onnx, export_model
+    from .export import check_onnx, export_model
 
     path, checkpoint, model = _checkpoint(args.run)
     default = path.parent / ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")

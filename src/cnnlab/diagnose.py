@@ -59,7 +59,7 @@ class Diagnosis:
         lines += [f"  because {reason}" for reason in self.reasons]
         split = n["split"]
         numbers = [
-            ("final training accuracy", f"{n['final_train_acc']:.2f}%  (running, on augmented batches)"),
+            ("final training accuracy", f"{n['final_train_acc']:.2f}%  (running, on the training batches)"),
             (f"final {split} accuracy", f"{n['final_eval_acc']:.2f}%"),
             (f"train-{split} gap", f"{n['gap']:+.2f} points"),
             (f"best {split} accuracy", f"{n['best_eval_acc']:.2f}% at epoch {n['best_epoch']} of {n['last_epoch']}"),

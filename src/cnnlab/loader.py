@@ -63,23 +63,21 @@ class Loader:
 
     def __iter__(self):
         n = len(self.labels)
-        if self.train:
-            if self.position == 0:
-                self.epoch_start = self.order_generator.get_state()
-            else:  # resuming mid-epoch: the same shuffle as the interrupted epoch
-                self.order_generator.set_state(self.epoch_start)
-            order = torch.randperm(n, generator=self.order_generator, device=self.images.device)
-        for start in range(self.position * self.batch_size if self.train else 0, n, self.batch_size):
-            if self.train:
-                self.position = start // self.batch_size + 1  # handed out = trained on, once the step finishes
-                index = order[start:start + self.batch_size]
-                x = random_crop_flip(self.images[index], self.crop_padding, self.flip, self.augment_generator)
-                yield self._regularize(x), self.labels[index]
-                continue
-            else:  # evaluation: clean images, in order
-                x = self.images[start:start + self.batch_size]
-                y = self.labels[start:start + self.batch_size]
-            yield self.normalize(x, self.channels_last), y
+        if not self.train:  # evaluation: clean images, in order
+            for start in range(0, n, self.batch_size):
+                images = self.images[start:start + self.batch_size]
+                yield self.normalize(images, self.channels_last), self.labels[start:start + self.batch_size]
+            return
+        if self.position == 0:
+            self.epoch_start = self.order_generator.get_state()
+        else:  # resuming mid-epoch: the same shuffle as the interrupted epoch
+            self.order_generator.set_state(self.epoch_start)
+        order = torch.randperm(n, generator=self.order_generator, device=self.images.device)
+        for start in range(self.position * self.batch_size, n, self.batch_size):
+            self.position = start // self.batch_size + 1  # handed out = trained on, once the step finishes
+            index = order[start:start + self.batch_size]
+            x = random_crop_flip(self.images[index], self.crop_padding, self.flip, self.augment_generator)
+            yield self._regularize(x), self.labels[index]
         self.position = 0
 
     def _regularize(self, x: torch.Tensor) -> torch.Tensor:
