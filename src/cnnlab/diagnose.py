@@ -125,8 +125,9 @@ def diagnose_rows(rows: list[dict]) -> Diagnosis:
             reasons.append(f"training accuracy is only {numbers['final_train_acc']:.1f}% and {split} accuracy is close to it "
                            f"(gap {numbers['gap']:+.1f} points): the model has not fit the training set")
         if still_improving:
+            annealed = ", more than the annealing schedule alone explains" if numbers["schedule_annealed"] else ""
             reasons.append(f"the curves were still improving when training stopped ({split} {numbers['recent_gain']:+.2f} points, "
-                           f"training loss {100 * numbers['loss_change']:+.1f}% over the last 3 epochs)")
+                           f"training loss {100 * numbers['loss_change']:+.1f}% over the last 3 epochs{annealed})")
         remedies = ["longer", "larger", "less_regularization", "higher_lr"]
         if numbers["final_train_acc"] < LOW_TRAIN_ACC and not numbers["loss_still_falling"]:
             remedies = ["larger", "less_regularization", "higher_lr", "longer"]  # flat and low: capacity, not time
