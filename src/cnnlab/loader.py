@@ -18,21 +18,24 @@ class Normalizer:
     std: tuple[float, ...]
     _constants: dict = field(default_factory=dict, repr=False)
 
+    def _for(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scale for uint8 input, scale for [0, 1] input, shift), made once per device: no copy per batch."""
+        if device not in self._constants:
+            std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+            mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+            self._constants[device] = (1.0 / (255.0 * std), 1.0 / std, -mean / std)
+        return self._constants[device]
+
     def __call__(self, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-        if images.device not in self._constants:  # made once per device: no host-to-device copy per batch
-            std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-            mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-            self._constants[images.device] = (1.0 / (255.0 * std), -mean / std)
-        scale, shift = self._constants[images.device]
+        scale, _, shift = self._for(images.device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)  # cheaper on uint8
         return torch.addcmul(shift, images.float(), scale)
 
     def from_unit(self, x01: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """The same normalisation for float pixels already in [0, 1] (after colour jitter)."""
-        self(x01[:1, :, :1, :1])  # makes the constants for this device if needed
-        scale, shift = self._constants[x01.device]
-        out = torch.addcmul(shift, x01, scale * 255.0)
+        _, scale, shift = self._for(x01.device)
+        out = torch.addcmul(shift, x01, scale)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
