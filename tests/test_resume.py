@@ -182,3 +182,24 @@ def test_resume_is_exact_with_every_random_regularizer(archive, tmp_path):
     assert result.returncode == 0, result.stderr
     assert rows(run) == rows(tmp_path / "straight")
     assert all("ema_test_acc" in r for r in rows(run))
+
+
+def test_resume_is_exact_with_the_speedrun_recipe(archive, tmp_path):
+    """Lookahead's slow weights, the alternating flips' epoch parity and the whitening layer (set from
+    the data only on a fresh start) must all come back from the checkpoint."""
+    extra = ["--recipe", "speedrun-cpu", "--warmup-epochs", "1"]
+    straight = start(archive, tmp_path, "straight", None, *extra)
+    _, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err
+    process = start(archive, tmp_path, "stopped", None, *extra)
+    run = tmp_path / "stopped"
+    wait_for(lambda: len((run / "metrics.jsonl").read_text().splitlines()) >= 2 if (run / "metrics.jsonl").is_file() else False)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode in (0, 143)  # 0 when it had already finished
+    if process.returncode == 143:
+        result = resume(run)
+        assert result.returncode == 0, result.stderr
+    assert rows(run) == rows(tmp_path / "straight")
+    assert "tta_test_acc" in rows(run)[-1]

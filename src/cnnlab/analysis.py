@@ -109,6 +109,13 @@ def run_predictions(run: RunRecord, data=None, checkpoint: str = "last.pt", devi
 
     `data` defaults to the source recorded in the run's config, loaded through the decode cache.
     """
+    model, payload, data = load_run_model(run, data, checkpoint, device)
+    return predict_test_split(model, data, payload["mean"], payload["std"], device)
+
+
+def load_run_model(run: RunRecord, data=None, checkpoint: str = "last.pt", device="cpu"):
+    """(model in eval mode, its checkpoint, the data it is to be judged on): the run's own data unless
+    `data` is given, which must have the classes the model was trained on."""
     from .data import load_dataset
     from .runs import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 
@@ -122,5 +129,5 @@ def run_predictions(run: RunRecord, data=None, checkpoint: str = "last.pt", devi
     if list(data.classes) != list(payload["classes"]):
         raise CnnlabError(f"{path} was trained on classes {payload['classes']}, but the data has {data.classes}; "
                           "pass the data the run was trained on with --data")
-    model = model_from_checkpoint(payload, path).to(device)
-    return predict_test_split(model, data, payload["mean"], payload["std"], device)
+    model = model_from_checkpoint(payload, path).to(device).eval()
+    return model, payload, data

@@ -10,27 +10,39 @@ import torch
 import torch.nn.functional as F
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator, *,
+                     reflect: bool = False, mirrored: torch.Tensor | None = None) -> torch.Tensor:
     """The chapter's `RandomCrop(32, padding)` then `RandomHorizontalFlip()`, for a whole batch at once.
 
-    Zero-pad by `padding`, pick a crop offset in [0, 2*padding] per image and axis, and mirror about
-    half the images. Crop and flip are one gather: the flip just reverses each image's column index.
+    Pad by `padding`, pick a crop offset in [0, 2*padding] per image and axis, and mirror about half
+    the images (or exactly those in `mirrored`, a bool per image). Crop and flip are one gather: the
+    flip just reverses each image's column index. Zero padding is the chapter's; `reflect` fills the
+    border with the mirror image of the edge instead, by reflecting the indices (no padded copy).
     """
     b, c, h, w = images.shape
     device = images.device
     if padding > 0:
         offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator, device=device)
-        images = F.pad(images, (padding, padding, padding, padding))
+        if not reflect:
+            images = F.pad(images, (padding, padding, padding, padding))
     else:
         offsets = torch.zeros(b, 2, dtype=torch.long, device=device)
     rows = offsets[:, 0:1] + torch.arange(h, device=device)  # [B, H]
     cols = offsets[:, 1:2] + torch.arange(w, device=device)  # [B, W]
+    if reflect and padding > 0:  # an index -k before the edge reads pixel k; past the far edge, likewise
+        rows, cols = _reflect(rows - padding, h), _reflect(cols - padding, w)
     if flip:
-        mirrored = torch.rand(b, generator=generator, device=device) < 0.5
+        if mirrored is None:
+            mirrored = torch.rand(b, generator=generator, device=device) < 0.5
         cols = torch.where(mirrored[:, None], cols.flip(1), cols)
     batch_index = torch.arange(b, device=device)[:, None, None, None]
     channel_index = torch.arange(c, device=device)[None, :, None, None]
     return images[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
 # Beyond the chapter: the regularizers of a modern recipe. These act on the normalised float batch

@@ -35,6 +35,8 @@ class Variant:
     channels_last: bool = True
     tune_allocator: bool = True
     threads: int | None = None      # None: PyTorch's default (one per core)
+    recipe: str = "seed"            # whose model, optimizer, augmentation and batch size
+    loop: str = "cnnlab"            # cnnlab: train_one_epoch; minimal: a hand-written loop doing the same maths
 
 
 VARIANTS = {v.name: v for v in [
@@ -46,6 +48,11 @@ VARIANTS = {v.name: v for v in [
     Variant("cnnlab-cl-fp32-alloc", "+ allocator keeps freed memory (no page faults per step)"),
     Variant("cnnlab-cl-bf16", "channels-last, bf16 autocast, default allocator", precision="bf16", tune_allocator=False),
     Variant("cnnlab", "cnnlab's default CPU path: channels-last, bf16 autocast, tuned allocator", precision="bf16"),
+    # The speedrun recipe through cnnlab's general loop against the few lines a speedrun script would write.
+    Variant("speedrun-minimal", "speedrun-cpu recipe, a hand-written loop: rate, forward, backward, step, lookahead",
+            precision="bf16", recipe="speedrun-cpu", loop="minimal"),
+    Variant("speedrun-cnnlab", "speedrun-cpu recipe through cnnlab's train_one_epoch (metrics, checks, resume state)",
+            precision="bf16", recipe="speedrun-cpu"),
 ]}
 DEFAULT_VARIANTS = ["seed-literal", "cnnlab-nchw-fp32", "cnnlab-cl-fp32", "cnnlab-cl-fp32-alloc", "cnnlab-cl-bf16", "cnnlab"]
 
@@ -124,7 +131,7 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
     from .loader import Loader, Normalizer
     from .models import build_model
     from .recipe import load_recipe
-    from .train import TrainState, train_one_epoch
+    from .train import TrainState, learning_rate, make_optimizer, set_learning_rate, train_one_epoch
 
     if variant.tune_allocator:
         tune_cpu_allocator()
@@ -132,13 +139,17 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
         torch.set_num_threads(variant.threads)
     torch.manual_seed(seed)
     data = load_dataset(data_source, progress=False)
+    recipe = load_recipe(variant.recipe, {"precision": variant.precision, "channels_last": variant.channels_last})
+    batch_size = batch_size if variant.recipe == "seed" else recipe.batch_size
     n = (warmup + steps) * batch_size
     images, labels = data.train_images[:n], data.train_labels[:n]
     mean, std = KNOWN_STATS["cifar10"]
-    model = build_model("smallcnn", data.num_classes)
+    model = build_model(recipe.model, data.num_classes)
+    if hasattr(model, "initialise_from_data"):
+        model.initialise_from_data(Normalizer(mean, std)(images[:5000]))
     if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=True)
+    optimizer = make_optimizer(model, recipe)
     device = torch.device("cpu")
 
     import resource
@@ -162,19 +173,43 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
         seconds = time.perf_counter() - start
         del batches
     else:
-        recipe = load_recipe("seed", {"precision": variant.precision, "channels_last": variant.channels_last})
+        from .device import autocast
+        from .lookahead import Lookahead
+
         make_loader = lambda k: Loader(images[:k * batch_size], labels[:k * batch_size], batch_size,
                                        Normalizer(mean, std), device=device, train=True, seed=seed,
-                                       channels_last=variant.channels_last)
+                                       channels_last=variant.channels_last, crop_padding=recipe.crop_padding,
+                                       reflect=recipe.pad_mode == "reflect", alternate_flip=recipe.alternate_flip)
         state = TrainState(recipe, model, optimizer, make_loader(warmup), data.classes, mean, std, device, variant.precision)
-        train_one_epoch(state, False, 0)  # warm-up: one short epoch
-        state.train_loader = make_loader(steps)
-        _, _, seconds = train_one_epoch(state, False, 1)
+        if recipe.lookahead:
+            state.lookahead = Lookahead(model, recipe.lookahead)
+        if variant.loop == "minimal":
+            def epoch(loader, epoch_index):
+                model.train()
+                for step, (x, y) in enumerate(loader):
+                    set_learning_rate(optimizer, learning_rate(recipe, epoch_index, step, len(loader)))
+                    with autocast(device, variant.precision):
+                        loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    if state.lookahead is not None:
+                        state.lookahead.after_step(model, epoch_index * len(loader) + step + 1, recipe.epochs * len(loader))
+
+            epoch(make_loader(warmup), 0)
+            loader = make_loader(steps)
+            start = time.perf_counter()
+            epoch(loader, 1)
+            seconds = time.perf_counter() - start
+        else:
+            train_one_epoch(state, False, 0)  # warm-up: one short epoch
+            state.train_loader = make_loader(steps)
+            _, _, seconds, _ = train_one_epoch(state, False, 1)
     throughput = steps * batch_size / seconds
     # Minor page faults of this process per training step (warm-up included; DataLoader workers not counted).
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / (warmup + steps)
     return {"variant": variant.name, "images_per_s": throughput, "seconds": seconds, "steps": steps,
-            "page_faults_per_step": faults}
+            "page_faults_per_step": faults, "model": recipe.model, "batch_size": batch_size}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +241,11 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
 
     from .models import build_model
 
-    macs = forward_macs(build_model("smallcnn", 10))
+    from .recipe import load_recipe
+
+    model_of = lambda name: load_recipe(VARIANTS[name].recipe).model
+    macs_of = {m: forward_macs(build_model(m, 10)) for m in {model_of(name) for name in variants}}
+    macs = macs_of.get("smallcnn", next(iter(macs_of.values())))
     train_flop_per_image = 6 * macs  # forward 2 FLOP per MAC, backward about twice the forward
     cores = os.cpu_count() or 1
     baseline = statistics.median(samples[variants[0]])
@@ -214,7 +253,7 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
     for name in variants:
         v, s = VARIANTS[name], samples[name]
         median = statistics.median(s)
-        achieved = median * train_flop_per_image
+        achieved = median * 6 * macs_of[model_of(name)]
         rows.append({
             "variant": name, "description": v.description, "precision": v.precision,
             "images_per_s_median": median, "images_per_s_min": min(s), "images_per_s_max": max(s), "samples": s,
@@ -222,6 +261,7 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
             "achieved_gflops": achieved / 1e9, "peak_gflops_assumed": peak_flops(v.precision, cores) / 1e9,
             "fraction_of_peak": achieved / peak_flops(v.precision, cores),
             "page_faults_per_step_median": statistics.median(faults[name]),
+            "model": model_of(name), "forward_macs_per_image": macs_of[model_of(name)],
         })
     return {
         "machine": {"cores": cores, "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -233,7 +273,8 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
 
 
 def format_table(result: dict) -> str:
-    lines = [f"SmallCNN training throughput, batch {result['batch_size']}, {result['steps']} timed steps, "
+    lines = [f"Training throughput (SmallCNN at batch {result['batch_size']}; speedrun variants at their recipe's batch), "
+             f"{result['steps']} timed steps, "
              f"median of {result['repeats']} interleaved repeats (min-max); epoch = 50,000 images",
              f"{'variant':<22} {'img/s':>7} {'min-max':>13} {'epoch s':>8} {'speed-up':>8} {'GFLOP/s':>8} {'of peak':>8} {'faults/step':>11}"]
     for r in result["rows"]:

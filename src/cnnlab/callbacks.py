@@ -28,14 +28,17 @@ class ConsolePrinter:
 
     def on_train_start(self, state) -> None:
         r = state.recipe
+        world = state.cluster.world_size
+        ranks = f" x {world} processes (DDP, global batch {r.batch_size})" if world > 1 else ""
         self.log(f"training {r.model} ({count_parameters(state.model):,} parameters) with recipe '{r.name}' "
-                 f"on {state.device} ({state.precision}), {len(state.train_loader.labels)} images, {r.epochs} epochs")
+                 f"on {state.device} ({state.precision}){ranks}, {len(state.train_loader.labels)} images, {r.epochs} epochs")
         for note in state.notes:
             self.log(note)
 
     def on_epoch_end(self, state, row: dict) -> None:
         val = f"  val acc {row['val_acc']:.2f}%" if "val_acc" in row else ""
         val += f"  ema test acc {row['ema_test_acc']:.2f}%" if "ema_test_acc" in row else ""
+        val += f"  tta test acc {row['tta_test_acc']:.2f}%" if "tta_test_acc" in row else ""
         self.log(f"epoch {row['epoch']:2d}  loss {row['train_loss']:.3f}  test acc {row['test_acc']:.2f}%  "
                  f"train acc {row['train_acc']:.2f}%{val}  lr {row['lr']:.4f}  {row['seconds']:.1f}s  "
                  f"{row['images_per_s']:.0f} img/s")
@@ -45,7 +48,8 @@ class ConsolePrinter:
         if summary["stopped_early"]:
             self.log(f"stopped early after epoch {summary['epochs']}: val acc has not improved for "
                      f"{state.recipe.early_stop} epochs (best at epoch {summary['best_epoch']}, kept in best.pt)")
-        self.log(f"final test acc {summary['final_test_acc']:.2f}% after {summary['epochs']} epochs in "
+        tta = f" ({summary['final_tta_test_acc']:.2f}% with TTA)" if "final_tta_test_acc" in summary else ""
+        self.log(f"final test acc {summary['final_test_acc']:.2f}%{tta} after {summary['epochs']} epochs in "
                  f"{summary['wall_seconds']:.0f}s (best {summary['best_metric']} {summary['best_value']:.2f}% "
                  f"at epoch {summary['best_epoch']}){where}")
 

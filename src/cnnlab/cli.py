@@ -42,7 +42,11 @@ def _train_options(t: argparse.ArgumentParser, epochs_help: str | None = None, d
     overrides.add_argument("--momentum", type=float)
     overrides.add_argument("--weight-decay", type=float)
     overrides.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    overrides.add_argument("--schedule", help="cosine, constant or onecycle")
+    overrides.add_argument("--schedule", help="cosine, constant, onecycle or linear")
+    overrides.add_argument("--decoupled-weight-decay", action=argparse.BooleanOptionalAction, default=None,
+                           help="read --weight-decay as the shrink per step at the peak rate, in every parameter group")
+    overrides.add_argument("--bias-lr-scale", type=float, metavar="K", help="biases train K times faster than the rest")
+    overrides.add_argument("--lookahead", type=int, metavar="STEPS", help="lookahead weight averaging every STEPS steps (0 = off)")
     overrides.add_argument("--label-smoothing", type=float)
     overrides.add_argument("--cutout", type=int, metavar="SIZE", help="hide one SIZE x SIZE square per image (0 = off)")
     overrides.add_argument("--random-erasing", type=float, metavar="P", help="erase a random box with probability P")
@@ -56,12 +60,26 @@ def _train_options(t: argparse.ArgumentParser, epochs_help: str | None = None, d
     overrides.add_argument("--backbone-lr", type=float, help="learning rate of everything but the head (fine-tuning)")
     overrides.add_argument("--crop-padding", type=int, help="random-crop padding in pixels (0 = no crop)")
     overrides.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flip")
+    overrides.add_argument("--alternate-flip", action=argparse.BooleanOptionalAction, default=None,
+                           help="flip each image every other epoch instead of by chance")
+    overrides.add_argument("--pad-mode", help="fill of the crop padding: zeros or reflect")
+    overrides.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
+                           help="speedrun models: a frozen whitening first layer from the data")
+    overrides.add_argument("--identity-init", action=argparse.BooleanOptionalAction, default=None,
+                           help="speedrun models: 3x3 convolutions start as the identity")
+    overrides.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                           help="the final evaluation also averages flips and 1-pixel shifts")
     overrides.add_argument("--seed", type=int)
     overrides.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     overrides.add_argument("--precision", help="auto, fp32, bf16 or fp16")
     overrides.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    overrides.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                           help="under torchrun: synchronized batch norm (statistics over the global batch)")
     overrides.add_argument("--compile", help="torch.compile mode: off, default, reduce-overhead (CUDA graphs) or max-autotune")
     overrides.add_argument("--val-split", help="hold out a count (5000) or fraction (0.1) of the training images")
+    overrides.add_argument("--val-groups", metavar="PATTERN",
+                           help="keep groups whole across the validation split: 'folder' (the first subfolder inside "
+                                "each class folder) or a regular expression over the image's path below train/")
     overrides.add_argument("--train-subset", help="train on a seeded, stratified count or fraction of the training images")
     overrides.add_argument("--early-stop", type=int, metavar="PATIENCE",
                            help="stop after PATIENCE epochs without a better validation accuracy (needs --val-split)")
@@ -84,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars (needs cnnlab[tensorboard])")
 
     a = commands.add_parser("ablate", help="the chapter's ablations: bn (Exercise 19.5.2), recipe (the 'poor recipe' "
-                            "claim), regularizers (each one added to the seed recipe)")
-    a.add_argument("ablation", choices=["bn", "recipe", "regularizers"])
+                            "claim), regularizers (each one added to the seed recipe), speedrun (each technique removed)")
+    a.add_argument("ablation", choices=["bn", "recipe", "regularizers", "speedrun"])
     _train_options(a, epochs_help="epochs per variant (default: 15)")
 
     p = commands.add_parser("plot", help="draw a run's figures: curves, confusion, errors, per-class")
@@ -112,7 +130,26 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(e, default=None)
     e.add_argument("--device", default="auto")
     e.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and one-pixel shifts")
+    e.add_argument("--exclude-duplicates", metavar="AUDIT",
+                   help="also report accuracy without the test images an audit found duplicated in train")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    au = commands.add_parser("audit", help="exact and near-duplicate images between and within the splits (leaks)")
+    _data_options(au)
+    au.add_argument("--model-run", metavar="RUN", help="compare a trained run's penultimate features (default: "
+                    "8x8 pixel features)")
+    au.add_argument("--threshold", type=float, help="cosine similarity counted as a near duplicate "
+                    "(default: 0.95 for pixel features, 0.99 for a model's; see BENCHMARKS.md)")
+    au.add_argument("--out", help="output folder (default: audits/<data name>[-model]; never overwritten)")
+    au.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+    rb = commands.add_parser("robustness", help="test accuracy under generated CIFAR-10-C-style corruptions")
+    rb.add_argument("run", help="a run folder (its last.pt)")
+    _data_options(rb, default=None)
+    rb.add_argument("--corruptions", help="comma-separated subset (default: all of them)")
+    rb.add_argument("--seed", type=int, default=0, help="seed of the corruption draws (default: %(default)s)")
+    rb.add_argument("--device", default="auto")
+    rb.add_argument("--json", action="store_true", help="print one JSON object")
 
     d = commands.add_parser("data", help="download a dataset, or describe one")
     d.add_argument("action", choices=["download", "info", "stats"])
@@ -163,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "recipes": cmd_recipes,
                 "models": cmd_models, "bench": cmd_bench, "ablate": cmd_ablate, "plot": cmd_plot,
                 "diagnose": cmd_diagnose, "confusion": cmd_confusion, "report": cmd_report, "inspect": cmd_inspect,
-                "predict": cmd_predict, "export": cmd_export}[args.command](args)
+                "predict": cmd_predict, "export": cmd_export, "audit": cmd_audit,
+                "robustness": cmd_robustness}[args.command](args)
     except CnnlabError as e:
         message = " ".join(str(e).split())  # always exactly one line
         print(f"cnnlab {args.command}: error: {message}", file=sys.stderr)
@@ -223,8 +261,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from .ablate import format_table, run_ablation
+    from .ablate import ABLATIONS, format_table, run_ablation
 
+    args.recipe = args.recipe or ABLATIONS[args.ablation].recipe
     recipe = _recipe(args)
     comparison = run_ablation(args.ablation, recipe, _load(args, recipe.image_size), epochs=args.epochs,
                               runs_dir=args.runs_dir, progress=not args.no_progress)
@@ -334,20 +373,113 @@ def cmd_evaluate(args) -> int:
     model = model_from_checkpoint(checkpoint, path).to(device)
     loader = Loader(data.test_images, data.test_labels, 1000, Normalizer(tuple(checkpoint["mean"]), tuple(checkpoint["std"])),
                     device=device)
+    audit = None
+    if args.exclude_duplicates:
+        from .audit import load_audit
+
+        audit = load_audit(args.exclude_duplicates, data)
     with torch.no_grad():
         result = evaluate(model, loader, tta=args.tta)
     per_class = per_class_accuracy(result["predictions"], result["labels"], data.num_classes)
     report = {"checkpoint": str(path), "data": args.data, "tta": args.tta, "test_images": int(result["labels"].numel()),
               "test_acc": result["acc"], "test_loss": result["loss"],
               "per_class_acc": dict(zip(data.classes, per_class))}
+    if audit is not None:
+        keep = torch.ones(len(result["labels"]), dtype=torch.bool)
+        keep[audit["leaked_test"]] = False
+        right = result["predictions"] == result["labels"]
+        report["duplicate_free"] = {
+            "audit": str(args.exclude_duplicates), "excluded": int((~keep).sum()), "test_images": int(keep.sum()),
+            "test_acc": 100.0 * float(right[keep].double().mean()) if keep.any() else float("nan"),
+            "acc_on_excluded": 100.0 * float(right[~keep].double().mean()) if (~keep).any() else float("nan"),
+        }
     if args.json:
         print(json.dumps(report))
     else:
         tta = " with test-time augmentation" if args.tta else ""
         print(f"{path}: test accuracy {result['acc']:.2f}%{tta} on {report['test_images']} images (loss {result['loss']:.4f})")
+        if audit is not None:
+            free = report["duplicate_free"]
+            print(f"  without the {free['excluded']} test images duplicated in train: {free['test_acc']:.2f}% on "
+                  f"{free['test_images']} images (on the duplicated ones: {free['acc_on_excluded']:.2f}%)")
         width = max(len(c) for c in data.classes)
         for cls, acc in report["per_class_acc"].items():
             print(f"  {cls:<{width}}  {acc:6.2f}%")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from pathlib import Path
+
+    from .audit import audit, format_audit, model_features, save_audit
+    from .runs import claim_run_folder
+
+    if args.threshold is not None and not -1 <= args.threshold <= 1:
+        raise UsageError(f"--threshold {args.threshold} is not a cosine similarity; give a number between -1 and 1")
+    if args.out and Path(args.out).exists():
+        raise CnnlabError(f"{args.out} already exists; choose another --out (audits are never overwritten)")
+    space, features = "pixels", None
+    if args.model_run:
+        from .runs import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+
+        path = resolve_checkpoint(args.model_run, "last.pt")
+        payload = load_checkpoint(path)
+        model = model_from_checkpoint(payload, path)
+        args.image_size = args.image_size or payload["image_size"]
+        space = "model"
+        features = lambda images: model_features(model, images, payload["mean"], payload["std"])
+    data = _load(args, args.image_size or 32)
+    result = audit(data, space, args.threshold, features)
+    stem = Path(str(args.data).rstrip("/")).name.split(".")[0] + ("-model" if args.model_run else "")
+    out = claim_run_folder(Path(args.out).parent, Path(args.out).name, stem) if args.out else claim_run_folder("audits", None, stem)
+    summary = save_audit(result, data, out, model_run=args.model_run)
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "leaked_test"} | {"folder": str(out)}))
+    else:
+        print(format_audit(summary))
+        print(f"pairs (pairs.csv, nearest_train.csv), galleries (gallery.png, gallery_threshold.png) and audit.json in {out}")
+    return 0
+
+
+def cmd_robustness(args) -> int:
+    from .analysis import load_run_model, read_run
+    from .device import resolve_device
+    from .evaluate import evaluate
+    from .loader import Loader, Normalizer
+    from .plots import plot_robustness
+    from .robustness import CORRUPTIONS, format_table, robustness_table
+    from .runs import atomic_write_bytes
+
+    names = None
+    if args.corruptions:
+        names = [n.strip() for n in args.corruptions.split(",") if n.strip()]
+        unknown = [n for n in names if n not in CORRUPTIONS]
+        if unknown or not names:
+            raise UsageError(f"unknown corruption '{(unknown or [''])[0]}': choose from {', '.join(CORRUPTIONS)}")
+    run = read_run(args.run)
+    device = resolve_device(args.device)
+    data = _load(args, args.image_size or 32) if args.data is not None else None
+    model, payload, data = load_run_model(run, data, "last.pt", device)
+    normalize = Normalizer(tuple(payload["mean"]), tuple(payload["std"]))
+
+    def accuracy_of(model, images, labels):
+        return evaluate(model, Loader(images, labels, 1000, normalize, device=device))["acc"]
+
+    show = None if args.json or not sys.stderr.isatty() else (
+        lambda name, severity, acc: print(f"  {name} severity {severity}: {acc:.2f}%", file=sys.stderr))
+    result = robustness_table(model, data.test_images, data.test_labels, accuracy_of, names, args.seed, show)
+    result["data"] = data.source
+    atomic_write_bytes(run.path / "robustness.json", json.dumps(result, indent=1).encode())
+    plot_robustness(result, run.path / "robustness.png")
+    if (run.path / "report.html").is_file():  # keep an existing report current
+        from .report import write_report
+
+        write_report([run.path], run.path / "report.html")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table(result))
+        print(f"table (robustness.json) and plot (robustness.png) in {run.path}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Datasets: read a source once, keep it in memory as uint8 tensors.
 
 A source is `cifar10`, `cifar100`, or a path: a python-format CIFAR archive or its folder, or an
-image-folder tree (`train/<class>/*`, `test/<class>/*`) as a folder, `.tar`, `.tar.gz` or `.zip`.
+image-folder tree (`train/<class>/...`, `test/<class>/...`; subfolders inside a class folder, such as
+one per collection session, are allowed) as a folder, `.tar`, `.tar.gz` or `.zip`.
 Decoded image folders are cached as one `.npz` keyed by the source's content, so the second load
 is a file read, not 60,000 JPEG decodes.
 """
@@ -12,6 +13,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import sys
 import tarfile
 import zipfile
@@ -27,7 +29,7 @@ from .download import CIFAR_ARCHIVES, check_member_name, ensure_cifar, file_dige
 from .errors import CnnlabError, UsageError, brief
 from .images import IMAGE_EXTENSIONS, decode_image
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: image folders keep their file paths
 CACHE_ENV = "CNNLAB_CACHE"
 
 # The chapter's constants: precomputed over the canonical CIFAR-10 training set.
@@ -48,6 +50,14 @@ class Dataset:
     test_labels: torch.Tensor
     checksum: str  # identifies the source's content; stored with every run
     known_stats: tuple | None = field(default=None, repr=False)  # published mean/std, if any
+    # For image-folder sources: each image's path inside the source (train/<class>/<name>), in order.
+    train_files: list[str] | None = field(default=None, repr=False)
+    test_files: list[str] | None = field(default=None, repr=False)
+
+    def image_name(self, split: str, index: int) -> str:
+        """How a person finds the image: its file path in an image folder, else split and index."""
+        files = self.train_files if split == "train" else self.test_files
+        return files[index] if files else f"{split}[{index}]"
 
     @property
     def num_classes(self) -> int:
@@ -281,15 +291,16 @@ def _read_image_tree(files: Iterator[FileEntry], description: str, size: int) ->
             continue  # hidden files and macOS archive litter are not data
         if parts and parts[0] not in splits and len(parts) > 1:
             parts = parts[1:]  # a single wrapping folder, as when a tree is zipped by its parent
-        if len(parts) != 3 or parts[0] not in splits:
+        if len(parts) < 3 or parts[0] not in splits:
             if len(parts) >= 1 and parts[-1].lower() in ("readme.md", "readme.txt", "license", "license.txt"):
                 continue
             raise CnnlabError(
                 f"{description}: unexpected file '{rel}'; an image folder holds train/<class>/<image> and test/<class>/<image>"
             )
-        split, cls, name = parts
+        split, cls, name = parts[0], parts[1], parts[-1]
         if not name.lower().endswith(IMAGE_EXTENSIONS):
             raise CnnlabError(f"{description}: '{rel}' is not an image ({', '.join(IMAGE_EXTENSIONS)}); remove it from the folder")
+        rel = PurePosixPath(*parts)  # without a wrapping folder: train/<class>/.../<image>
         splits[split].append((cls, str(rel), read))
     for split, entries in splits.items():
         if not entries:
@@ -312,11 +323,11 @@ def _read_image_tree(files: Iterator[FileEntry], description: str, size: int) ->
             arrays = list(pool.map(lambda e: decode_image(e[2](), e[1], size), entries, chunksize=256))
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         y = torch.tensor([index[c] for c, _, _ in entries], dtype=torch.int64)
-        return x, y
+        return x, y, [rel for _, rel, _ in entries]
 
-    tx, ty = decode_split(splits["train"])
-    vx, vy = decode_split(splits["test"])
-    return Dataset(description, train_classes, tx, ty, vx, vy, checksum="")
+    tx, ty, train_files = decode_split(splits["train"])
+    vx, vy, test_files = decode_split(splits["test"])
+    return Dataset(description, train_classes, tx, ty, vx, vy, checksum="", train_files=train_files, test_files=test_files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,10 +371,12 @@ def _cached(path: Path, size: int, cache_dir, read: Callable[[], Dataset], progr
         if cached.is_file():
             try:
                 with np.load(cached, allow_pickle=False) as z:
+                    files = lambda key: [str(f) for f in z[key]] if key in z.files else None
                     return Dataset(
                         str(path), [str(c) for c in z["classes"]],
                         torch.from_numpy(z["train_x"]), torch.from_numpy(z["train_y"]),
                         torch.from_numpy(z["test_x"]), torch.from_numpy(z["test_y"]), checksum=fingerprint,
+                        train_files=files("train_files"), test_files=files("test_files"),
                     )
             except (OSError, ValueError, KeyError, zipfile.BadZipFile):
                 pass  # a damaged cache is rebuilt below
@@ -379,6 +392,7 @@ def _cached(path: Path, size: int, cache_dir, read: Callable[[], Dataset], progr
                 np.savez(
                     f, classes=np.array(ds.classes), train_x=ds.train_images.numpy(), train_y=ds.train_labels.numpy(),
                     test_x=ds.test_images.numpy(), test_y=ds.test_labels.numpy(),
+                    **({"train_files": np.array(ds.train_files), "test_files": np.array(ds.test_files)} if ds.train_files else {}),
                 )
             os.replace(tmp, folder / filename)
             break
@@ -425,6 +439,61 @@ def parse_count(value: str | float | int | None, total: int, what: str) -> int:
         raise UsageError(f"{what} {value} does not fit the {total} training images; give a count from 1 to {total - 1} "
                          "or a fraction between 0 and 1")
     return count
+
+
+def group_of(path: str, pattern: str) -> str | None:
+    """The group of an image from its path in the source (train/<class>/...): with `folder`, the first
+    subfolder inside the class folder; otherwise the first match of the regular expression `pattern`
+    over the path below train/ (its first capture group if it has one). None when nothing matches."""
+    below_split = path.split("/", 1)[1] if "/" in path else path
+    if pattern == "folder":
+        parts = below_split.split("/")
+        return parts[1] if len(parts) > 2 else None
+    match = re.search(pattern, below_split)
+    if match is None:
+        return None
+    return match.group(1) if match.re.groups else match.group(0)
+
+
+def group_take(files: list[str] | None, labels: torch.Tensor, count: int, pattern: str, seed: int,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hold out whole groups (sessions, patients, scenes): every image of a group lands on one side.
+
+    Groups are taken in a seeded random order until at least `count` images are held out; within a
+    class, the same group name in another class is the same group (a session that photographed
+    several classes stays together). Returns (taken, rest), both sorted.
+    """
+    if not files:
+        raise UsageError("--val-groups needs an image-folder source (it groups images by their file paths); "
+                         "this source has no file paths")
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise UsageError(f"--val-groups {pattern!r} is not a valid regular expression ({e})") from None
+    groups = [group_of(f, pattern) for f in files]
+    unmatched = [f for f, g in zip(files, groups) if g is None]
+    if unmatched:
+        how = "has no subfolder inside its class folder" if pattern == "folder" else f"does not match {pattern!r}"
+        raise UsageError(f"--val-groups: {len(unmatched)} training images have no group ({unmatched[0]} {how}); "
+                         "every image needs one")
+    names = sorted(set(groups))
+    if len(names) < 2:
+        raise UsageError(f"--val-groups {pattern!r} puts every image in one group ({names[0]}); a split needs at least two")
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    taken: list[int] = []
+    for k in order:
+        if len(taken) >= count:
+            break
+        taken.extend(members[names[k]])
+    if len(taken) >= len(labels):
+        raise UsageError(f"--val-groups: holding out {count} images takes every group; ask for fewer with --val-split")
+    taken_t = torch.tensor(sorted(taken), dtype=torch.long)
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[taken_t] = False
+    return taken_t, mask.nonzero().flatten()
 
 
 def stratified_take(labels: torch.Tensor, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,10 +43,14 @@ class Loader:
     """Batches of one split. Training order and augmentation draw from their own generators,
     so each is reproducible from the seed and can be saved and restored mid-run, even mid-epoch:
     `position` counts the batches handed out this epoch, and `epoch_start` is the order generator's
-    state before this epoch's shuffle, so a resumed epoch re-draws the same order and skips ahead."""
+    state before this epoch's shuffle, so a resumed epoch re-draws the same order and skips ahead.
+
+    With `alternate_flip`, a seeded random half of the images is mirrored in even epochs and the
+    other half in odd ones, so every image is seen both ways every two epochs (`epochs_done` counts)."""
 
     def __init__(self, images, labels, batch_size, normalize: Normalizer, *, device, train=False,
-                 crop_padding=4, flip=True, seed=0, channels_last=False, cutout=0, random_erasing=0.0, color_jitter=0.0):
+                 crop_padding=4, flip=True, seed=0, channels_last=False, cutout=0, random_erasing=0.0, color_jitter=0.0,
+                 reflect=False, alternate_flip=False, rank=0, world_size=1):
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
@@ -56,10 +60,19 @@ class Loader:
         self.flip = flip
         self.channels_last = channels_last
         self.cutout, self.random_erasing, self.color_jitter = cutout, random_erasing, color_jitter
+        # Data-parallel: every rank draws the same order (same seed) and takes its slice of each global
+        # batch; augmentation draws are the rank's own (rank 0's stream is the single-process one).
+        self.rank, self.world_size = rank, world_size
         self.order_generator = torch.Generator(device=self.images.device).manual_seed(seed)
-        self.augment_generator = torch.Generator(device=self.images.device).manual_seed(seed + 1)
+        self.augment_generator = torch.Generator(device=self.images.device).manual_seed(seed + 1 + 100_003 * rank)
         self.position = 0
         self.epoch_start = self.order_generator.get_state()
+        self.reflect = reflect
+        self.epochs_done = 0
+        self.flip_first = None
+        if alternate_flip:  # fixed by the seed, so it needs no saving
+            flips = torch.Generator(device=self.images.device).manual_seed(seed + 2)
+            self.flip_first = torch.rand(len(self.labels), generator=flips, device=self.images.device) < 0.5
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -79,9 +92,15 @@ class Loader:
         for start in range(self.position * self.batch_size, n, self.batch_size):
             self.position = start // self.batch_size + 1  # handed out = trained on, once the step finishes
             index = order[start:start + self.batch_size]
-            x = random_crop_flip(self.images[index], self.crop_padding, self.flip, self.augment_generator)
+            if self.world_size > 1:  # this rank's contiguous slice; the slices together are the global batch
+                n_batch = len(index)
+                index = index[n_batch * self.rank // self.world_size:n_batch * (self.rank + 1) // self.world_size]
+            mirrored = None if self.flip_first is None else self.flip_first[index] ^ bool(self.epochs_done % 2)
+            x = random_crop_flip(self.images[index], self.crop_padding, self.flip, self.augment_generator,
+                                 reflect=self.reflect, mirrored=mirrored)
             yield self._regularize(x), self.labels[index]
         self.position = 0
+        self.epochs_done += 1
 
     def _regularize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise a cropped, flipped uint8 batch, with the recipe's further augmentations if any."""
@@ -98,10 +117,11 @@ class Loader:
 
     def state_dict(self) -> dict:
         return {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state(),
-                "epoch_start": self.epoch_start, "position": self.position}
+                "epoch_start": self.epoch_start, "position": self.position, "epochs_done": self.epochs_done}
 
     def load_state_dict(self, state: dict) -> None:
         self.order_generator.set_state(state["order"])
         self.augment_generator.set_state(state["augment"])
         self.epoch_start = state.get("epoch_start", self.order_generator.get_state())
         self.position = state.get("position", 0)
+        self.epochs_done = state.get("epochs_done", 0)

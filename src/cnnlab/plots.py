@@ -265,3 +265,37 @@ def plot_gradcam(images: torch.Tensor, cam_predicted: torch.Tensor, cam_true: to
             ax.set_title(title, fontsize=7)
     fig.suptitle("Class evidence (Grad-CAM on the last stage)", fontsize=9)
     return _save(fig, path)
+
+
+def plot_duplicate_pairs(images_a: torch.Tensor, images_b: torch.Tensor, captions: list[str], path: Path, title: str,
+                         columns: int = 4) -> Path:
+    """Pairs side by side (a | b), a caption under each: for a person to judge whether they are one image."""
+    rows = max(1, -(-len(captions) // columns))
+    fig = _figure(2.3 * columns, 1.45 * rows + 0.4)
+    grid = fig.add_gridspec(rows, 2 * columns, wspace=0.02)
+    for k, caption in enumerate(captions):
+        r, c = divmod(k, columns)
+        left, right = fig.add_subplot(grid[r, 2 * c]), fig.add_subplot(grid[r, 2 * c + 1])
+        _image(left, images_a[k])
+        _image(right, images_b[k])
+        left.set_title(caption, fontsize=6, loc="left")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_robustness(result: dict, path: Path, title: str = "") -> Path:
+    """Accuracy against severity, a line per corruption, with the clean accuracy and the mean."""
+    fig = _figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    severities = list(range(0, len(result["mean_by_severity"]) + 1))
+    for name, accs in result["table"].items():
+        ax.plot(severities, [result["clean_acc"], *accs], marker=".", linewidth=1, label=name)
+    ax.plot(severities, [result["clean_acc"], *result["mean_by_severity"]], color="black", linewidth=2.5, label="mean")
+    ax.set_xlabel("severity (0 = clean)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xticks(severities)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncols=2)
+    ax.set_title(title or f"accuracy under corruption: mean {result['mean_corruption_acc']:.1f}% "
+                          f"(clean {result['clean_acc']:.1f}%)", fontsize=9)
+    return _save(fig, path)

@@ -19,7 +19,8 @@ else:  # pragma: no cover
 
 from .errors import UsageError
 
-SCHEDULES = ("cosine", "constant", "onecycle")
+SCHEDULES = ("cosine", "constant", "onecycle", "linear")
+PAD_MODES = ("zeros", "reflect")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
@@ -32,6 +33,7 @@ class Recipe:
     model: str = "smallcnn"
     image_size: int = 32
     val_split: str = "0"        # count ('5000') or fraction ('0.1') held out of the training images
+    val_groups: str = ""        # keep groups whole across the split: 'folder' (first subfolder in a class) or a regex on the path
     train_subset: str = "0"     # count or fraction of the training images to train on (0 = all)
     # optimisation (the chapter's Code Fragment 3)
     epochs: int = 30
@@ -40,7 +42,10 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
-    schedule: str = "cosine"    # cosine: CosineAnnealingLR(T_max=epochs), stepped once per epoch
+    schedule: str = "cosine"    # cosine: CosineAnnealingLR(T_max=epochs), stepped once per epoch; linear: to 0, per step
+    decoupled_weight_decay: bool = False  # weight_decay is the shrink per step at the peak rate, in every group
+    bias_lr_scale: float = 1.0  # biases (batch-norm shifts) train this many times faster than the rest
+    lookahead: int = 0          # every this many steps, average the weights into a slow copy and restart from it (0 = off)
     label_smoothing: float = 0.0
     warmup_epochs: float = 0.0  # linear warm-up of the rate over this many epochs (per step)
     ema: float = 0.0            # decay of an exponential moving average of the weights, per step (0 = off)
@@ -51,16 +56,24 @@ class Recipe:
     # augmentation (train split only)
     crop_padding: int = 4
     flip: bool = True
+    alternate_flip: bool = False  # flip each image in every other epoch (a random half first), instead of by chance
+    pad_mode: str = "zeros"     # how the crop's padding is filled: zeros (the chapter) or reflect
     cutout: int = 0             # side of the square hidden per image (0 = off; 8 or 16 are usual on 32x32)
     random_erasing: float = 0.0  # probability of erasing a random box per image
     color_jitter: float = 0.0   # brightness/contrast/saturation strength
     mixup: float = 0.0          # Beta(alpha, alpha) of mixup (0 = off)
     cutmix: float = 0.0         # Beta(alpha, alpha) of CutMix (0 = off; with mixup, one per batch)
+    # speedrun network switches (models speedrun and speedrun-small; ignored by the others)
+    whiten: bool = True         # first layer from the training patches' covariance, frozen
+    identity_init: bool = True  # 3x3 convolutions start as the identity
+    # evaluation
+    tta: bool = False           # the final evaluation also averages 10 views (flips, 1-pixel shifts)
     # execution
     seed: int = 0
     device: str = "auto"        # auto = cuda, then mps, then cpu
     precision: str = "auto"     # auto = the measured best per device (see BENCHMARKS.md)
     channels_last: bool = True
+    sync_bn: bool = False       # under torchrun: batch-norm statistics over the global batch, not each rank's slice
     compile: str = "off"        # torch.compile mode for the training and evaluation forward passes
     eval_batch_size: int = 1000
 
@@ -83,6 +96,10 @@ class Recipe:
         need(0 <= self.crop_padding <= 16, f"crop padding must be between 0 and 16 (got {self.crop_padding})")
         need(8 <= self.image_size <= 512, f"image size must be between 8 and 512 (got {self.image_size})")
         need(self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}': choose one of {', '.join(SCHEDULES)}")
+        need(self.pad_mode in PAD_MODES, f"unknown pad mode '{self.pad_mode}': choose one of {', '.join(PAD_MODES)}")
+        need(self.bias_lr_scale > 0, f"bias learning-rate scale must be positive (got {self.bias_lr_scale})")
+        need(self.lookahead >= 0, f"lookahead takes a step count, 0 = off (got {self.lookahead})")
+        need(not (self.alternate_flip and not self.flip), "--alternate-flip needs --flip")
         need(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         need(self.compile in COMPILE_MODES, f"unknown compile mode '{self.compile}': choose one of {', '.join(COMPILE_MODES)}")
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
@@ -97,6 +114,8 @@ class Recipe:
         need(self.backbone_lr >= 0, f"backbone learning rate must not be negative (got {self.backbone_lr})")
         need(not (self.freeze_backbone and self.backbone_lr), "--freeze-backbone and --backbone-lr contradict each other; pick one")
         need(self.early_stop >= 0, f"early-stop patience must not be negative (got {self.early_stop})")
+        need(not self.val_groups or self.val_split not in ("0", "0.0", ""),
+             "--val-groups decides how validation images are chosen: add --val-split (for example --val-split 0.2)")
         need(self.early_stop == 0 or self.val_split not in ("0", "0.0", ""),
              "early stopping watches validation accuracy: add --val-split (for example --val-split 5000)")
         return self

@@ -179,6 +179,8 @@ def _run_section(record: RunRecord, name: str, level: int | None) -> str:
         if (record.path / file).is_file():
             out.append(sub(title))
             out.append(_img(record.path / file, title))
+    if (record.path / "robustness.json").is_file():
+        out.append(_robustness_section(json.loads((record.path / "robustness.json").read_text()), record.path, sub))
 
     out.append(sub("Configuration"))
     out.append("<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in recipe.items()) + "</table>")
@@ -191,6 +193,19 @@ def _run_section(record: RunRecord, name: str, level: int | None) -> str:
     out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
                + "".join("<tr>" + "".join(f"<td class='num'>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in record.rows)
                + "</table>")
+    return "\n".join(out)
+
+
+def _robustness_section(result: dict, folder: Path, sub) -> str:
+    out = [sub("Robustness under corruption (cnnlab robustness)"),
+           f"<p>Clean test accuracy {result['clean_acc']:.2f}%; mean over {len(result['table'])} corruptions and 5 "
+           f"severities <b>{result['mean_corruption_acc']:.2f}%</b>. The corruptions are generated in the manner of "
+           f"CIFAR-10-C (seed {result['seed']}), not read from the published files.</p>"]
+    if (folder / "robustness.png").is_file():
+        out.append(_img(folder / "robustness.png", "accuracy under corruption"))
+    out.append("<table><tr><th>corruption</th>" + "".join(f"<th>severity {s}</th>" for s in range(1, 6)) + "</tr>"
+               + "".join(f"<tr><td>{_e(name)}</td>" + "".join(f"<td class='num'>{a:.2f}</td>" for a in accs) + "</tr>"
+                         for name, accs in result["table"].items()) + "</table>")
     return "\n".join(out)
 
 

@@ -20,19 +20,45 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import Dataset, channel_stats, load_dataset, parse_count, stratified_take
+from .data import Dataset, channel_stats, group_take, load_dataset, parse_count, stratified_take
 from .device import autocast, resolve_device, resolve_precision, tune_cpu_allocator
+from . import distributed
+from .distributed import Cluster
 from .errors import CnnlabError
 from .augment import mix
 from .evaluate import evaluate
 from .finetune import load_weights, parameter_groups
 from .loader import Loader, Normalizer
+from .lookahead import Lookahead
 from .models import build_model, count_parameters
 from .recipe import Recipe
 from .callbacks import ConsolePrinter, RunWriter
 from .runs import CHECKPOINT_FORMAT, RunFolder, RunLock, claim_run_folder, load_checkpoint, resolve_checkpoint
 
 CHECK_EVERY = 25  # steps between finiteness reads on accelerators (each read waits for the device)
+WHITENING_IMAGES = 5000  # training images whose patches set a whitening first layer
+
+
+def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
+    """SGD over the recipe's parameter groups: head and backbone (fine-tuning), each split into biases
+    and the rest when biases train faster. With decoupled weight decay, every group shrinks its weights
+    by `weight_decay` per step at the peak rate, whatever its own rate (the group's decay is divided
+    by its rate, which SGD multiplies back)."""
+    biases = {id(p) for name, p in model.named_parameters() if name.endswith("bias")}
+    groups = []
+    for group in parameter_groups(model, recipe.lr, recipe.backbone_lr, recipe.freeze_backbone):
+        if recipe.bias_lr_scale == 1.0:
+            groups.append(group)
+            continue
+        for wanted, scale in ((False, 1.0), (True, recipe.bias_lr_scale)):
+            params = [p for p in group["params"] if (id(p) in biases) == wanted and p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr_scale": group["lr_scale"] * scale})
+    for group in groups:
+        group["weight_decay"] = (recipe.weight_decay / (recipe.lr * group["lr_scale"]) if recipe.decoupled_weight_decay
+                                 else recipe.weight_decay)
+        group["lr"] = recipe.lr * group["lr_scale"]
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, foreach=True)
 
 
 def learning_rate(recipe: Recipe, epoch: int, step: int = 0, steps: int = 1) -> float:
@@ -41,7 +67,11 @@ def learning_rate(recipe: Recipe, epoch: int, step: int = 0, steps: int = 1) -> 
     cosine: CosineAnnealingLR(T_max=epochs) stepped once per epoch, as the chapter does; constant;
     onecycle: OneCycleLR's shape per step (cosine up from lr/25 over the first 30%, then down to
     lr/25e4). Warm-up multiplies any of them by a linear ramp over `warmup_epochs`, per step.
+    linear (the speedruns' triangle): up over the warm-up, then straight down to 0 at the last step.
     """
+    if recipe.schedule == "linear":
+        now, warm, total = epoch * steps + step, recipe.warmup_epochs * steps, recipe.epochs * steps
+        return recipe.lr * min(1.0, (now + 1) / warm if now < warm else (total - now) / (total - warm))
     if recipe.schedule == "constant":
         lr = recipe.lr
     elif recipe.schedule == "onecycle":
@@ -85,6 +115,10 @@ class TrainState:
     stopped_early: bool = False
     ema: torch.nn.Module | None = None    # AveragedModel of the weights, when recipe.ema
     scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA
+    lookahead: Lookahead | None = None    # slow weights, when recipe.lookahead
+    cluster: Cluster = field(default_factory=Cluster.single)
+    ddp: torch.nn.Module | None = None    # DistributedDataParallel around the model, under torchrun
+    rank_states: list | None = None       # every rank's loader and partial sums, gathered for the checkpoint
     notes: list[str] = field(default_factory=list)
     partial: dict | None = None   # sums of an epoch interrupted mid-way: loss_sum, correct, seen, seconds
     stop_signal: int | None = None  # set by SIGINT/SIGTERM: finish the step, checkpoint, stop
@@ -110,6 +144,9 @@ class TrainState:
             "partial": self.partial,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
+            "world_size": self.cluster.world_size,
+            "ranks": self.rank_states,  # None alone; else [{loader, partial}] per rank
         }
 
     def ema_checkpoint(self) -> dict:
@@ -120,18 +157,25 @@ class TrainState:
 
     def restore(self, checkpoint: dict) -> None:
         """Continue exactly where `checkpoint` left off: weights, optimizer, generators, history, best."""
+        world = checkpoint.get("world_size", 1)
+        if world != self.cluster.world_size:
+            raise CnnlabError(f"this run was trained by {world} process(es) and is resumed by {self.cluster.world_size}; "
+                              f"resume it with the same number (torchrun --nproc-per-node {world} ...)")
+        own = checkpoint["ranks"][self.cluster.rank] if checkpoint.get("ranks") else None
         self.model.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.train_loader.load_state_dict(checkpoint["loader"])
+        self.train_loader.load_state_dict(own["loader"] if own else checkpoint["loader"])
         torch.set_rng_state(checkpoint["torch_rng"])
         self.epoch, self.rows = checkpoint["epoch"], list(checkpoint["rows"])
         best = checkpoint["best"]
         self.best_metric, self.best_value, self.best_epoch = best["metric"], best["value"], best["epoch"]
-        self.partial = checkpoint.get("partial")
+        self.partial = own["partial"] if own else checkpoint.get("partial")
         if self.ema is not None and checkpoint.get("ema") is not None:
             self.ema.load_state_dict(checkpoint["ema"])
         if self.scaler is not None and checkpoint.get("scaler") is not None:
             self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.lookahead is not None and checkpoint.get("lookahead") is not None:
+            self.lookahead.load_state_dict(checkpoint["lookahead"])
 
 
 @dataclass
@@ -145,7 +189,7 @@ class TrainResult:
 def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | Path = "data",
           runs_dir: str | Path | None = "runs", name: str | None = None, progress: bool = True,
           callbacks: list | None = None, log=None, plots: bool = True, tensorboard: bool = False,
-          resume_from: dict | None = None) -> TrainResult:
+          resume_from: dict | None = None, cluster: Cluster | None = None) -> TrainResult:
     """Train `recipe` on `data` (a Dataset, or a source for `load_dataset`) and return the result.
 
     With `runs_dir=None` nothing is written to disk (handy in notebooks and tests). With a run
@@ -154,8 +198,29 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
 
     Raises Interrupted after SIGINT/SIGTERM (a checkpoint is written first) and Diverged when the
     loss stops being finite (the last good checkpoint is kept).
+
+    Under torchrun (or with a `cluster`), this process is one rank of a data-parallel job: it trains
+    on its slice of every global batch, and only rank 0 prints and writes the run folder.
     """
     started = time.perf_counter()
+    started_here = cluster is None
+    cluster = cluster or distributed.start(recipe.device)
+    try:
+        return _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, plots, tensorboard,
+                      resume_from, cluster, started)
+    except RuntimeError as e:
+        if cluster.distributed and distributed.is_peer_failure(e):
+            raise distributed.PeerLost(cluster, runs_dir, name) from None
+        raise
+    finally:
+        if started_here:
+            distributed.stop(cluster)
+
+
+def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, plots, tensorboard, resume_from,
+           cluster: Cluster, started: float) -> TrainResult:
+    if not cluster.is_main:  # the other ranks train and stay quiet
+        runs_dir, progress, plots, tensorboard, callbacks = None, False, False, False, []
     if tensorboard and runs_dir is not None:
         from .tensorboard import require_tensorboard
 
@@ -163,6 +228,8 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
     if not isinstance(data, Dataset):
         data = load_dataset(data, root=data_root, image_size=recipe.image_size, progress=progress)
     device = resolve_device(recipe.device)
+    if cluster.backend == "nccl":
+        device = torch.device("cuda", cluster.local_rank)  # one GPU per process
     precision = resolve_precision(recipe.precision, device)
     if device.type == "cpu":
         tune_cpu_allocator()
@@ -171,7 +238,10 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
     # Which training images are trained on, which are held out for validation.
     all_labels = data.train_labels
     val_count = parse_count(recipe.val_split, len(all_labels), "--val-split")
-    val_index, train_index = stratified_take(all_labels, val_count, recipe.seed)
+    if recipe.val_groups:  # whole groups (sessions, scenes) on one side: no near-twins across the split
+        val_index, train_index = group_take(data.train_files, all_labels, val_count, recipe.val_groups, recipe.seed)
+    else:
+        val_index, train_index = stratified_take(all_labels, val_count, recipe.seed)
     subset_count = parse_count(recipe.train_subset, len(train_index), "--train-subset")
     if subset_count:
         picked, _ = stratified_take(all_labels[train_index], subset_count, recipe.seed + 1)
@@ -181,18 +251,21 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
     normalize = Normalizer(mean, std)
 
     cl = recipe.channels_last and device.type != "mps"
-    model = build_model(recipe.model, data.num_classes)
+    model = build_model(recipe.model, data.num_classes, whiten=recipe.whiten, identity_init=recipe.identity_init)
+    if hasattr(model, "initialise_from_data") and not recipe.weights and resume_from is None:
+        model.initialise_from_data(normalize(train_images[:WHITENING_IMAGES]))  # data-dependent first layer
     notes = load_weights(model, recipe.weights) if recipe.weights and resume_from is None else []
     model = model.to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
-    groups = parameter_groups(model, recipe.lr, recipe.backbone_lr, recipe.freeze_backbone)
-    optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay, nesterov=recipe.nesterov, foreach=True)
+    if recipe.sync_bn and cluster.distributed:
+        model = distributed.synchronize_batch_norm(model, device)  # same parameters and state-dict names
+    optimizer = make_optimizer(model, recipe)
     train_loader = Loader(train_images, all_labels[train_index], recipe.batch_size, normalize, device=device,
                           train=True, crop_padding=recipe.crop_padding, flip=recipe.flip, seed=recipe.seed,
                           channels_last=cl, cutout=recipe.cutout, random_erasing=recipe.random_erasing,
-                          color_jitter=recipe.color_jitter)
+                          color_jitter=recipe.color_jitter, reflect=recipe.pad_mode == "reflect",
+                          alternate_flip=recipe.alternate_flip, rank=cluster.rank, world_size=cluster.world_size)
     eval_loaders = {"test": Loader(data.test_images, data.test_labels, recipe.eval_batch_size, normalize,
                                    device=device, channels_last=cl)}
     if val_count:
@@ -202,13 +275,23 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
     # The compiled module shares the model's parameters; the plain one is what checkpoints hold.
     forward = model if recipe.compile == "off" else torch.compile(model, mode=None if recipe.compile == "default" else recipe.compile)
     state = TrainState(recipe, model, optimizer, train_loader, data.classes, mean, std, device, precision, forward,
-                       best_metric="val_acc" if val_count else "test_acc", notes=notes)
+                       best_metric="val_acc" if val_count else "test_acc", notes=notes, cluster=cluster)
+    if cluster.distributed:  # gradients averaged over the ranks; evaluation uses the plain model on every rank
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Buffers (batch-norm running statistics) are not broadcast at every forward; rank 0's are sent
+        # once per epoch instead, before evaluation, so every rank judges the same model.
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      broadcast_buffers=False)  # noqa: the deprecation names no equivalent yet
+        state.ddp = ddp if recipe.compile == "off" else torch.compile(ddp, mode=None if recipe.compile == "default" else recipe.compile)
     if recipe.ema:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         state.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
     if precision == "fp16" and device.type == "cuda":
         state.scaler = torch.amp.GradScaler("cuda")
+    if recipe.lookahead:
+        state.lookahead = Lookahead(model, recipe.lookahead)
     callbacks = list(callbacks or [])
     if progress:
         callbacks.insert(0, ConsolePrinter(log or (lambda line: print(line, flush=True))))
@@ -255,9 +338,12 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
         "precision": precision,
         "parameters": count_parameters(model),
         "run_dir": str(run_dir) if run_dir else None,
+        "world_size": cluster.world_size,
     }
     if "val_acc" in last:
         summary["final_val_acc"] = last["val_acc"]
+    if "tta_test_acc" in last:
+        summary["final_tta_test_acc"] = last["tta_test_acc"]
     _emit(callbacks, "on_train_end", state, summary)
     return TrainResult(run_dir, state.rows, summary, model)
 
@@ -295,22 +381,26 @@ def _loop(state: TrainState, recipe: Recipe, eval_loaders: dict, callbacks: list
         lr = learning_rate(recipe, epoch, 0, len(state.train_loader))  # the epoch's rate (per-step schedules set each step)
         set_learning_rate(state.optimizer, lr)
         if state.stop_signal is None:
-            train_loss, train_acc, seconds = train_one_epoch(state, progress and sys.stderr.isatty(), epoch, run_dir)
+            train_loss, train_acc, seconds, seen = train_one_epoch(state, progress and sys.stderr.isatty(), epoch, run_dir)
         if state.stop_signal is not None:  # mid-epoch: the sums so far are in state.partial
+            _gather_rank_states(state)
             _emit(callbacks, "on_interrupt", state)
             raise Interrupted(state.stop_signal, epoch + 1, state.train_loader.position, run_dir)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "train_images": seen}
         for split, loader in sorted(eval_loaders.items(), key=lambda kv: kv[0] != "val"):
             result = evaluate(state.forward, loader)
             row[f"{split}_loss"], row[f"{split}_acc"] = result["loss"], result["acc"]
             if state.ema is not None:
                 row[f"ema_{split}_acc"] = evaluate(state.ema.module, loader)["acc"]
+        if recipe.tta and epoch + 1 == recipe.epochs:  # the final model, also judged over 10 views
+            row["tta_test_acc"] = evaluate(state.forward, eval_loaders["test"], tta=True)["acc"]
         row["seconds"] = seconds
         row["images_per_s"] = train_count / seconds
         state.epoch = epoch + 1
         state.rows.append(row)
         if row[state.best_metric] > state.best_value:
             state.best_value, state.best_epoch = row[state.best_metric], epoch + 1
+        _gather_rank_states(state)
         _emit(callbacks, "on_epoch_end", state, row)
         if recipe.early_stop and state.epoch - state.best_epoch >= recipe.early_stop:
             state.stopped_early = True  # no better val_acc for `early_stop` epochs: best.pt holds the winner
@@ -319,8 +409,16 @@ def _loop(state: TrainState, recipe: Recipe, eval_loaders: dict, callbacks: list
             raise Interrupted(state.stop_signal, epoch + 1, 0, run_dir)
 
 
-def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir: Path | None = None) -> tuple[float, float, float]:
-    """One pass over the training loader. Loss and accuracy are summed on the device and read once
+def _gather_rank_states(state: TrainState) -> None:
+    """Under DDP each rank's loader (its augmentation stream) and partial sums differ: rank 0 keeps them all."""
+    if state.cluster.distributed:
+        state.rank_states = state.cluster.gather({"loader": state.train_loader.state_dict(), "partial": state.partial})
+
+
+def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir: Path | None = None,
+                    ) -> tuple[float, float, float, int]:
+    """One pass over the training loader: (mean loss, accuracy, seconds, images seen by every rank together).
+    Loss and accuracy are summed on the device and read once
     at the end, so the loop never waits on the device mid-epoch (finiteness is checked on the device
     too, and read every step on the CPU, where reading is free, else every CHECK_EVERY steps).
 
@@ -329,8 +427,8 @@ def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir:
     """
     from tqdm import tqdm
 
-    optimizer, recipe = state.optimizer, state.recipe
-    forward = state.forward if state.forward is not None else state.model
+    optimizer, recipe, cluster = state.optimizer, state.recipe, state.cluster
+    forward = state.ddp or (state.forward if state.forward is not None else state.model)
     state.model.train()
     partial = state.partial or {}
     loss_sum = torch.as_tensor(partial.get("loss_sum", 0.0), device=state.device, dtype=torch.float32).clone()
@@ -342,7 +440,8 @@ def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir:
     first_step = state.train_loader.position
     batches = tqdm(state.train_loader, desc=f"epoch {epoch + 1:2d}", leave=False, disable=not show_progress, unit="batch",
                    initial=first_step, total=len(state.train_loader))
-    per_step_lr = recipe.schedule == "onecycle" or recipe.warmup_epochs > 0
+    per_step_lr = recipe.schedule in ("onecycle", "linear") or recipe.warmup_epochs > 0
+    steps, total_steps = len(state.train_loader), recipe.epochs * len(state.train_loader)
     mixing = recipe.mixup > 0 or recipe.cutmix > 0
     for step, (x, y) in enumerate(batches, start=first_step + 1):
         if per_step_lr:
@@ -367,20 +466,34 @@ def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir:
             optimizer.step()
         if state.ema is not None:
             state.ema.update_parameters(state.model)
+        if state.lookahead is not None:
+            state.lookahead.after_step(state.model, epoch * steps + step, total_steps)
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(dim=1) == y).sum()
         seen += len(y)
-        if state.stop_signal is not None and step < len(state.train_loader):
+        stopping = state.stop_signal is not None
+        if cluster.distributed and step % check_every == 0:  # every rank stops at the same step, or none does
+            stopping = cluster.anyone(stopping)
+            if stopping and state.stop_signal is None:
+                state.stop_signal = signal.SIGTERM  # a peer was told to stop
+        if stopping and step < len(state.train_loader):
             state.partial = {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
                              "seconds": seconds_before + time.perf_counter() - start}
             batches.close()
-            return math.nan, math.nan, math.nan
+            return math.nan, math.nan, math.nan, seen
     if not bool(finite):
         raise Diverged(epoch + 1, len(state.train_loader), len(state.train_loader), optimizer.param_groups[-1]["lr"], state.epoch, run_dir)
     state.partial = None
+    if state.lookahead is not None and epoch + 1 == recipe.epochs:
+        state.lookahead.finish(state.model)
+    if cluster.distributed:  # the epoch's metrics over every rank's images; rank 0's running statistics for all
+        cluster.broadcast_buffers(state.model)
+        totals = cluster.all_sum(torch.stack([loss_sum.double(), correct.double(),
+                                              torch.tensor(float(seen), device=loss_sum.device, dtype=torch.float64)]))
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2])
     loss_value = float(loss_sum) / seen  # the one synchronisation of the epoch
     seconds = seconds_before + time.perf_counter() - start
-    return loss_value, 100.0 * int(correct) / seen, seconds
+    return loss_value, 100.0 * int(correct) / seen, seconds, seen
 
 
 class Interrupted(Exception):

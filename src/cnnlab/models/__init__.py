@@ -9,22 +9,29 @@ from torch import nn
 from ..errors import UsageError
 from .resnet import ResNet18
 from .smallcnn import SmallCNN, conv_block
+from .speedrun import SpeedrunNet
 
-# name -> (builder(num_classes) -> nn.Module, one-line description)
-MODELS: dict[str, tuple[Callable[[int], nn.Module], str]] = {
-    "smallcnn": (lambda n: SmallCNN(n), "the chapter's SmallCNN: 3 stages of conv-BN-ReLU, 288,746 parameters"),
-    "smallcnn-nobn": (lambda n: SmallCNN(n, batch_norm=False), "SmallCNN without batch norm (the Exercise 19.5.2 ablation)"),
-    "resnet18": (lambda n: ResNet18(n), "ResNet-18 for 32x32 inputs: 3x3 stem, no max-pool, 11,173,962 parameters"),
+# name -> (builder(num_classes, **options) -> nn.Module, one-line description). Options are the
+# recipe's model switches (whiten, identity_init); models without such switches ignore them.
+MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
+    "smallcnn": (lambda n, **_: SmallCNN(n), "the chapter's SmallCNN: 3 stages of conv-BN-ReLU, 288,746 parameters"),
+    "smallcnn-nobn": (lambda n, **_: SmallCNN(n, batch_norm=False),
+                      "SmallCNN without batch norm (the Exercise 19.5.2 ablation)"),
+    "resnet18": (lambda n, **_: ResNet18(n), "ResNet-18 for 32x32 inputs: 3x3 stem, no max-pool, 11,173,962 parameters"),
+    "speedrun": (lambda n, **o: SpeedrunNet(n, (64, 256, 256), **o),
+                 "the airbench-style speedrun net: whitening, 3 stages 64/256/256, GELU, 1,972,792 parameters"),
+    "speedrun-small": (lambda n, **o: SpeedrunNet(n, (32, 128, 128), **o),
+                       "the speedrun net at half width (32/128/128) for CPUs, 498,104 parameters"),
 }
 TORCHVISION_PREFIX = "tv:"
 
 
-def build_model(name: str, num_classes: int) -> nn.Module:
+def build_model(name: str, num_classes: int, **options) -> nn.Module:
     if name.startswith(TORCHVISION_PREFIX):
         return torchvision_model(name[len(TORCHVISION_PREFIX):], num_classes)
     if name not in MODELS:
         raise UsageError(f"unknown model '{name}': choose one of {', '.join(sorted(MODELS))}")
-    return MODELS[name][0](num_classes)
+    return MODELS[name][0](num_classes, **options)
 
 
 def torchvision_model(name: str, num_classes: int) -> nn.Module:
@@ -53,4 +60,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "ResNet18", "SmallCNN", "build_model", "conv_block", "count_parameters", "head"]
+__all__ = ["MODELS", "ResNet18", "SmallCNN", "SpeedrunNet", "build_model", "conv_block", "count_parameters", "head"]

@@ -1,0 +1,256 @@
+"""Leak audit: exact and near-duplicate images between the training and test splits, and within each.
+
+Exact duplicates share their decoded pixels (a hash of the uint8 array). Near duplicates are nearest
+neighbours in a feature space, above a stated cosine similarity:
+
+- `pixels` (the baseline): each image shrunk to 8x8 by area averaging, each channel's mean removed,
+  scaled to unit length. Shrinking absorbs one- or two-pixel shifts and re-encoding noise; removing
+  the means absorbs brightness and colour casts.
+- `model`: the penultimate features (the head's input) of a trained cnnlab model, unit length.
+  Stronger: it also pairs a crop or a re-shot of the same object.
+
+Barz & Denzler (2020, "Do we train on test data?") found near-duplicates in the training set for
+3.3% of the CIFAR-10 test images, by nearest neighbours in a CNN's feature space, judged by people.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .data import Dataset
+
+# Cosine similarity at or above which two images count as near duplicates, per feature space, chosen
+# on the real CIFAR-10 JPEG data with benchmarks/audit_threshold.py (BENCHMARKS.md, "Leak audit"):
+# pixels: a training image against a copy of itself shifted one pixel, 10% brighter or darker and
+# re-encoded scores a median 0.96; 2.4% of test images have a training neighbour at 0.95 or above.
+# model: a classifier's pooled features put whole classes close together (the median test image's
+# nearest training image scores 0.94), so only near-identical pairs stand out, at 0.99.
+THRESHOLDS = {"pixels": 0.95, "model": 0.99}
+CHUNK = 1024  # query rows per similarity block: 1024 x 50,000 floats = 200 MB
+
+
+def pixel_features(images: torch.Tensor) -> torch.Tensor:
+    x = F.adaptive_avg_pool2d(images.float(), 8)
+    return (x - x.mean(dim=(2, 3), keepdim=True)).flatten(1)
+
+
+def unit_rows(features: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """Centred on the training set's mean feature, then unit length: cosine similarity then measures how
+    two images differ from the typical image alike (without centring, non-negative features such as a
+    network's pooled activations all point the same way and every pair looks similar)."""
+    return F.normalize(features - center, dim=1)
+
+
+@torch.no_grad()
+def model_features(model: torch.nn.Module, images: torch.Tensor, mean, std, batch: int = 1000) -> torch.Tensor:
+    """The input of the model's head (its last Linear layer) for every image."""
+    from .loader import Normalizer
+    from .models import head
+
+    _, linear = head(model)
+    captured = []
+    hook = linear.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach().float()))
+    normalize = Normalizer(tuple(mean), tuple(std))
+    model.eval()
+    try:
+        for start in range(0, len(images), batch):
+            model(normalize(images[start:start + batch]))
+    finally:
+        hook.remove()
+    return torch.cat(captured).flatten(1)
+
+
+def nearest(query: torch.Tensor, base: torch.Tensor, same: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query row, the most similar base row: (similarity, index). With `same` (query is base),
+    an image is not its own neighbour."""
+    sims, index = [], []
+    for start in range(0, len(query), CHUNK):
+        block = query[start:start + CHUNK] @ base.T
+        if same:
+            rows = torch.arange(len(block))
+            block[rows, rows + start] = -2.0
+        best = block.max(dim=1)
+        sims.append(best.values)
+        index.append(best.indices)
+    return torch.cat(sims), torch.cat(index)
+
+
+def pixel_hashes(images: torch.Tensor) -> list[str]:
+    array = images.contiguous().numpy()
+    return [hashlib.blake2b(a.tobytes(), digest_size=16).hexdigest() for a in array]
+
+
+@dataclass
+class Pair:
+    kind: str          # test-train, train-train or test-test
+    split_a: str
+    index_a: int
+    split_b: str
+    index_b: int
+    similarity: float
+    exact: bool
+
+
+@dataclass
+class Audit:
+    space: str
+    threshold: float
+    pairs: list[Pair]                       # every pair at or above the threshold, most similar first
+    closest_cross: list[Pair]               # each test image's nearest training image, most similar first
+    counts: dict = field(default_factory=dict)
+    leaked_test: list[int] = field(default_factory=list)  # test indices with a near duplicate in train
+
+
+def audit(data: Dataset, space: str = "pixels", threshold: float | None = None, features=None) -> Audit:
+    """Audit `data`; `features(images) -> [N, D]` overrides the space's own features."""
+    threshold = THRESHOLDS[space] if threshold is None else threshold
+    featurize = features or pixel_features
+    train_f, test_f = featurize(data.train_images), featurize(data.test_images)
+    center = train_f.mean(dim=0)
+    train_f, test_f = unit_rows(train_f, center), unit_rows(test_f, center)
+    train_h, test_h = pixel_hashes(data.train_images), pixel_hashes(data.test_images)
+    train_set = {}
+    for i, h in enumerate(train_h):
+        train_set.setdefault(h, i)
+
+    cross_sim, cross_idx = nearest(test_f, train_f)
+    closest = []
+    for i, (s, j) in enumerate(zip(cross_sim.tolist(), cross_idx.tolist())):
+        exact = test_h[i] in train_set
+        if exact:  # the identical image wins over whatever the features found
+            j, s = train_set[test_h[i]], 1.0
+        closest.append(Pair("test-train", "test", i, "train", j, s, exact))
+    closest.sort(key=lambda p: -p.similarity)
+    pairs = [p for p in closest if p.similarity >= threshold or p.exact]
+
+    within = {}
+    for split, f, hashes in (("train", train_f, train_h), ("test", test_f, test_h)):
+        sim, idx = nearest(f, f, same=True)
+        found = set()
+        for i, (s, j) in enumerate(zip(sim.tolist(), idx.tolist())):
+            if s >= threshold:
+                found.add((min(i, j), max(i, j), s))
+        first_seen, exact_pairs = {}, set()
+        for i, h in enumerate(hashes):
+            if h in first_seen:
+                exact_pairs.add((first_seen[h], i))
+            else:
+                first_seen[h] = i
+        by_pair = {(a, b): s for a, b, s in found}
+        for a, b in exact_pairs:
+            by_pair[(a, b)] = 1.0
+        split_pairs = [Pair(f"{split}-{split}", split, a, split, b, s, (a, b) in exact_pairs) for (a, b), s in by_pair.items()]
+        pairs.extend(split_pairs)
+        within[split] = {"exact_pairs": len(exact_pairs), "near_pairs": len(split_pairs)}
+    pairs.sort(key=lambda p: (-p.similarity, p.kind, p.index_a, p.index_b))
+
+    leaked = sorted(p.index_a for p in closest if p.similarity >= threshold or p.exact)
+    counts = {
+        "test_images": len(test_h),
+        "train_images": len(train_h),
+        "test_with_exact_train_duplicate": sum(p.exact for p in closest),
+        "test_with_near_train_duplicate": len(leaked),
+        "test_with_near_train_duplicate_percent": 100.0 * len(leaked) / max(1, len(test_h)),
+        "within_train": within["train"],
+        "within_test": within["test"],
+    }
+    return Audit(space, threshold, pairs, closest, counts, leaked)
+
+
+GALLERY_PAIRS = 32
+
+
+def save_audit(result: Audit, data: Dataset, folder, model_run: str | None = None) -> dict:
+    """Write audit.json (counts, settings, leaked test indices), pairs.csv (every pair at the threshold,
+    most similar first), nearest_train.csv (each test image's closest training image, to re-threshold
+    by hand), gallery.png (the closest test/train pairs) and gallery_threshold.png (pairs either side of
+    the threshold, to judge it). Returns the summary written to audit.json."""
+    import csv
+    import io
+    import json
+    from pathlib import Path
+
+    from .plots import plot_duplicate_pairs
+    from .runs import atomic_write_bytes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = {"train": (data.train_images, data.train_labels), "test": (data.test_images, data.test_labels)}
+    label_of = lambda split, i: data.classes[int(images[split][1][i])]
+
+    def table(pairs: list[Pair]) -> bytes:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["rank", "kind", "image_a", "class_a", "image_b", "class_b", "similarity", "exact"])
+        for rank, p in enumerate(pairs, 1):
+            writer.writerow([rank, p.kind, data.image_name(p.split_a, p.index_a), label_of(p.split_a, p.index_a),
+                             data.image_name(p.split_b, p.index_b), label_of(p.split_b, p.index_b),
+                             f"{p.similarity:.5f}", int(p.exact)])
+        return buffer.getvalue().encode()
+
+    atomic_write_bytes(folder / "pairs.csv", table(result.pairs))
+    atomic_write_bytes(folder / "nearest_train.csv", table(result.closest_cross))
+
+    def gallery(pairs: list[Pair], path: Path, title: str) -> None:
+        if not pairs:
+            return
+        a = torch.stack([images[p.split_a][0][p.index_a] for p in pairs])
+        b = torch.stack([images[p.split_b][0][p.index_b] for p in pairs])
+        captions = [f"{'=' if p.exact else f'{p.similarity:.3f}'} {data.image_name(p.split_a, p.index_a)} | "
+                    f"{data.image_name(p.split_b, p.index_b)}" for p in pairs]
+        plot_duplicate_pairs(a, b, captions, path, title)
+
+    gallery(result.closest_cross[:GALLERY_PAIRS], folder / "gallery.png",
+            f"the {GALLERY_PAIRS} closest test (left) / train (right) pairs, {result.space} features")
+    above = [p for p in result.closest_cross if p.similarity >= result.threshold and not p.exact][-GALLERY_PAIRS // 2:]
+    below = [p for p in result.closest_cross if p.similarity < result.threshold][:GALLERY_PAIRS // 2]
+    gallery(above + below, folder / "gallery_threshold.png",
+            f"pairs either side of the threshold {result.threshold} (first {len(above)} count as duplicates)")
+    summary = {
+        "source": data.source,
+        "checksum": data.checksum,
+        "space": result.space,
+        "model_run": model_run,
+        "threshold": result.threshold,
+        "counts": result.counts,
+        "pairs": len(result.pairs),
+        "leaked_test": result.leaked_test,
+    }
+    atomic_write_bytes(folder / "audit.json", json.dumps(summary, indent=1).encode())
+    return summary
+
+
+def format_audit(summary: dict) -> str:
+    c = summary["counts"]
+    return "\n".join([
+        f"leak audit of {summary['source']} ({summary['space']} features, cosine similarity >= {summary['threshold']})",
+        f"  test images with an exact duplicate in train: {c['test_with_exact_train_duplicate']}",
+        f"  test images with a near duplicate in train:   {c['test_with_near_train_duplicate']} of {c['test_images']} "
+        f"({c['test_with_near_train_duplicate_percent']:.2f}%)",
+        f"  pairs within train: {c['within_train']['near_pairs']} ({c['within_train']['exact_pairs']} exact); "
+        f"within test: {c['within_test']['near_pairs']} ({c['within_test']['exact_pairs']} exact)",
+    ])
+
+
+def load_audit(folder, data: Dataset) -> dict:
+    """An audit folder's summary, checked against the data it is applied to."""
+    import json
+    from pathlib import Path
+
+    from .errors import CnnlabError
+
+    path = Path(folder) / "audit.json" if Path(folder).is_dir() else Path(folder)
+    try:
+        summary = json.loads(path.read_text())
+        leaked = summary["leaked_test"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CnnlabError(f"{folder}: not a cnnlab audit (no readable audit.json); run `cnnlab audit --data ...` first") from None
+    if summary.get("checksum") and data.checksum and summary["checksum"] != data.checksum:
+        raise CnnlabError(f"{folder} audits other data ({summary['source']}); audit the data you evaluate on")
+    if any(not isinstance(i, int) or not 0 <= i < len(data.test_labels) for i in leaked):
+        raise CnnlabError(f"{folder}: its test indices do not fit this test split of {len(data.test_labels)} images")
+    return summary

@@ -1,0 +1,88 @@
+"""The speedrun network, after the CIFAR-10 speedrun literature (hlb-cifar10, airbench; Jordan 2024).
+
+A frozen patch-whitening convolution, then three stages of (conv, max-pool, BN, GELU, conv, BN, GELU),
+a 3x3 max-pool and a linear head whose logits are scaled down. Batch norm keeps its scale frozen at 1
+(only the shift learns, at a higher rate: the recipe's `bias_lr_scale`), and every 3x3 convolution
+starts as the identity on its first input channels, so the untrained network passes the whitened
+image through.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+WHITEN_KERNEL = 2  # 2x2 patches: 12 dimensions, each eigenvector used with both signs -> 24 channels
+WHITEN_EPS = 5e-4  # added to the eigenvalues: keeps the near-zero directions from exploding
+
+
+class FrozenScaleBatchNorm(nn.BatchNorm2d):
+    """Batch norm whose scale stays 1: the next convolution can absorb any scale, so only the shift trains.
+    A high momentum (0.4 in PyTorch's convention) makes the running statistics follow a short run."""
+
+    def __init__(self, channels: int, momentum: float = 0.4):
+        super().__init__(channels, momentum=momentum, eps=1e-12)
+        self.weight.requires_grad_(False)
+
+
+class ConvStage(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
+        self.norm1 = FrozenScaleBatchNorm(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.norm2 = FrozenScaleBatchNorm(out_ch)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.conv1(x), 2)
+        x = F.gelu(self.norm1(x))
+        return F.gelu(self.norm2(self.conv2(x)))
+
+
+class SpeedrunNet(nn.Module):
+    """3x32x32 -> whiten 24x31x31 -> w1x15x15 -> w2x7x7 -> w3x3x3 -> max -> linear / 9."""
+
+    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
+                 whiten: bool = True, identity_init: bool = True, logit_scale: float = 1 / 9):
+        super().__init__()
+        whiten_channels = 2 * 3 * WHITEN_KERNEL ** 2
+        self.whiten = nn.Conv2d(3, whiten_channels, WHITEN_KERNEL, padding=0, bias=True)
+        self.whiten_from_data = whiten
+        if whiten:  # set from the data by `initialise_from_data`, then frozen (its bias still trains)
+            self.whiten.weight.requires_grad_(False)
+        stages, in_ch = [], whiten_channels
+        for width in widths:
+            stages.append(ConvStage(in_ch, width))
+            in_ch = width
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(in_ch, num_classes, bias=False)
+        self.logit_scale = logit_scale
+        if identity_init:
+            for m in self.stages.modules():
+                if isinstance(m, nn.Conv2d):
+                    # Identity on the first in_ch output channels; the rest keep their random start.
+                    n = min(m.in_channels, m.out_channels)
+                    nn.init.dirac_(m.weight.data[:n])
+
+    @torch.no_grad()
+    def initialise_from_data(self, images: torch.Tensor) -> None:
+        """Whitening filters from the covariance of the 2x2 patches of normalised training images [N, 3, H, W]:
+        each filter projects a patch on one eigenvector, divided by the square root of its eigenvalue."""
+        if not self.whiten_from_data:
+            return
+        x = images.float()
+        patches = x.unfold(2, WHITEN_KERNEL, 1).unfold(3, WHITEN_KERNEL, 1)  # N, C, H', W', k, k
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * WHITEN_KERNEL ** 2)
+        patches = patches - patches.mean(dim=0)
+        covariance = (patches.T @ patches / len(patches)).double()
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues + WHITEN_EPS)[:, None]).float()
+        filters = filters.view(-1, 3, WHITEN_KERNEL, WHITEN_KERNEL)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
+
+    def forward(self, x):
+        x = self.stages(self.whiten(x))
+        x = F.adaptive_max_pool2d(x, 1).flatten(1)
+        return self.head(x) * self.logit_scale
+

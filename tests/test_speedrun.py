@@ -1,0 +1,156 @@
+"""The speedrun pieces each do what they claim: whitening whitens, reflect translation reflects,
+alternating flips alternate, lookahead averages, the schedule and the optimizer groups are as stated."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab.augment import random_crop_flip
+from cnnlab.loader import Loader, Normalizer
+from cnnlab.lookahead import Lookahead
+from cnnlab.models import build_model
+from cnnlab.recipe import load_recipe
+from cnnlab.train import learning_rate, make_optimizer
+
+
+def correlated_images(n=200, size=16, seed=0):
+    """Smooth, colour-correlated images: neighbouring pixels and channels far from independent."""
+    g = torch.Generator().manual_seed(seed)
+    base = F.avg_pool2d(torch.randn(n, 1, size + 3, size + 3, generator=g), 4, stride=1)
+    return torch.cat([base, 0.8 * base + 0.2 * torch.randn(n, 1, size, size, generator=g), -base], dim=1)
+
+
+def test_whitening_layer_decorrelates_the_patches_it_was_fitted_on():
+    model = build_model("speedrun-small", 10)
+    images = correlated_images()
+    model.initialise_from_data(images)
+    with torch.no_grad():
+        out = F.conv2d(images, model.whiten.weight[:12])  # the 12 positive filters (the rest are their negatives)
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1)
+    covariance = torch.cov(flat)
+    raw = torch.cov(images.unfold(2, 2, 1).unfold(3, 2, 1).permute(1, 4, 5, 0, 2, 3).reshape(12, -1))
+    off_diagonal = lambda c: (c - torch.diag(torch.diag(c))).abs().max() / torch.diag(c).max()
+    assert off_diagonal(raw) > 0.5  # the input patches are strongly correlated...
+    assert off_diagonal(covariance) < 1e-3  # ...and the whitened ones are not
+    assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12])
+    assert not model.whiten.weight.requires_grad and model.whiten.bias.requires_grad
+
+
+def test_switched_off_whitening_leaves_a_trainable_random_first_layer():
+    model = build_model("speedrun-small", 10, whiten=False)
+    before = model.whiten.weight.clone()
+    model.initialise_from_data(correlated_images())
+    assert torch.equal(model.whiten.weight, before) and model.whiten.weight.requires_grad
+
+
+def test_identity_init_passes_the_input_through_the_first_convolution():
+    model = build_model("speedrun-small", 10)
+    x = torch.randn(2, 24, 8, 8)
+    conv = model.stages[0].conv1
+    assert torch.allclose(conv(x)[:, :24], x, atol=1e-6)
+    assert not torch.allclose(build_model("speedrun-small", 10, identity_init=False).stages[0].conv1(x)[:, :24], x)
+
+
+def test_frozen_batch_norm_scales_do_not_train():
+    model = build_model("speedrun", 10)
+    scales = [m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert scales and all(not w.requires_grad and torch.all(w == 1) for w in scales)
+
+
+def test_reflect_translation_equals_cropping_a_reflect_padded_image():
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(images, 2, False, torch.Generator().manual_seed(3), reflect=True)
+    offsets = torch.randint(0, 5, (64, 2), generator=torch.Generator().manual_seed(3))  # the same draw
+    padded = F.pad(images.float(), (2, 2, 2, 2), mode="reflect")
+    for i, (dy, dx) in enumerate(offsets.tolist()):
+        assert torch.equal(out[i].float(), padded[i, :, dy:dy + 8, dx:dx + 8])
+    assert len({tuple(o) for o in offsets.tolist()}) > 10  # and the offsets really vary
+
+
+def test_alternating_flip_mirrors_every_image_in_exactly_one_of_two_epochs():
+    images = torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8)
+    identity = Normalizer((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))
+    loader = Loader(images, torch.arange(100), 32, identity, device="cpu", train=True, crop_padding=0, alternate_flip=True)
+
+    def mirrored_per_image():
+        flags = {}
+        for x, y in loader:
+            for img, label in zip(x, y.tolist()):
+                flags[label] = torch.equal(img, images[label].float().flip(-1))
+        return flags
+
+    first, second, third = mirrored_per_image(), mirrored_per_image(), mirrored_per_image()
+    assert 30 < sum(first.values()) < 70  # a random half
+    assert all(first[i] != second[i] for i in range(100))  # the other half next epoch
+    assert first == third
+
+
+def test_lookahead_moves_the_slow_weights_by_the_stated_decay_and_restarts_the_fast_ones():
+    model = torch.nn.Linear(3, 2)
+    lookahead = Lookahead(model, every=5)
+    slow = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    fast = model.weight.detach().clone()
+    lookahead.after_step(model, 4, 10)  # not a sync step
+    assert torch.equal(model.weight, fast)
+    lookahead.after_step(model, 5, 10)
+    decay = 0.95 ** 5 * 0.5 ** 3
+    assert torch.allclose(model.weight, decay * slow + (1 - decay) * fast)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    lookahead.finish(model)  # the model takes the slow weights, ignoring the steps since the last sync
+    assert torch.allclose(model.weight, decay * slow + (1 - decay) * fast)
+
+
+def test_linear_schedule_rises_over_the_warm_up_then_falls_to_zero():
+    recipe = load_recipe("speedrun")
+    steps = 49
+    rates = [learning_rate(recipe, e, s, steps) for e in range(recipe.epochs) for s in range(steps)]
+    peak = rates.index(max(rates))
+    assert max(rates) == pytest.approx(recipe.lr)
+    assert peak == math.ceil(recipe.warmup_epochs * steps) - 1
+    assert all(a < b for a, b in zip(rates[:peak], rates[1:peak + 1]))
+    assert all(a > b for a, b in zip(rates[peak:], rates[peak + 1:]))
+    assert 0 < rates[-1] < recipe.lr / 100
+
+
+def test_decoupled_weight_decay_shrinks_every_group_alike_and_biases_train_faster():
+    recipe = load_recipe("speedrun")
+    model = build_model(recipe.model, 10)
+    optimizer = make_optimizer(model, recipe)
+    groups = {g["lr_scale"]: g for g in optimizer.param_groups}
+    assert set(groups) == {1.0, recipe.bias_lr_scale}
+    for g in optimizer.param_groups:
+        assert g["lr"] * g["weight_decay"] == pytest.approx(recipe.weight_decay)
+    named = dict(model.named_parameters())
+    bias_ids = {id(p) for n, p in named.items() if n.endswith("bias") and p.requires_grad}
+    assert {id(p) for p in groups[recipe.bias_lr_scale]["params"]} == bias_ids
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == trainable
+
+
+def test_the_speedrun_recipe_trains_end_to_end_and_reports_tta(archive, tmp_path):
+    from cnnlab.train import train
+
+    recipe = load_recipe("speedrun-cpu", {"epochs": 3, "batch_size": 32, "warmup_epochs": 1.0, "precision": "fp32"})
+    result = train(recipe, str(archive), data_root=tmp_path, runs_dir=tmp_path / "runs", progress=False, plots=False)
+    assert len(result.rows) == 3 and "tta_test_acc" in result.rows[-1] and "tta_test_acc" not in result.rows[0]
+    assert result.summary["final_tta_test_acc"] == result.rows[-1]["tta_test_acc"]
+    assert result.rows[-1]["train_loss"] < result.rows[0]["train_loss"]
+
+
+def test_the_speedrun_ablation_switches_off_one_technique_per_variant():
+    from cnnlab.ablate import ABLATIONS, variant_recipes
+
+    ablation = ABLATIONS["speedrun"]
+    base = load_recipe(ablation.recipe)
+    recipes = variant_recipes(ablation, base)
+    reference = recipes[next(iter(recipes))].to_dict()
+    for variant, recipe in list(recipes.items())[1:]:
+        changed = {k for k, v in recipe.to_dict().items() if reference[k] != v} - {"name"}
+        assert len(changed) == 1, (variant, changed)
