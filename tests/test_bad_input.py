@@ -124,7 +124,7 @@ def setup_cases():
         "unknown device": (lambda tmp: ["train", "--device", "tpu"], 2, ["unknown device"]),
         "unknown precision": (lambda tmp: ["train", "--precision", "fp8"], 2, ["unknown precision"]),
         "early stop without validation": (lambda tmp: ["train", "--early-stop", "3"], 2, ["--val-split"]),
-        "unknown schedule": (lambda tmp: ["train", "--schedule", "linear"], 2, ["unknown schedule"]),
+        "unknown schedule": (lambda tmp: ["train", "--schedule", "exponential"], 2, ["unknown schedule"]),
         "unknown command": (lambda tmp: ["fly"], 2, ["invalid choice"]),
         "resume with overrides": (lambda tmp: ["train", "--resume", str(tmp), "--epochs", "3"], 2, ["drop --epochs"]),
         # recipe files

@@ -68,7 +68,7 @@ def test_sync_bn_on_two_processes_matches_one_process_with_the_global_batch(arch
     assert a[0]["test_loss"] == pytest.approx(b[0]["test_loss"], rel=1e-4)
     wa, wb = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     unsynced = torchrun(2, "train", *same, "--name", "unsynced")  # the control: each rank's own statistics
-    assert unsynced.returncode == 0
+    assert unsynced.returncode == 0, unsynced.stderr[-3000:]
     wc = final_weights(tmp_path / "unsynced")
     assert wa.keys() == wb.keys() == wc.keys()
     relative = lambda w: {k: float((wa[k] - w[k]).norm() / wa[k].norm()) for k in wa
@@ -76,10 +76,10 @@ def test_sync_bn_on_two_processes_matches_one_process_with_the_global_batch(arch
     synced, control = relative(wb), relative(wc)
     print("sync-bn vs one process, largest relative difference of a weight:", max(synced.values()),
           "| without sync-bn:", max(control.values()))
-    # Measured here: 8e-4 at most after this epoch's three steps, 30 times closer than without sync-bn;
-    # the same layers outside cnnlab's loop agree to 2e-6 (BENCHMARKS.md, "Scale-out").
-    assert max(synced.values()) < 3e-3
-    assert max(control.values()) > 5 * max(synced.values())
+    # Measured here: 1.3e-4 at most after this epoch's three steps, 180 times closer than without
+    # sync-bn; float32 sums in another order are all that differ (BENCHMARKS.md, "Scale-out").
+    assert max(synced.values()) < 1e-3
+    assert max(control.values()) > 20 * max(synced.values())
 
 
 def child_pids(pid: int) -> list[int]:

@@ -279,10 +279,9 @@ def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, pl
     if cluster.distributed:  # gradients averaged over the ranks; evaluation uses the plain model on every rank
         from torch.nn.parallel import DistributedDataParallel
 
-        # Buffers (batch-norm running statistics) are not broadcast at every forward; rank 0's are sent
-        # once per epoch instead, before evaluation, so every rank judges the same model.
-        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      broadcast_buffers=False)  # noqa: the deprecation names no equivalent yet
+        # DDP sends rank 0's buffers (batch-norm running statistics) before every forward; the loop sends
+        # them once more at the end of each epoch, so every rank evaluates exactly rank 0's model.
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         state.ddp = ddp if recipe.compile == "off" else torch.compile(ddp, mode=None if recipe.compile == "default" else recipe.compile)
     if recipe.ema:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -405,8 +404,8 @@ def _loop(state: TrainState, recipe: Recipe, eval_loaders: dict, callbacks: list
         if recipe.early_stop and state.epoch - state.best_epoch >= recipe.early_stop:
             state.stopped_early = True  # no better val_acc for `early_stop` epochs: best.pt holds the winner
             break
-        if state.stop_signal is not None:  # arrived during evaluation: the epoch's checkpoint is written
-            raise Interrupted(state.stop_signal, epoch + 1, 0, run_dir)
+        if state.cluster.anyone(state.stop_signal is not None):  # arrived during evaluation: the checkpoint is written
+            raise Interrupted(state.stop_signal or signal.SIGTERM, epoch + 1, 0, run_dir)
 
 
 def _gather_rank_states(state: TrainState) -> None:
@@ -472,8 +471,8 @@ def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir:
         correct += (logits.argmax(dim=1) == y).sum()
         seen += len(y)
         stopping = state.stop_signal is not None
-        if cluster.distributed and step % check_every == 0:  # every rank stops at the same step, or none does
-            stopping = cluster.anyone(stopping)
+        if cluster.distributed:  # every rank stops at the same step, or none does: decided together
+            stopping = step % check_every == 0 and cluster.anyone(stopping)
             if stopping and state.stop_signal is None:
                 state.stop_signal = signal.SIGTERM  # a peer was told to stop
         if stopping and step < len(state.train_loader):
