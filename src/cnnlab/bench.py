@@ -131,7 +131,7 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
     from .loader import Loader, Normalizer
     from .models import build_model
     from .recipe import load_recipe
-    from .train import TrainState, learning_rate, make_optimizer, set_learning_rate, train_one_epoch
+    from .train import WHITENING_IMAGES, TrainState, learning_rate, make_optimizer, set_learning_rate, train_one_epoch
 
     if variant.tune_allocator:
         tune_cpu_allocator()
@@ -146,7 +146,7 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
     mean, std = KNOWN_STATS["cifar10"]
     model = build_model(recipe.model, data.num_classes)
     if hasattr(model, "initialise_from_data"):
-        model.initialise_from_data(Normalizer(mean, std)(images[:5000]))
+        model.initialise_from_data(Normalizer(mean, std)(images[:WHITENING_IMAGES]))
     if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe)

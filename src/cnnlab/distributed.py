@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -103,7 +104,7 @@ def is_peer_failure(error: BaseException) -> bool:
 
 
 class PeerLost(CnnlabError):
-    def __init__(self, cluster: Cluster, runs_dir, name):
+    def __init__(self, cluster: Cluster, runs_dir):
         where = "; the last checkpoint is intact: continue with torchrun ... -m cnnlab train --resume RUN" if runs_dir else ""
         super().__init__(f"rank {cluster.rank} of {cluster.world_size} lost contact with another rank (it stopped or "
                          f"died), so the whole job stops{where}")
@@ -117,8 +118,6 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        import warnings
-
         # Its autograd-aware all_reduce is marked deprecated, with no autograd-aware successor yet.
         from torch.distributed.nn.functional import all_reduce
 

@@ -94,19 +94,18 @@ class Corruption:
     name: str
     apply: object            # (x in [0, 1] float [N, 3, H, W], parameter, generator) -> x
     parameters: tuple         # one per severity, 1 to 5
-    family: str
 
 
 CORRUPTIONS = {c.name: c for c in (
-    Corruption("gaussian_noise", _noise_gaussian, (0.04, 0.06, 0.08, 0.09, 0.10), "noise"),
-    Corruption("shot_noise", _noise_shot, (500, 250, 100, 75, 50), "noise"),
-    Corruption("impulse_noise", _noise_impulse, (0.01, 0.02, 0.03, 0.05, 0.07), "noise"),
-    Corruption("gaussian_blur", _gaussian_blur, (0.4, 0.6, 0.7, 0.8, 1.0), "blur"),
-    Corruption("brightness", _brightness, (0.05, 0.1, 0.15, 0.2, 0.3), "weather/digital"),
-    Corruption("contrast", _contrast, (0.75, 0.5, 0.4, 0.3, 0.15), "digital"),
-    Corruption("saturate", _saturate, ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2)), "digital"),
-    Corruption("jpeg_compression", _jpeg, (80, 65, 58, 50, 40), "digital"),
-    Corruption("pixelate", _pixelate, (0.95, 0.9, 0.85, 0.75, 0.65), "digital"),
+    Corruption("gaussian_noise", _noise_gaussian, (0.04, 0.06, 0.08, 0.09, 0.10)),
+    Corruption("shot_noise", _noise_shot, (500, 250, 100, 75, 50)),
+    Corruption("impulse_noise", _noise_impulse, (0.01, 0.02, 0.03, 0.05, 0.07)),
+    Corruption("gaussian_blur", _gaussian_blur, (0.4, 0.6, 0.7, 0.8, 1.0)),
+    Corruption("brightness", _brightness, (0.05, 0.1, 0.15, 0.2, 0.3)),
+    Corruption("contrast", _contrast, (0.75, 0.5, 0.4, 0.3, 0.15)),
+    Corruption("saturate", _saturate, ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2))),
+    Corruption("jpeg_compression", _jpeg, (80, 65, 58, 50, 40)),
+    Corruption("pixelate", _pixelate, (0.95, 0.9, 0.85, 0.75, 0.65)),
 )}
 
 

@@ -210,7 +210,7 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
                       resume_from, cluster, started)
     except RuntimeError as e:
         if cluster.distributed and distributed.is_peer_failure(e):
-            raise distributed.PeerLost(cluster, runs_dir, name) from None
+            raise distributed.PeerLost(cluster, runs_dir) from None
         raise
     finally:
         if started_here:
