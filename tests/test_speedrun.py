@@ -154,3 +154,50 @@ def test_the_speedrun_ablation_switches_off_one_technique_per_variant():
     for variant, recipe in list(recipes.items())[1:]:
         changed = {k for k, v in recipe.to_dict().items() if reference[k] != v} - {"name"}
         assert len(changed) == 1, (variant, changed)
+
+
+def test_newton_schulz_pushes_every_singular_value_near_one():
+    from cnnlab.muon import orthogonalize
+
+    g = torch.Generator().manual_seed(0)
+    # A badly conditioned matrix, wide and tall: singular values spread over three decades.
+    for shape in [(32, 288), (288, 32)]:
+        u, _ = torch.linalg.qr(torch.randn(max(shape), min(shape), generator=g))
+        v, _ = torch.linalg.qr(torch.randn(min(shape), min(shape), generator=g))
+        spectrum = torch.logspace(0, -3, min(shape))
+        matrix = u @ torch.diag(spectrum) @ v.T
+        matrix = matrix if shape[0] > shape[1] else matrix.T
+        singular = torch.linalg.svdvals(orthogonalize(matrix).float())
+        assert singular.max() < 1.25 and singular[: min(shape) // 2].min() > 0.6, singular
+        # The same singular vectors: the result points the way the matrix does.
+        assert F.cosine_similarity(orthogonalize(matrix).float().flatten(), matrix.flatten(), dim=0) > 0.3
+
+
+def test_muon_groups_hold_the_filters_keep_their_norm_and_the_rest_is_plain_sgd():
+    recipe = load_recipe("speedrun-cpu", {"muon_lr": 0.1})
+    torch.manual_seed(0)
+    model = build_model(recipe.model, 10)
+    optimizer = make_optimizer(model, recipe)
+    muon = [g for g in optimizer.param_groups if g.get("muon_momentum") is not None]
+    filters = {id(p) for p in model.parameters() if p.requires_grad and p.ndim == 4}
+    assert {id(p) for g in muon for p in g["params"]} == filters and filters
+    assert all(g["lr"] == pytest.approx(0.1) and g["weight_decay"] == 0 and g["momentum"] == 0 for g in muon)
+    head = model.head.weight
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    for group in muon:
+        for p in group["params"]:
+            assert not torch.equal(p, before[id(p)])
+            # After a step from norm sqrt(out), the norm grows by at most the step (the update is near orthogonal).
+            assert abs(p.norm() - math.sqrt(p.shape[0])) < 0.1 * math.sqrt(min(p.shape[0], p[0].numel())) + 1e-6
+            assert "muon_buffer" in optimizer.state[p] and "momentum_buffer" not in optimizer.state[p]
+    assert "momentum_buffer" in optimizer.state[head]  # the head took SGD steps with its momentum
+    # A checkpoint of the optimizer carries Muon's buffers; loading it gives the same next step.
+    clone = make_optimizer(model, recipe)
+    clone.load_state_dict(optimizer.state_dict())
+    assert torch.equal(clone.state[next(iter(muon[0]["params"]))]["muon_buffer"],
+                       optimizer.state[next(iter(muon[0]["params"]))]["muon_buffer"])

@@ -67,3 +67,23 @@ def test_a_few_epochs_on_real_images_learn_far_above_chance():
     print("real-data rows:", [(r["epoch"], round(r["test_acc"], 2)) for r in result.rows])
     assert result.rows[-1]["test_acc"] > 35  # chance is 10%
     assert result.rows[-1]["train_loss"] < result.rows[0]["train_loss"]
+
+
+def test_learning_curve_points_follow_the_training_precision_and_the_final_row_is_float32():
+    from cnnlab.data import channel_stats
+    from cnnlab.evaluate import evaluate
+    from cnnlab.loader import Loader, Normalizer
+
+    data = synthetic_dataset()
+    options = {"epochs": 2, "batch_size": 32, "precision": "bf16", "seed": 3}
+    fast = train(load_recipe("seed", {**options, "eval_precision": "auto"}), data, runs_dir=None, progress=False)
+    full = train(load_recipe("seed", {**options, "eval_precision": "fp32"}), data, runs_dir=None, progress=False)
+    # Training is the same; epoch 1's test loss was computed in bf16 in one run and float32 in the other.
+    assert fast.rows[0]["train_loss"] == full.rows[0]["train_loss"]
+    assert fast.rows[0]["test_loss"] != full.rows[0]["test_loss"]
+    assert math.isclose(fast.rows[0]["test_loss"], full.rows[0]["test_loss"], rel_tol=0.02)
+    # The final row is a result: float32 in both, and what evaluating the returned model gives.
+    assert fast.rows[-1]["test_loss"] == full.rows[-1]["test_loss"]
+    loader = Loader(data.test_images, data.test_labels, 1000, Normalizer(*channel_stats(data.train_images)),
+                    device=torch.device("cpu"), channels_last=True)
+    assert evaluate(fast.model, loader)["loss"] == pytest.approx(fast.rows[-1]["test_loss"], rel=1e-6)

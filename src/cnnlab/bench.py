@@ -37,6 +37,7 @@ class Variant:
     threads: int | None = None      # None: PyTorch's default (one per core)
     recipe: str = "seed"            # whose model, optimizer, augmentation and batch size
     loop: str = "cnnlab"            # cnnlab: train_one_epoch; minimal: a hand-written loop doing the same maths
+    compile: str = "off"            # torch.compile mode for the training forward (compiled during warm-up)
 
 
 VARIANTS = {v.name: v for v in [
@@ -48,11 +49,15 @@ VARIANTS = {v.name: v for v in [
     Variant("cnnlab-cl-fp32-alloc", "+ allocator keeps freed memory (no page faults per step)"),
     Variant("cnnlab-cl-bf16", "channels-last, bf16 autocast, default allocator", precision="bf16", tune_allocator=False),
     Variant("cnnlab", "cnnlab's default CPU path: channels-last, bf16 autocast, tuned allocator", precision="bf16"),
+    Variant("cnnlab-compile", "cnnlab + torch.compile (inductor fuses batch norm, ReLU and pooling)",
+            precision="bf16", compile="default"),
     # The speedrun recipe through cnnlab's general loop against the few lines a speedrun script would write.
     Variant("speedrun-minimal", "speedrun-cpu recipe, a hand-written loop: rate, forward, backward, step, lookahead",
             precision="bf16", recipe="speedrun-cpu", loop="minimal"),
     Variant("speedrun-cnnlab", "speedrun-cpu recipe through cnnlab's train_one_epoch (metrics, checks, resume state)",
             precision="bf16", recipe="speedrun-cpu"),
+    Variant("speedrun-compile", "speedrun-cpu recipe through train_one_epoch, torch.compile'd forward",
+            precision="bf16", recipe="speedrun-cpu", compile="default"),
 ]}
 DEFAULT_VARIANTS = ["seed-literal", "cnnlab-nchw-fp32", "cnnlab-cl-fp32", "cnnlab-cl-fp32-alloc", "cnnlab-cl-bf16", "cnnlab"]
 
@@ -180,7 +185,8 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
                                        Normalizer(mean, std), device=device, train=True, seed=seed,
                                        channels_last=variant.channels_last, crop_padding=recipe.crop_padding,
                                        reflect=recipe.pad_mode == "reflect", alternate_flip=recipe.alternate_flip)
-        state = TrainState(recipe, model, optimizer, make_loader(warmup), data.classes, mean, std, device, variant.precision)
+        forward = model if variant.compile == "off" else torch.compile(model, mode=None if variant.compile == "default" else variant.compile)
+        state = TrainState(recipe, model, optimizer, make_loader(warmup), data.classes, mean, std, device, variant.precision, forward)
         if recipe.lookahead:
             state.lookahead = Lookahead(model, recipe.lookahead)
         if variant.loop == "minimal":

@@ -46,6 +46,9 @@ def _train_options(t: argparse.ArgumentParser, epochs_help: str | None = None, d
     overrides.add_argument("--decoupled-weight-decay", action=argparse.BooleanOptionalAction, default=None,
                            help="read --weight-decay as the shrink per step at the peak rate, in every parameter group")
     overrides.add_argument("--bias-lr-scale", type=float, metavar="K", help="biases train K times faster than the rest")
+    overrides.add_argument("--muon-lr", type=float, metavar="LR",
+                           help="convolution filters take Muon steps at this peak rate (0 = SGD for everything)")
+    overrides.add_argument("--muon-momentum", type=float, help="Muon's momentum (default 0.6)")
     overrides.add_argument("--lookahead", type=int, metavar="STEPS", help="lookahead weight averaging every STEPS steps (0 = off)")
     overrides.add_argument("--label-smoothing", type=float)
     overrides.add_argument("--cutout", type=int, metavar="SIZE", help="hide one SIZE x SIZE square per image (0 = off)")
@@ -84,6 +87,8 @@ def _train_options(t: argparse.ArgumentParser, epochs_help: str | None = None, d
     overrides.add_argument("--early-stop", type=int, metavar="PATIENCE",
                            help="stop after PATIENCE epochs without a better validation accuracy (needs --val-split)")
     overrides.add_argument("--eval-batch-size", type=int)
+    overrides.add_argument("--eval-precision", help="auto (learning-curve points in the training precision, the "
+                           "final evaluation in float32) or fp32 (every evaluation in float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:

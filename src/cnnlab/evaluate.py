@@ -1,5 +1,6 @@
-"""Accuracy, loss and per-class accuracy of a model on a split; always in float32 and eval mode,
-so that `evaluate`, `predict` and exported models agree on every image."""
+"""Accuracy, loss and per-class accuracy of a model on a split, in eval mode and float32 (unless the
+caller opens an autocast: the training loop's learning-curve points), so that a run's final row,
+`evaluate`, `predict` and exported models agree on every image."""
 
 from __future__ import annotations
 

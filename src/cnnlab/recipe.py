@@ -23,6 +23,7 @@ SCHEDULES = ("cosine", "constant", "onecycle", "linear")
 PAD_MODES = ("zeros", "reflect")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+EVAL_PRECISIONS = ("auto", "fp32")
 
 
 @dataclass
@@ -45,6 +46,8 @@ class Recipe:
     schedule: str = "cosine"    # cosine: CosineAnnealingLR(T_max=epochs), stepped once per epoch; linear: to 0, per step
     decoupled_weight_decay: bool = False  # weight_decay is the shrink per step at the peak rate, in every group
     bias_lr_scale: float = 1.0  # biases (batch-norm shifts) train this many times faster than the rest
+    muon_lr: float = 0.0        # > 0: convolution filters take Muon steps at this peak rate (cnnlab.muon); 0 = SGD
+    muon_momentum: float = 0.6  # Muon's own momentum (Nesterov when `nesterov`)
     lookahead: int = 0          # every this many steps, average the weights into a slow copy and restart from it (0 = off)
     label_smoothing: float = 0.0
     warmup_epochs: float = 0.0  # linear warm-up of the rate over this many epochs (per step)
@@ -76,6 +79,10 @@ class Recipe:
     sync_bn: bool = False       # under torchrun: batch-norm statistics over the global batch, not each rank's slice
     compile: str = "off"        # torch.compile mode for the training and evaluation forward passes
     eval_batch_size: int = 1000
+    # auto: the learning-curve evaluations before the last epoch run in the training precision (on a
+    # bf16 CPU 2x faster, within 0.1 point: BENCHMARKS.md); the last epoch's, early-stopping runs' and
+    # every later command's evaluations are float32. fp32: every evaluation in float32.
+    eval_precision: str = "auto"
 
     def validate(self) -> "Recipe":
         def need(ok: bool, message: str) -> None:
@@ -97,10 +104,14 @@ class Recipe:
         need(8 <= self.image_size <= 512, f"image size must be between 8 and 512 (got {self.image_size})")
         need(self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}': choose one of {', '.join(SCHEDULES)}")
         need(self.pad_mode in PAD_MODES, f"unknown pad mode '{self.pad_mode}': choose one of {', '.join(PAD_MODES)}")
+        need(self.muon_lr >= 0, f"Muon learning rate must not be negative (got {self.muon_lr})")
+        need(0 <= self.muon_momentum < 1, f"Muon momentum must be in [0, 1) (got {self.muon_momentum})")
         need(self.bias_lr_scale > 0, f"bias learning-rate scale must be positive (got {self.bias_lr_scale})")
         need(self.lookahead >= 0, f"lookahead takes a step count, 0 = off (got {self.lookahead})")
         need(not (self.alternate_flip and not self.flip), "--alternate-flip needs --flip")
         need(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
+        need(self.eval_precision in EVAL_PRECISIONS,
+             f"unknown eval precision '{self.eval_precision}': choose one of {', '.join(EVAL_PRECISIONS)}")
         need(self.compile in COMPILE_MODES, f"unknown compile mode '{self.compile}': choose one of {', '.join(COMPILE_MODES)}")
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
              f"unknown device '{self.device}': use auto, cpu, cuda, cuda:N or mps")

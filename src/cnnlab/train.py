@@ -30,6 +30,7 @@ from .evaluate import evaluate
 from .finetune import load_weights, parameter_groups
 from .loader import Loader, Normalizer
 from .lookahead import Lookahead
+from .muon import SGDMuon
 from .models import build_model, count_parameters
 from .recipe import Recipe
 from .callbacks import ConsolePrinter, RunWriter
@@ -43,7 +44,8 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
     """SGD over the recipe's parameter groups: head and backbone (fine-tuning), each split into biases
     and the rest when biases train faster. With decoupled weight decay, every group shrinks its weights
     by `weight_decay` per step at the peak rate, whatever its own rate (the group's decay is divided
-    by its rate, which SGD multiplies back)."""
+    by its rate, which SGD multiplies back). With `muon_lr`, the convolution filters take Muon's step.
+    (SGDMuon is plain torch.optim.SGD when no group is a Muon group.)"""
     biases = {id(p) for name, p in model.named_parameters() if name.endswith("bias")}
     groups = []
     for group in parameter_groups(model, recipe.lr, recipe.backbone_lr, recipe.freeze_backbone):
@@ -57,8 +59,22 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
     for group in groups:
         group["weight_decay"] = (recipe.weight_decay / (recipe.lr * group["lr_scale"]) if recipe.decoupled_weight_decay
                                  else recipe.weight_decay)
+    if recipe.muon_lr:  # the convolution filters move to Muon groups of their own (cnnlab.muon)
+        groups = [part for group in groups for part in _split_filters(group, recipe)]
+    for group in groups:
         group["lr"] = recipe.lr * group["lr_scale"]
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, foreach=True)
+    return SGDMuon(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, foreach=True)
+
+
+def _split_filters(group: dict, recipe: Recipe) -> list[dict]:
+    """A group's 4-D filters as a Muon group (its own peak rate, norm kept instead of decay), and the rest."""
+    filters = [p for p in group["params"] if p.ndim == 4]
+    rest = [p for p in group["params"] if p.ndim != 4]
+    parts = [{**group, "params": rest}] if rest else []
+    if filters:
+        parts.append({"params": filters, "lr_scale": recipe.muon_lr / recipe.lr, "weight_decay": 0.0,
+                      "momentum": 0.0, "muon_momentum": recipe.muon_momentum})
+    return parts
 
 
 def learning_rate(recipe: Recipe, epoch: int, step: int = 0, steps: int = 1) -> float:
@@ -386,11 +402,14 @@ def _loop(state: TrainState, recipe: Recipe, eval_loaders: dict, callbacks: list
             _emit(callbacks, "on_interrupt", state)
             raise Interrupted(state.stop_signal, epoch + 1, state.train_loader.position, run_dir)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "train_images": seen}
-        for split, loader in sorted(eval_loaders.items(), key=lambda kv: kv[0] != "val"):
-            result = evaluate(state.forward, loader)
-            row[f"{split}_loss"], row[f"{split}_acc"] = result["loss"], result["acc"]
-            if state.ema is not None:
-                row[f"ema_{split}_acc"] = evaluate(state.ema.module, loader)["acc"]
+        # A point on the learning curve may be judged in the training precision; a result is judged in float32.
+        curve_only = recipe.eval_precision == "auto" and not recipe.early_stop and epoch + 1 < recipe.epochs
+        with autocast(state.device, state.precision if curve_only else "fp32"):
+            for split, loader in sorted(eval_loaders.items(), key=lambda kv: kv[0] != "val"):
+                result = evaluate(state.forward, loader)
+                row[f"{split}_loss"], row[f"{split}_acc"] = result["loss"], result["acc"]
+                if state.ema is not None:
+                    row[f"ema_{split}_acc"] = evaluate(state.ema.module, loader)["acc"]
         if recipe.tta and epoch + 1 == recipe.epochs:  # the final model, also judged over 10 views
             row["tta_test_acc"] = evaluate(state.forward, eval_loaders["test"], tta=True)["acc"]
         row["seconds"] = seconds

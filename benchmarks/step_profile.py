@@ -1,0 +1,59 @@
+"""Where a training step's time goes: SmallCNN, batch 128, channels-last, bf16 autocast, Nesterov-free
+SGD as in the seed recipe, tuned allocator; operators grouped into convolution, batch norm, ReLU and
+the rest by torch.profiler's self CPU time. Why 4x the chapter's path is out of reach on this CPU:
+the convolutions alone bound the step.
+
+    python benchmarks/step_profile.py [--steps 20]
+"""
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import profile
+
+from cnnlab.device import autocast, tune_cpu_allocator
+from cnnlab.models import build_model
+from cnnlab.recipe import load_recipe
+from cnnlab.train import make_optimizer
+
+GROUPS = {"convolution": ("convolution",), "batch norm": ("batch_norm",), "ReLU": ("threshold", "clamp_min", "relu")}
+
+
+def main(steps: int) -> None:
+    tune_cpu_allocator()
+    torch.manual_seed(0)
+    recipe = load_recipe("seed")
+    model = build_model(recipe.model, 10).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe)
+    x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (128,))
+
+    def step():
+        with autocast(torch.device("cpu"), "bf16"):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(10):  # warm-up: oneDNN primitive caches, allocator
+        step()
+    with profile() as prof:
+        for _ in range(steps):
+            step()
+    # Self time of aten operators only (the autograd and optimizer wrappers double-count their children).
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in events)
+    shares = {name: 0.0 for name in [*GROUPS, "everything else"]}
+    for e in events:
+        group = next((g for g, keys in GROUPS.items() if any(k in e.key for k in keys)), "everything else")
+        shares[group] += e.self_cpu_time_total
+    print(f"{total / steps / 1000:.1f} ms per step ({128 * steps / (total / 1e6):,.0f} images/s on the operators alone)")
+    for name, t in shares.items():
+        print(f"  {name:16s} {100 * t / total:5.1f}%  {t / steps / 1000:5.1f} ms")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    main(parser.parse_args().steps)
