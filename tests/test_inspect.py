@@ -32,6 +32,22 @@ def test_stages_and_feature_map_shapes():
     assert [tuple(m.shape) for _, m in maps] == [(2, 32, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8), (2, 128, 4, 4)]
 
 
+def test_the_speedrun_network_is_inspected_through_its_stages_without_touching_its_statistics():
+    from cnnlab.models import build_model
+
+    model = build_model("speedrun-small", 10).train()
+    model.initialise_from_data(torch.randn(64, 3, 32, 32))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stages = stage_modules(model, 32)
+    assert [name.split(" ")[0] for name, _ in stages] == ["stages.0", "stages.1", "stages.2"]
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    maps = feature_maps(model.eval(), torch.randn(2, 3, 32, 32), 32)
+    assert [m.shape[1] for _, m in maps] == [32, 128, 128]
+    assert [m.shape[-1] for _, m in maps] == sorted((m.shape[-1] for _, m in maps), reverse=True)
+    cam = grad_cam(model, torch.randn(2, 3, 32, 32), [1, 2], 32)
+    assert cam.shape == (2, 32, 32)
+
+
 def patch_images(n: int, seed: int, size: int = 32):
     """Grey noise with one 8x8 patch anywhere: red for class 0, blue for class 1."""
     rng = np.random.default_rng(seed)

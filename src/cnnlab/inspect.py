@@ -2,7 +2,8 @@
 of each stage, and Grad-CAM class evidence.
 
 Stages are found, not hard-coded: the last module at each spatial resolution of `model.features`
-(for SmallCNN, the three stride-2 blocks at 16x16, 8x8 and 4x4). Grad-CAM uses the last stage.
+(for SmallCNN, the three stride-2 blocks at 16x16, 8x8 and 4x4) or of the speedrun network's
+`model.stages`. Grad-CAM uses the last stage.
 """
 
 from __future__ import annotations
@@ -56,21 +57,37 @@ def classify_filters(weight: torch.Tensor) -> list[str]:
     return kinds
 
 
+# Where a model keeps its stages: SmallCNN and ResNet-18 call the sequence `features`, the speedrun
+# network `stages` (its frozen whitening layer runs before them).
+STAGE_SEQUENCES = ("features", "stages")
+
+
 def stage_modules(model: torch.nn.Module, image_size: int) -> list[tuple[str, torch.nn.Module]]:
-    """The last child of `model.features` at each spatial resolution, found with one dry forward pass."""
-    features = getattr(model, "features", None)
-    if not isinstance(features, torch.nn.Sequential):
-        raise CnnlabError(f"inspect needs a model with a 'features' sequence; {type(model).__name__} has none")
-    sizes = []
-    x = torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device)
-    with torch.no_grad():
-        for child in features:
-            x = child(x)
-            sizes.append(tuple(x.shape[-2:]))
+    """The last child of the model's stage sequence at each spatial resolution, found by hooking
+    every child and running one dry forward pass of the whole model (in eval mode, so that batch-norm
+    statistics are not touched)."""
+    found = [(n, getattr(model, n)) for n in STAGE_SEQUENCES if isinstance(getattr(model, n, None), torch.nn.Sequential)]
+    if not found:
+        raise CnnlabError(f"inspect needs a model with a '{' or '.join(STAGE_SEQUENCES)}' sequence; "
+                          f"{type(model).__name__} has none")
+    sequence_name, sequence = found[0]
+    sizes = {}
+    hooks = [child.register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, tuple(o.shape[-2:])))
+             for name, child in sequence.named_children()]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    children = list(sequence.named_children())
     stages = []
-    for i, (name, child) in enumerate(features.named_children()):
-        if i == len(sizes) - 1 or sizes[i + 1] != sizes[i]:
-            stages.append((f"features.{name} ({sizes[i][0]}x{sizes[i][1]})", child))
+    for i, (name, child) in enumerate(children):
+        if i == len(children) - 1 or sizes[children[i + 1][0]] != sizes[name]:
+            stages.append((f"{sequence_name}.{name} ({sizes[name][0]}x{sizes[name][1]})", child))
     return stages
 
 
