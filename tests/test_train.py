@@ -87,3 +87,9 @@ def test_learning_curve_points_follow_the_training_precision_and_the_final_row_i
     loader = Loader(data.test_images, data.test_labels, 1000, Normalizer(*channel_stats(data.train_images)),
                     device=torch.device("cpu"), channels_last=True)
     assert evaluate(fast.model, loader)["loss"] == pytest.approx(fast.rows[-1]["test_loss"], rel=1e-6)
+    # With a validation split the rows choose best.pt: every one of them is float32.
+    held_out = {**options, "val_split": "0.25"}
+    rows = [train(load_recipe("seed", {**held_out, "eval_precision": mode}), data, runs_dir=None, progress=False).rows
+            for mode in ("auto", "fp32")]
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]
+    assert strip(rows[0]) == strip(rows[1])

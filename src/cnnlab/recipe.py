@@ -80,8 +80,9 @@ class Recipe:
     compile: str = "off"        # torch.compile mode for the training and evaluation forward passes
     eval_batch_size: int = 1000
     # auto: the learning-curve evaluations before the last epoch run in the training precision (on a
-    # bf16 CPU 2x faster, within 0.1 point: BENCHMARKS.md); the last epoch's, early-stopping runs' and
-    # every later command's evaluations are float32. fp32: every evaluation in float32.
+    # bf16 CPU 2x faster, within 0.1 point: BENCHMARKS.md); the last epoch's, those of runs with a
+    # validation split (they select best.pt on it) and every later command's are float32.
+    # fp32: every evaluation in float32.
     eval_precision: str = "auto"
 
     def validate(self) -> "Recipe":

@@ -402,8 +402,9 @@ def _loop(state: TrainState, recipe: Recipe, eval_loaders: dict, callbacks: list
             _emit(callbacks, "on_interrupt", state)
             raise Interrupted(state.stop_signal, epoch + 1, state.train_loader.position, run_dir)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "train_images": seen}
-        # A point on the learning curve may be judged in the training precision; a result is judged in float32.
-        curve_only = recipe.eval_precision == "auto" and not recipe.early_stop and epoch + 1 < recipe.epochs
+        # A point on the learning curve may be judged in the training precision; a result, or a row that
+        # selects a model on a validation split (best.pt, early stopping), is judged in float32.
+        curve_only = recipe.eval_precision == "auto" and epoch + 1 < recipe.epochs and "val" not in eval_loaders
         with autocast(state.device, state.precision if curve_only else "fp32"):
             for split, loader in sorted(eval_loaders.items(), key=lambda kv: kv[0] != "val"):
                 result = evaluate(state.forward, loader)
