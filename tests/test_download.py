@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import tarfile
 
-import pytest
 
 from cnnlab.data import load_dataset
 from cnnlab.download import CIFAR_ARCHIVES
