@@ -201,3 +201,29 @@ def test_muon_groups_hold_the_filters_keep_their_norm_and_the_rest_is_plain_sgd(
     clone.load_state_dict(optimizer.state_dict())
     assert torch.equal(clone.state[next(iter(muon[0]["params"]))]["muon_buffer"],
                        optimizer.state[next(iter(muon[0]["params"]))]["muon_buffer"])
+
+
+def test_the_whitening_bias_trains_for_its_epochs_then_stays():
+    from cnnlab.train import set_learning_rate
+
+    recipe = load_recipe("speedrun-cpu", {"whiten_bias_epochs": 1.5})
+    torch.manual_seed(0)
+    model = build_model(recipe.model, 10)
+    model.initialise_from_data(torch.randn(64, 3, 32, 32))
+    optimizer = make_optimizer(model, recipe)
+    own = [g for g in optimizer.param_groups if "trains_until_epoch" in g]
+    assert len(own) == 1 and own[0]["params"] == [model.whiten.bias]
+    assert own[0]["lr_scale"] == recipe.bias_lr_scale  # it keeps the rate of the biases while it trains
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+
+    def step(epochs_done):
+        set_learning_rate(optimizer, 0.1, epochs_done)
+        before = model.whiten.bias.detach().clone(), model.head.weight.detach().clone()
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        return not torch.equal(model.whiten.bias, before[0]), not torch.equal(model.head.weight, before[1])
+
+    assert step(1.0) == (True, True)
+    assert step(1.5) == (False, True)  # from 1.5 epochs on, momentum and decay included, it does not move
+    assert step(2.0) == (False, True)

@@ -68,6 +68,8 @@ def _train_options(t: argparse.ArgumentParser, epochs_help: str | None = None, d
     overrides.add_argument("--pad-mode", help="fill of the crop padding: zeros or reflect")
     overrides.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
                            help="speedrun models: a frozen whitening first layer from the data")
+    overrides.add_argument("--whiten-bias-epochs", type=float, metavar="E",
+                           help="speedrun models: the whitening bias trains for E epochs, then stays fixed (0 = always)")
     overrides.add_argument("--identity-init", action=argparse.BooleanOptionalAction, default=None,
                            help="speedrun models: 3x3 convolutions start as the identity")
     overrides.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

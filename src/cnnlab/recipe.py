@@ -69,6 +69,7 @@ class Recipe:
     # speedrun network switches (models speedrun and speedrun-small; ignored by the others)
     whiten: bool = True         # first layer from the training patches' covariance, frozen
     identity_init: bool = True  # 3x3 convolutions start as the identity
+    whiten_bias_epochs: float = 0.0  # > 0: the whitening layer's bias trains this many epochs, then stays (0 = always)
     # evaluation
     tta: bool = False           # the final evaluation also averages 10 views (flips, 1-pixel shifts)
     # execution
@@ -105,6 +106,7 @@ class Recipe:
         need(8 <= self.image_size <= 512, f"image size must be between 8 and 512 (got {self.image_size})")
         need(self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}': choose one of {', '.join(SCHEDULES)}")
         need(self.pad_mode in PAD_MODES, f"unknown pad mode '{self.pad_mode}': choose one of {', '.join(PAD_MODES)}")
+        need(self.whiten_bias_epochs >= 0, f"whiten bias epochs must not be negative (got {self.whiten_bias_epochs})")
         need(self.muon_lr >= 0, f"Muon learning rate must not be negative (got {self.muon_lr})")
         need(0 <= self.muon_momentum < 1, f"Muon momentum must be in [0, 1) (got {self.muon_momentum})")
         need(self.bias_lr_scale > 0, f"bias learning-rate scale must be positive (got {self.bias_lr_scale})")

@@ -61,6 +61,15 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
                                  else recipe.weight_decay)
     if recipe.muon_lr:  # the convolution filters move to Muon groups of their own (cnnlab.muon)
         groups = [part for group in groups for part in _split_filters(group, recipe)]
+    whiten = getattr(model, "whiten", None)
+    if recipe.whiten_bias_epochs and whiten is not None and whiten.bias is not None:
+        # The whitening bias in a group of its own, whose rate drops to 0 after whiten_bias_epochs.
+        for group in groups:
+            if any(p is whiten.bias for p in group["params"]):
+                group["params"] = [p for p in group["params"] if p is not whiten.bias]
+                groups.append({**group, "params": [whiten.bias], "trains_until_epoch": recipe.whiten_bias_epochs})
+                break
+        groups = [group for group in groups if group["params"]]
     for group in groups:
         group["lr"] = recipe.lr * group["lr_scale"]
     return SGDMuon(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, foreach=True)
@@ -104,9 +113,12 @@ def learning_rate(recipe: Recipe, epoch: int, step: int = 0, steps: int = 1) -> 
     return lr
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float, epochs_done: float = 0.0) -> None:
+    """Every group at `lr` times its scale; a group that trains only until an epoch is at 0 from then on
+    (a rate of 0 moves nothing: momentum and weight decay are multiplied by it too)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        frozen = epochs_done >= group.get("trains_until_epoch", math.inf)
+        group["lr"] = 0.0 if frozen else lr * group.get("lr_scale", 1.0)
 
 
 @dataclass
@@ -394,7 +406,7 @@ def _loop(state: TrainState, recipe: Recipe, eval_loaders: dict, callbacks: list
     (regularizers, gradient scaling), and TrainState.checkpoint (resume)."""
     for epoch in range(state.epoch, recipe.epochs):
         lr = learning_rate(recipe, epoch, 0, len(state.train_loader))  # the epoch's rate (per-step schedules set each step)
-        set_learning_rate(state.optimizer, lr)
+        set_learning_rate(state.optimizer, lr, epoch)
         if state.stop_signal is None:
             train_loss, train_acc, seconds, seen = train_one_epoch(state, progress and sys.stderr.isatty(), epoch, run_dir)
         if state.stop_signal is not None:  # mid-epoch: the sums so far are in state.partial
@@ -464,7 +476,8 @@ def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir:
     mixing = recipe.mixup > 0 or recipe.cutmix > 0
     for step, (x, y) in enumerate(batches, start=first_step + 1):
         if per_step_lr:
-            set_learning_rate(optimizer, learning_rate(recipe, epoch, step - 1, len(state.train_loader)))
+            set_learning_rate(optimizer, learning_rate(recipe, epoch, step - 1, len(state.train_loader)),
+                              epoch + (step - 1) / len(state.train_loader))
         if mixing:
             x, y, y_partner, weight = mix(x, y, recipe.mixup, recipe.cutmix)
         with autocast(state.device, state.precision):
