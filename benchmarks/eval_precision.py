@@ -1,7 +1,9 @@
 """Evaluation of the test split in float32 against bf16 autocast for trained runs: seconds and accuracy.
 The evidence behind `eval_precision = "auto"` (learning-curve points in the training precision).
 
-    python benchmarks/eval_precision.py DATA RUN [RUN ...] [--repeats 3]
+    python benchmarks/eval_precision.py DATA RUN [RUN ...] [--repeats 3] [--tta]
+
+--tta also times the final 10-view test-time augmentation, once, in float32 (what a run's last epoch does).
 """
 
 import argparse
@@ -17,7 +19,7 @@ from cnnlab.evaluate import evaluate
 from cnnlab.loader import Loader, Normalizer
 
 
-def main(data_source: str, runs: list[str], repeats: int) -> None:
+def main(data_source: str, runs: list[str], repeats: int, tta: bool) -> None:
     tune_cpu_allocator()
     data = load_dataset(data_source, progress=False)
     cpu = torch.device("cpu")
@@ -41,6 +43,11 @@ def main(data_source: str, runs: list[str], repeats: int) -> None:
             s, result = seconds[precision], seconds[precision + " result"]
             print(f"{path} | {recipe['model']} | {recipe['eval_batch_size']} | {precision} | "
                   f"{statistics.median(s):.2f} ({min(s):.2f}-{max(s):.2f}) | {result['acc']:.2f}% | {result['loss']:.4f}")
+        if tta:
+            start = time.perf_counter()
+            result = evaluate(model, loader, tta=True)
+            print(f"{path} | {recipe['model']} | {recipe['eval_batch_size']} | fp32, 10-view TTA | "
+                  f"{time.perf_counter() - start:.2f} (once) | {result['acc']:.2f}% | {result['loss']:.4f}")
 
 
 if __name__ == "__main__":
@@ -48,5 +55,6 @@ if __name__ == "__main__":
     parser.add_argument("data")
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tta", action="store_true", help="also time the 10-view TTA evaluation in float32, once")
     args = parser.parse_args()
-    main(args.data, args.runs, args.repeats)
+    main(args.data, args.runs, args.repeats, args.tta)

@@ -1,0 +1,107 @@
+"""CPU levers measured and not kept (BENCHMARKS.md, issue 3), each side by side in one run:
+
+    python benchmarks/cpu_levers.py batch DATA        # speedrun-small bare steps at batch 128, 256, 512
+    python benchmarks/cpu_levers.py conv-backward     # input and weight gradients together or apart
+    python benchmarks/cpu_levers.py no-mmap DATA      # glibc never using mmap, against cnnlab's tuning
+
+Repeats are interleaved so that a noisy moment slows every arm alike; medians and ranges are printed.
+"""
+
+import ctypes
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.device import autocast, tune_cpu_allocator
+
+
+def rate(step, images: int, steps: int) -> float:
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return images * steps / (time.perf_counter() - start)
+
+
+def spread(values) -> str:
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def batch_sizes(repeats: int = 3) -> None:
+    from cnnlab.models import build_model
+    from cnnlab.recipe import load_recipe
+    from cnnlab.train import make_optimizer
+
+    tune_cpu_allocator()
+    recipe = load_recipe("speedrun-cpu")
+    model = build_model(recipe.model, 10)
+    model.initialise_from_data(torch.randn(5000, 3, 32, 32))
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe)
+    results = {128: [], 256: [], 512: []}
+    for _ in range(repeats):
+        for batch in results:
+            x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 10, (batch,))
+
+            def step():
+                with autocast(torch.device("cpu"), "bf16"):
+                    loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+            results[batch].append(rate(step, batch, 8192 // batch))
+    for batch, values in results.items():
+        print(f"speedrun-small, batch {batch}: {spread(values)} images/s")
+
+
+def conv_backward(repeats: int = 5) -> None:
+    """SmallCNN's convolutions in bf16 channels-last: one convolution_backward for both gradients, or two."""
+    tune_cpu_allocator()
+    backward = torch.ops.aten.convolution_backward
+    for cin, cout, size, stride in [(32, 32, 32, 2), (32, 64, 16, 1), (64, 64, 16, 2), (64, 128, 8, 1), (128, 128, 8, 2)]:
+        x = torch.randn(128, cin, size, size, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(cout, cin, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        g = torch.randn_like(F.conv2d(x, w, stride=stride, padding=1))
+        call = lambda mask: backward(g, x, w, None, [stride] * 2, [1, 1], [1, 1], False, [0, 0], 1, mask)
+        together, apart = [], []
+        for _ in range(repeats):
+            together.append(1000 / rate(lambda: call([True, True, False]), 1, 20))  # ms per call
+            apart.append(1000 / rate(lambda: (call([True, False, False]), call([False, True, False])), 1, 20))
+        print(f"conv {cin}->{cout} at {size}x{size}, stride {stride}: together {statistics.median(together):.2f} ms, "
+              f"apart {statistics.median(apart):.2f} ms (medians of {repeats})")
+
+
+def no_mmap(data: str, repeats: int = 2) -> None:
+    results = {}
+    for _ in range(repeats):
+        for mode in ("tuned", "no-mmap"):
+            for variant, steps in (("speedrun-cnnlab", 16), ("cnnlab", 40)):
+                out = subprocess.run([sys.executable, __file__, "_measure", mode, variant, data, str(steps)],
+                                     capture_output=True, text=True, check=True).stdout
+                r = json.loads(out.strip().splitlines()[-1])
+                results.setdefault((variant, mode), []).append(r)
+    for (variant, mode), rs in results.items():
+        print(f"{variant:16s} {mode:8s} {spread([r['images_per_s'] for r in rs])} images/s, "
+              f"page faults per step {statistics.median(r['page_faults_per_step'] for r in rs):,.0f}")
+
+
+def _measure(mode: str, variant: str, data: str, steps: str) -> None:
+    from cnnlab.bench import VARIANTS, measure
+
+    if mode == "no-mmap":
+        ctypes.CDLL("libc.so.6").mallopt(-4, 0)  # M_MMAP_MAX = 0: every allocation from the heap
+    print(json.dumps(measure(VARIANTS[variant], data, int(steps), 4, 128, 0)))
+
+
+if __name__ == "__main__":
+    command, args = sys.argv[1], sys.argv[2:]
+    {"batch": lambda: batch_sizes(), "conv-backward": conv_backward, "no-mmap": lambda: no_mmap(args[0]),
+     "_measure": lambda: _measure(*args)}[command]()
