@@ -136,7 +136,8 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
     from .loader import Loader, Normalizer
     from .models import build_model
     from .recipe import load_recipe
-    from .train import WHITENING_IMAGES, TrainState, learning_rate, make_optimizer, set_learning_rate, train_one_epoch
+    from .train import (WHITENING_IMAGES, TrainState, compiled, learning_rate, make_optimizer, set_learning_rate,
+                        train_one_epoch)
 
     if variant.tune_allocator:
         tune_cpu_allocator()
@@ -185,8 +186,8 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
                                        Normalizer(mean, std), device=device, train=True, seed=seed,
                                        channels_last=variant.channels_last, crop_padding=recipe.crop_padding,
                                        reflect=recipe.pad_mode == "reflect", alternate_flip=recipe.alternate_flip)
-        forward = model if variant.compile == "off" else torch.compile(model, mode=None if variant.compile == "default" else variant.compile)
-        state = TrainState(recipe, model, optimizer, make_loader(warmup), data.classes, mean, std, device, variant.precision, forward)
+        state = TrainState(recipe, model, optimizer, make_loader(warmup), data.classes, mean, std, device, variant.precision,
+                           compiled(model, variant.compile))
         if recipe.lookahead:
             state.lookahead = Lookahead(model, recipe.lookahead)
         if variant.loop == "minimal":

@@ -59,31 +59,31 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
     for group in groups:
         group["weight_decay"] = (recipe.weight_decay / (recipe.lr * group["lr_scale"]) if recipe.decoupled_weight_decay
                                  else recipe.weight_decay)
-    if recipe.muon_lr:  # the convolution filters move to Muon groups of their own (cnnlab.muon)
-        groups = [part for group in groups for part in _split_filters(group, recipe)]
-    whiten = getattr(model, "whiten", None)
-    if recipe.whiten_bias_epochs and whiten is not None and whiten.bias is not None:
-        # The whitening bias in a group of its own, whose rate drops to 0 after whiten_bias_epochs.
-        for group in groups:
-            if any(p is whiten.bias for p in group["params"]):
-                group["params"] = [p for p in group["params"] if p is not whiten.bias]
-                groups.append({**group, "params": [whiten.bias], "trains_until_epoch": recipe.whiten_bias_epochs})
-                break
-        groups = [group for group in groups if group["params"]]
+    if recipe.muon_lr:  # the convolution filters take Muon steps (cnnlab.muon): their own rate, no decay
+        groups = _own_group(groups, lambda p: p.ndim == 4, lr_scale=recipe.muon_lr / recipe.lr, weight_decay=0.0,
+                            momentum=0.0, muon_momentum=recipe.muon_momentum)
+    whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
+    if recipe.whiten_bias_epochs and whiten_bias is not None:  # its rate drops to 0 after whiten_bias_epochs
+        groups = _own_group(groups, lambda p: p is whiten_bias, trains_until_epoch=recipe.whiten_bias_epochs)
     for group in groups:
         group["lr"] = recipe.lr * group["lr_scale"]
     return SGDMuon(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, foreach=True)
 
 
-def _split_filters(group: dict, recipe: Recipe) -> list[dict]:
-    """A group's 4-D filters as a Muon group (its own peak rate, norm kept instead of decay), and the rest."""
-    filters = [p for p in group["params"] if p.ndim == 4]
-    rest = [p for p in group["params"] if p.ndim != 4]
-    parts = [{**group, "params": rest}] if rest else []
-    if filters:
-        parts.append({"params": filters, "lr_scale": recipe.muon_lr / recipe.lr, "weight_decay": 0.0,
-                      "momentum": 0.0, "muon_momentum": recipe.muon_momentum})
-    return parts
+def _own_group(groups: list[dict], chosen, **settings) -> list[dict]:
+    """Each group split in two: the parameters `chosen` picks, with `settings` on top of the group's own,
+    and the rest; empty halves dropped."""
+    split = []
+    for group in groups:
+        rest = [p for p in group["params"] if not chosen(p)]
+        picked = [p for p in group["params"] if chosen(p)]
+        split += [g for g in ({**group, "params": rest}, {**group, "params": picked, **settings}) if g["params"]]
+    return split
+
+
+def compiled(module: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """The module itself for mode "off", else its torch.compile'd form (sharing its parameters)."""
+    return module if mode == "off" else torch.compile(module, mode=None if mode == "default" else mode)
 
 
 def learning_rate(recipe: Recipe, epoch: int, step: int = 0, steps: int = 1) -> float:
@@ -301,7 +301,7 @@ def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, pl
                                      normalize, device=device, channels_last=cl)
 
     # The compiled module shares the model's parameters; the plain one is what checkpoints hold.
-    forward = model if recipe.compile == "off" else torch.compile(model, mode=None if recipe.compile == "default" else recipe.compile)
+    forward = compiled(model, recipe.compile)
     state = TrainState(recipe, model, optimizer, train_loader, data.classes, mean, std, device, precision, forward,
                        best_metric="val_acc" if val_count else "test_acc", notes=notes, cluster=cluster)
     if cluster.distributed:  # gradients averaged over the ranks; evaluation uses the plain model on every rank
@@ -310,7 +310,7 @@ def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, pl
         # DDP sends rank 0's buffers (batch-norm running statistics) before every forward; the loop sends
         # them once more at the end of each epoch, so every rank evaluates exactly rank 0's model.
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        state.ddp = ddp if recipe.compile == "off" else torch.compile(ddp, mode=None if recipe.compile == "default" else recipe.compile)
+        state.ddp = compiled(ddp, recipe.compile)
     if recipe.ema:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
