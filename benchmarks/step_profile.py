@@ -3,7 +3,10 @@ SGD as in the seed recipe, tuned allocator; operators grouped into convolution, 
 the rest by torch.profiler's self CPU time. Why 4x the chapter's path is out of reach on this CPU:
 the convolutions alone bound the step.
 
-    python benchmarks/step_profile.py [--steps 20]
+    python benchmarks/step_profile.py [--steps 20] [--by-shape]
+
+--by-shape adds the batch-norm and ReLU time per activation shape: the first block's 32x32x32
+activations are 8 MB per batch in bf16, too big to stay in this machine's caches between operators.
 """
 
 import argparse
@@ -20,7 +23,7 @@ from cnnlab.train import make_optimizer
 GROUPS = {"convolution": ("convolution",), "batch norm": ("batch_norm",), "ReLU": ("threshold", "clamp_min", "relu")}
 
 
-def main(steps: int) -> None:
+def main(steps: int, by_shape: bool) -> None:
     tune_cpu_allocator()
     torch.manual_seed(0)
     recipe = load_recipe("seed")
@@ -38,7 +41,7 @@ def main(steps: int) -> None:
 
     for _ in range(10):  # warm-up: oneDNN primitive caches, allocator
         step()
-    with profile() as prof:
+    with profile(record_shapes=by_shape) as prof:
         for _ in range(steps):
             step()
     # Self time of aten operators only (the autograd and optimizer wrappers double-count their children).
@@ -51,9 +54,21 @@ def main(steps: int) -> None:
     print(f"{total / steps / 1000:.1f} ms per step ({128 * steps / (total / 1e6):,.0f} images/s on the operators alone)")
     for name, t in shares.items():
         print(f"  {name:16s} {100 * t / total:5.1f}%  {t / steps / 1000:5.1f} ms")
+    if by_shape:
+        print("batch norm and ReLU, forward and backward, by activation shape:")
+        per_shape: dict[tuple, float] = {}
+        for e in prof.key_averages(group_by_input_shape=True):
+            if e.key.startswith("aten::") and any(k in e.key for k in GROUPS["batch norm"] + GROUPS["ReLU"]):
+                shape = tuple(e.input_shapes[0]) if e.input_shapes and e.input_shapes[0] else ()
+                per_shape[shape] = per_shape.get(shape, 0.0) + e.self_cpu_time_total
+        for shape, t in sorted(per_shape.items(), key=lambda item: -item[1]):
+            elements = torch.Size(shape).numel() if shape else 0
+            print(f"  {str(list(shape)):22s} {t / steps / 1000:5.2f} ms  {t / steps / max(elements, 1) * 1e3:6.2f} ns per element")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
-    main(parser.parse_args().steps)
+    parser.add_argument("--by-shape", action="store_true", help="batch norm and ReLU time per activation shape")
+    args = parser.parse_args()
+    main(args.steps, args.by_shape)

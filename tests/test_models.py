@@ -30,3 +30,16 @@ def test_every_registered_model_runs_forward_and_backward():
 def test_unknown_model_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown model 'resnet9000'"):
         build_model("resnet9000", 10)
+
+
+def test_speedrun_widths_by_name():
+    from cnnlab.recipe import load_recipe
+
+    model = build_model("speedrun-48-192-192", 10)
+    assert [stage.conv1.out_channels for stage in model.stages] == [48, 192, 192]
+    assert count_parameters(model) == 1_113_336
+    assert count_parameters(build_model("speedrun-32-128-128", 10)) == count_parameters(build_model("speedrun-small", 10))
+    assert load_recipe("speedrun-cpu", {"model": "speedrun-40-160-160"}).model == "speedrun-40-160-160"
+    for bad in ["speedrun-48-192", "speedrun-0-128-128", "speedrun-48-192-192x"]:
+        with pytest.raises(UsageError, match="speedrun-W1-W2-W3"):
+            load_recipe("speedrun-cpu", {"model": bad})

@@ -654,6 +654,7 @@ def cmd_models(args) -> int:
 
     for name, (_, description) in sorted(MODELS.items()):
         print(f"{name:<14} {description}")
+    print(f"{'speedrun-W1-W2-W3':<14} the speedrun net with these stage widths (speedrun-48-192-192: 1,113,336 parameters)")
     return 0
 
 

@@ -91,10 +91,9 @@ class Recipe:
             if not ok:
                 raise UsageError(message)
 
-        from .models import MODELS
+        from .models import MODEL_CHOICES, is_known_model
 
-        need(self.model in MODELS or self.model.startswith("tv:"),
-             f"unknown model '{self.model}': choose one of {', '.join(sorted(MODELS))}, or tv:NAME for a torchvision model")
+        need(is_known_model(self.model), f"unknown model '{self.model}': choose one of {MODEL_CHOICES}")
         need(self.epochs >= 1, f"epochs must be at least 1 (got {self.epochs})")
         need(self.batch_size >= 1, f"batch size must be at least 1 (got {self.batch_size})")
         need(self.eval_batch_size >= 1, f"eval batch size must be at least 1 (got {self.eval_batch_size})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from torch import nn
@@ -24,13 +25,22 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
                        "the speedrun net at half width (32/128/128) for CPUs, 498,104 parameters"),
 }
 TORCHVISION_PREFIX = "tv:"
+# The speedrun net at any stage widths, for trading width against epochs: speedrun-48-192-192.
+SPEEDRUN_WIDTHS = re.compile(r"speedrun-([1-9][0-9]*)-([1-9][0-9]*)-([1-9][0-9]*)")
+MODEL_CHOICES = f"{', '.join(sorted(MODELS))}, speedrun-W1-W2-W3 (stage widths), or tv:NAME for a torchvision model"
+
+
+def is_known_model(name: str) -> bool:
+    return name in MODELS or name.startswith(TORCHVISION_PREFIX) or SPEEDRUN_WIDTHS.fullmatch(name) is not None
 
 
 def build_model(name: str, num_classes: int, **options) -> nn.Module:
     if name.startswith(TORCHVISION_PREFIX):
         return torchvision_model(name[len(TORCHVISION_PREFIX):], num_classes)
+    if widths := SPEEDRUN_WIDTHS.fullmatch(name):
+        return SpeedrunNet(num_classes, tuple(int(w) for w in widths.groups()), **options)
     if name not in MODELS:
-        raise UsageError(f"unknown model '{name}': choose one of {', '.join(sorted(MODELS))}")
+        raise UsageError(f"unknown model '{name}': choose one of {MODEL_CHOICES}")
     return MODELS[name][0](num_classes, **options)
 
 
@@ -60,4 +70,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "ResNet18", "SmallCNN", "SpeedrunNet", "build_model", "conv_block", "count_parameters", "head"]
+__all__ = ["MODELS", "MODEL_CHOICES", "is_known_model", "ResNet18", "SmallCNN", "SpeedrunNet", "build_model", "conv_block", "count_parameters", "head"]
