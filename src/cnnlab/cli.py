@@ -645,7 +645,7 @@ def cmd_recipes(args) -> int:
     from .recipe import load_recipe, shipped_recipes
 
     for name in sorted(shipped_recipes()):
-        print(f"{name:<12} {load_recipe(name).description}")
+        print(f"{name:<14} {load_recipe(name).description}")
     return 0
 
 
@@ -653,8 +653,8 @@ def cmd_models(args) -> int:
     from .models import MODELS
 
     for name, (_, description) in sorted(MODELS.items()):
-        print(f"{name:<14} {description}")
-    print(f"{'speedrun-W1-W2-W3':<14} the speedrun net with these stage widths (speedrun-48-192-192: 1,113,336 parameters)")
+        print(f"{name:<17} {description}")
+    print(f"{'speedrun-W1-W2-W3':<17} the speedrun net with these stage widths (speedrun-48-192-192: 1,113,336 parameters)")
     return 0
 
 

@@ -233,16 +233,19 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
     started = time.perf_counter()
     started_here = cluster is None
     cluster = cluster or distributed.start(recipe.device)
+    finished = False
     try:
-        return _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, plots, tensorboard,
-                      resume_from, cluster, started)
+        result = _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, plots, tensorboard,
+                        resume_from, cluster, started)
+        finished = True
+        return result
     except RuntimeError as e:
         if cluster.distributed and distributed.is_peer_failure(e):
             raise distributed.PeerLost(cluster, runs_dir) from None
         raise
     finally:
         if started_here:
-            distributed.stop(cluster)
+            distributed.stop(cluster, finished)
 
 
 def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, plots, tensorboard, resume_from,
