@@ -92,7 +92,7 @@ def start(device_name: str) -> Cluster:
 def stop(cluster: Cluster, finished: bool = False) -> None:
     """Leave the process group. After a finished run every rank first waits for the others (rank 0
     writes the run folder last): a rank tearing gloo down while a peer still holds its connections
-    could abort at exit ("terminate called without an active exception": 4 of 17 runs of the DDP resume
+    could abort at exit ("terminate called without an active exception": 5 of 20 runs of the DDP resume
     test before this barrier, 0 of 10 after)."""
     if cluster.world_size > 1 and dist.is_initialized():
         if finished:
