@@ -1,9 +1,15 @@
-"""Bare training-step throughput of the speedrun network at several widths on this machine
-(random batch of 512, bf16 autocast, channels-last, Nesterov SGD): why `speedrun-cpu` uses 32/128/128.
+"""Bare training-step throughput of the speedrun network at several widths and input sizes on this
+machine (random batch of 512, bf16 autocast, channels-last, Nesterov SGD): why `speedrun-cpu` uses
+32/128/128, what the wider `speedrun-cpu90` network costs, and what early crops save per step.
 
-    python benchmarks/speedrun_widths.py
+    python benchmarks/speedrun_widths.py [--widths 64-256-256 48-192-192 32-128-128] [--sizes 32 24] [--repeats 3]
+
+Every (widths, size) pair is timed once per repeat, the pairs interleaved, so a noisy moment slows
+all of them alike; the median and range over the repeats are printed.
 """
 
+import argparse
+import statistics
 import time
 
 import torch
@@ -13,29 +19,47 @@ from cnnlab.device import tune_cpu_allocator
 from cnnlab.models.speedrun import SpeedrunNet
 
 
-def main(batch: int = 512, steps: int = 8) -> None:
-    tune_cpu_allocator()
+def images_per_second(widths: tuple[int, int, int], size: int, batch: int, steps: int) -> float:
     torch.manual_seed(0)
-    for widths in [(64, 256, 256), (64, 192, 192), (64, 128, 256), (32, 128, 128)]:
-        model = SpeedrunNet(10, widths).to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
-                                    nesterov=True, foreach=True)
-        x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (batch,))
+    model = SpeedrunNet(10, widths).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
+                                nesterov=True, foreach=True)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
 
-        def step():
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = F.cross_entropy(model(x), y, label_smoothing=0.2)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
-        for _ in range(3):
-            step()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        print(f"widths {widths}: {steps * batch / (time.perf_counter() - start):.0f} images/s", flush=True)
+    for _ in range(3):  # warm-up: oneDNN primitives for these shapes, the allocator
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", nargs="+", default=["64-256-256", "48-192-192", "32-160-160", "32-128-128"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[32])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args()
+    tune_cpu_allocator()
+    pairs = [(tuple(int(w) for w in spec.split("-")), size) for spec in args.widths for size in args.sizes]
+    results = {pair: [] for pair in pairs}
+    for _ in range(args.repeats):
+        for pair in pairs:
+            results[pair].append(images_per_second(*pair, args.batch, args.steps))
+    print("widths | input | images/s, median (min-max)")
+    for (widths, size), rates in results.items():
+        print(f"{'/'.join(map(str, widths))} | {size}x{size} | {statistics.median(rates):,.0f} "
+              f"({min(rates):,.0f}-{max(rates):,.0f})")
 
 
 if __name__ == "__main__":

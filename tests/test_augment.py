@@ -96,3 +96,31 @@ def test_training_loader_shuffles_every_image_once_per_epoch():
     first = torch.cat([b for _, b in loader])
     second = torch.cat([b for _, b in loader])
     assert sorted(first.tolist()) == list(range(100)) and not torch.equal(first, second)
+
+
+def test_early_crops_are_windows_of_the_padded_image_covering_every_offset():
+    padding, size, crop = 2, 8, 5
+    x = distinct_images(2000, size)
+    out = random_crop_flip(x, padding, flip=True, generator=torch.Generator().manual_seed(4), size=crop)
+    assert out.shape == (2000, 3, crop, crop)
+    padded = torch.nn.functional.pad(x[0], (padding,) * 4)
+    room = 2 * padding + size - crop
+    windows = {}
+    for dy in range(room + 1):
+        for dx in range(room + 1):
+            w = padded[:, dy:dy + crop, dx:dx + crop]
+            windows[(dy, dx, False)], windows[(dy, dx, True)] = w, w.flip(-1)
+    seen = set()
+    for img in out:
+        matches = [key for key, w in windows.items() if torch.equal(img, w)]
+        assert len(matches) == 1, "output is not a window of the zero-padded image"
+        seen.add(matches[0])
+    assert len(seen) == len(windows)  # all 72 (offset, flip) combinations drawn
+
+
+def test_the_loader_crops_small_for_the_early_epochs_only():
+    x = torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8)
+    loader = Loader(x, torch.arange(40) % 10, 16, Normalizer((0, 0, 0), (1, 1, 1)), device="cpu", train=True,
+                    crop_padding=1, early_crop=8, early_crop_epochs=2)
+    sides = [[tuple(b.shape[-2:]) for b, _ in loader] for _ in range(3)]
+    assert sides == [[(8, 8)] * 3, [(8, 8)] * 3, [(12, 12)] * 3]

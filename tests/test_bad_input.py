@@ -125,6 +125,10 @@ def setup_cases():
         "unknown precision": (lambda tmp: ["train", "--precision", "fp8"], 2, ["unknown precision"]),
         "early stop without validation": (lambda tmp: ["train", "--early-stop", "3"], 2, ["--val-split"]),
         "unknown schedule": (lambda tmp: ["train", "--schedule", "exponential"], 2, ["unknown schedule"]),
+        "early crop without its epochs": (lambda tmp: ["train", "--early-crop", "24"], 2, ["--early-crop-epochs"]),
+        "early crop as large as the image": (lambda tmp: ["train", "--early-crop", "32", "--early-crop-epochs", "4"], 2,
+                                             ["smaller than the image size 32"]),
+        "unknown TTA precision": (lambda tmp: ["train", "--tta-precision", "bf16"], 2, ["unknown TTA precision", "auto"]),
         "unknown command": (lambda tmp: ["fly"], 2, ["invalid choice"]),
         "resume with overrides": (lambda tmp: ["train", "--resume", str(tmp), "--epochs", "3"], 2, ["drop --epochs"]),
         # recipe files

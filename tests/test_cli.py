@@ -26,7 +26,8 @@ def test_train_then_evaluate(tmp_path):
     with open(run / "metrics.csv") as f:
         csv_rows = list(csv.DictReader(f))
     assert list(csv_rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
-                                 "test_acc", "seconds", "images_per_s", "ema_val_acc", "ema_test_acc", "tta_test_acc"]
+                                 "test_acc", "seconds", "images_per_s", "ema_val_acc", "ema_test_acc", "tta_test_acc",
+                                 "tta_test_loss"]
     config = json.loads((run / "config.json").read_text())
     assert config["recipe"]["epochs"] == 2 and config["data"]["checksum"] and config["versions"]["torch"]
     summary = json.loads((run / "summary.json").read_text())

@@ -144,6 +144,28 @@ def test_the_speedrun_recipe_trains_end_to_end_and_reports_tta(archive, tmp_path
     assert result.rows[-1]["train_loss"] < result.rows[0]["train_loss"]
 
 
+def test_tta_precision_auto_judges_the_views_in_the_training_precision(archive, tmp_path):
+    from cnnlab.data import channel_stats, load_dataset
+    from cnnlab.device import autocast
+    from cnnlab.evaluate import evaluate
+    from cnnlab.train import train
+
+    data = load_dataset(str(archive), cache_dir=tmp_path, progress=False)
+    options = {"epochs": 2, "batch_size": 32, "warmup_epochs": 1.0, "precision": "bf16", "seed": 1}
+    runs = {mode: train(load_recipe("speedrun-cpu", {**options, "tta_precision": mode}), data, runs_dir=None, progress=False)
+            for mode in ("auto", "fp32")}
+    assert runs["auto"].rows[-1]["train_loss"] == runs["fp32"].rows[-1]["train_loss"]  # the same model
+    assert runs["auto"].rows[-1]["test_loss"] == runs["fp32"].rows[-1]["test_loss"]  # the plain result stays float32
+    assert runs["auto"].rows[-1]["tta_test_loss"] != runs["fp32"].rows[-1]["tta_test_loss"]
+    loader = Loader(data.test_images, data.test_labels, 2000, Normalizer(*channel_stats(data.train_images)),
+                    device=torch.device("cpu"), channels_last=True)
+    for mode, precision in (("auto", "bf16"), ("fp32", "fp32")):
+        with autocast(torch.device("cpu"), precision):
+            expected = evaluate(runs[mode].model, loader, tta=True)
+        assert runs[mode].rows[-1]["tta_test_loss"] == pytest.approx(expected["loss"], rel=1e-6)
+        assert runs[mode].rows[-1]["tta_test_acc"] == expected["acc"]
+
+
 def test_the_speedrun_ablation_switches_off_one_technique_per_variant():
     from cnnlab.ablate import ABLATIONS, variant_recipes
 

@@ -11,24 +11,32 @@ import torch.nn.functional as F
 
 
 def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator, *,
-                     reflect: bool = False, mirrored: torch.Tensor | None = None) -> torch.Tensor:
+                     reflect: bool = False, mirrored: torch.Tensor | None = None, size: int = 0) -> torch.Tensor:
     """The chapter's `RandomCrop(32, padding)` then `RandomHorizontalFlip()`, for a whole batch at once.
 
     Pad by `padding`, pick a crop offset in [0, 2*padding] per image and axis, and mirror about half
     the images (or exactly those in `mirrored`, a bool per image). Crop and flip are one gather: the
     flip just reverses each image's column index. Zero padding is the chapter's; `reflect` fills the
     border with the mirror image of the edge instead, by reflecting the indices (no padded copy).
+    A `size` smaller than the image crops size x size windows instead (offsets range over the extra
+    room too): the same objects at the same scale, fewer pixels to compute on.
     """
     b, c, h, w = images.shape
     device = images.device
-    if padding > 0:
-        offsets = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator, device=device)
-        if not reflect:
+    out_h, out_w = (size, size) if 0 < size < min(h, w) else (h, w)
+    if padding > 0 or (out_h, out_w) != (h, w):
+        room_y, room_x = 2 * padding + h - out_h, 2 * padding + w - out_w
+        if room_y == room_x:  # square images: one draw for both axes
+            offsets = torch.randint(0, room_y + 1, (b, 2), generator=generator, device=device)
+        else:
+            offsets = torch.stack([torch.randint(0, room + 1, (b,), generator=generator, device=device)
+                                   for room in (room_y, room_x)], dim=1)
+        if not reflect and padding > 0:
             images = F.pad(images, (padding, padding, padding, padding))
     else:
         offsets = torch.zeros(b, 2, dtype=torch.long, device=device)
-    rows = offsets[:, 0:1] + torch.arange(h, device=device)  # [B, H]
-    cols = offsets[:, 1:2] + torch.arange(w, device=device)  # [B, W]
+    rows = offsets[:, 0:1] + torch.arange(out_h, device=device)  # [B, out_h]
+    cols = offsets[:, 1:2] + torch.arange(out_w, device=device)  # [B, out_w]
     if reflect and padding > 0:  # an index -k before the edge reads pixel k; past the far edge, likewise
         rows, cols = _reflect(rows - padding, h), _reflect(cols - padding, w)
     if flip:

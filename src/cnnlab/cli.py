@@ -65,6 +65,9 @@ def _train_options(t: argparse.ArgumentParser, epochs_help: str | None = None, d
     overrides.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flip")
     overrides.add_argument("--alternate-flip", action=argparse.BooleanOptionalAction, default=None,
                            help="flip each image every other epoch instead of by chance")
+    overrides.add_argument("--early-crop", type=int, metavar="SIZE",
+                           help="train the first --early-crop-epochs epochs on random SIZE x SIZE crops (0 = off)")
+    overrides.add_argument("--early-crop-epochs", type=int, metavar="E", help="how many epochs --early-crop lasts")
     overrides.add_argument("--pad-mode", help="fill of the crop padding: zeros or reflect")
     overrides.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
                            help="speedrun models: a frozen whitening first layer from the data")
@@ -74,6 +77,7 @@ def _train_options(t: argparse.ArgumentParser, epochs_help: str | None = None, d
                            help="speedrun models: 3x3 convolutions start as the identity")
     overrides.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                            help="the final evaluation also averages flips and 1-pixel shifts")
+    overrides.add_argument("--tta-precision", help="fp32, or auto (the 10 views in the training precision)")
     overrides.add_argument("--seed", type=int)
     overrides.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     overrides.add_argument("--precision", help="auto, fp32, bf16 or fp16")

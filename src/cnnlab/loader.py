@@ -46,11 +46,13 @@ class Loader:
     state before this epoch's shuffle, so a resumed epoch re-draws the same order and skips ahead.
 
     With `alternate_flip`, a seeded random half of the images is mirrored in even epochs and the
-    other half in odd ones, so every image is seen both ways every two epochs (`epochs_done` counts)."""
+    other half in odd ones, so every image is seen both ways every two epochs (`epochs_done` counts).
+    With `early_crop` > 0, the first `early_crop_epochs` epochs hand out random early_crop x early_crop
+    windows instead of whole images (progressive resizing by cropping: cheaper steps early on)."""
 
     def __init__(self, images, labels, batch_size, normalize: Normalizer, *, device, train=False,
                  crop_padding=4, flip=True, seed=0, channels_last=False, cutout=0, random_erasing=0.0, color_jitter=0.0,
-                 reflect=False, alternate_flip=False, rank=0, world_size=1):
+                 reflect=False, alternate_flip=False, early_crop=0, early_crop_epochs=0, rank=0, world_size=1):
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
@@ -68,6 +70,7 @@ class Loader:
         self.position = 0
         self.epoch_start = self.order_generator.get_state()
         self.reflect = reflect
+        self.early_crop, self.early_crop_epochs = early_crop, early_crop_epochs
         self.epochs_done = 0
         self.flip_first = None
         if alternate_flip:  # fixed by the seed, so it needs no saving
@@ -97,10 +100,14 @@ class Loader:
                 index = index[n_batch * self.rank // self.world_size:n_batch * (self.rank + 1) // self.world_size]
             mirrored = None if self.flip_first is None else self.flip_first[index] ^ bool(self.epochs_done % 2)
             x = random_crop_flip(self.images[index], self.crop_padding, self.flip, self.augment_generator,
-                                 reflect=self.reflect, mirrored=mirrored)
+                                 reflect=self.reflect, mirrored=mirrored, size=self.crop_size())
             yield self._regularize(x), self.labels[index]
         self.position = 0
         self.epochs_done += 1
+
+    def crop_size(self) -> int:
+        """The side of this epoch's training crops; 0 = whole images."""
+        return self.early_crop if self.epochs_done < self.early_crop_epochs else 0
 
     def _regularize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise a cropped, flipped uint8 batch, with the recipe's further augmentations if any."""

@@ -66,12 +66,15 @@ class Recipe:
     color_jitter: float = 0.0   # brightness/contrast/saturation strength
     mixup: float = 0.0          # Beta(alpha, alpha) of mixup (0 = off)
     cutmix: float = 0.0         # Beta(alpha, alpha) of CutMix (0 = off; with mixup, one per batch)
+    early_crop: int = 0         # > 0: the first early_crop_epochs epochs train on random crops of this side
+    early_crop_epochs: int = 0  # (progressive resizing by cropping; evaluation always sees whole images)
     # speedrun network switches (models speedrun and speedrun-small; ignored by the others)
     whiten: bool = True         # first layer from the training patches' covariance, frozen
     identity_init: bool = True  # 3x3 convolutions start as the identity
     whiten_bias_epochs: float = 0.0  # > 0: the whitening layer's bias trains this many epochs, then stays (0 = always)
     # evaluation
     tta: bool = False           # the final evaluation also averages 10 views (flips, 1-pixel shifts)
+    tta_precision: str = "fp32"  # auto: the 10 views in the training precision (bf16 on a bf16 CPU: half the time)
     # execution
     seed: int = 0
     device: str = "auto"        # auto = cuda, then mps, then cpu
@@ -114,6 +117,8 @@ class Recipe:
         need(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         need(self.eval_precision in EVAL_PRECISIONS,
              f"unknown eval precision '{self.eval_precision}': choose one of {', '.join(EVAL_PRECISIONS)}")
+        need(self.tta_precision in EVAL_PRECISIONS,
+             f"unknown TTA precision '{self.tta_precision}': choose one of {', '.join(EVAL_PRECISIONS)}")
         need(self.compile in COMPILE_MODES, f"unknown compile mode '{self.compile}': choose one of {', '.join(COMPILE_MODES)}")
         need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
              f"unknown device '{self.device}': use auto, cpu, cuda, cuda:N or mps")
@@ -121,6 +126,12 @@ class Recipe:
         need(0 <= self.cutout <= self.image_size, f"cutout must be between 0 and the image size (got {self.cutout})")
         need(0 <= self.random_erasing <= 1, f"random erasing is a probability in [0, 1] (got {self.random_erasing})")
         need(0 <= self.color_jitter < 1, f"colour jitter strength must be in [0, 1) (got {self.color_jitter})")
+        need(0 <= self.early_crop < self.image_size,
+             f"early crop must be smaller than the image size {self.image_size}, 0 = off (got {self.early_crop})")
+        need(0 <= self.early_crop_epochs < self.epochs,
+             f"early-crop epochs must be fewer than the run's {self.epochs} epochs (got {self.early_crop_epochs})")
+        need(bool(self.early_crop) == bool(self.early_crop_epochs),
+             "--early-crop and --early-crop-epochs go together: give both (for example --early-crop 24 --early-crop-epochs 6)")
         need(self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix take a Beta alpha >= 0 (0 = off)")
         need(0 <= self.ema < 1, f"ema is a decay in [0, 1), such as 0.999 (got {self.ema})")
         need(0 <= self.warmup_epochs < self.epochs, f"warm-up must be shorter than the run (got {self.warmup_epochs} of {self.epochs} epochs)")

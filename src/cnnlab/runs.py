@@ -22,7 +22,7 @@ from .errors import CnnlabError, brief
 
 CHECKPOINT_FORMAT = "cnnlab-checkpoint"
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                  "seconds", "images_per_s", "ema_val_acc", "ema_test_acc", "tta_test_acc"]
+                  "seconds", "images_per_s", "ema_val_acc", "ema_test_acc", "tta_test_acc", "tta_test_loss"]
 
 
 # A test hook for the crash tests: "last.pt:3" makes this process SIGKILL itself during its third write

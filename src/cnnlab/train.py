@@ -296,7 +296,8 @@ def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, pl
                           train=True, crop_padding=recipe.crop_padding, flip=recipe.flip, seed=recipe.seed,
                           channels_last=cl, cutout=recipe.cutout, random_erasing=recipe.random_erasing,
                           color_jitter=recipe.color_jitter, reflect=recipe.pad_mode == "reflect",
-                          alternate_flip=recipe.alternate_flip, rank=cluster.rank, world_size=cluster.world_size)
+                          alternate_flip=recipe.alternate_flip, early_crop=recipe.early_crop,
+                          early_crop_epochs=recipe.early_crop_epochs, rank=cluster.rank, world_size=cluster.world_size)
     eval_loaders = {"test": Loader(data.test_images, data.test_labels, recipe.eval_batch_size, normalize,
                                    device=device, channels_last=cl)}
     if val_count:
@@ -427,7 +428,9 @@ def _loop(state: TrainState, recipe: Recipe, eval_loaders: dict, callbacks: list
                 if state.ema is not None:
                     row[f"ema_{split}_acc"] = evaluate(state.ema.module, loader)["acc"]
         if recipe.tta and epoch + 1 == recipe.epochs:  # the final model, also judged over 10 views
-            row["tta_test_acc"] = evaluate(state.forward, eval_loaders["test"], tta=True)["acc"]
+            with autocast(state.device, state.precision if recipe.tta_precision == "auto" else "fp32"):
+                tta = evaluate(state.forward, eval_loaders["test"], tta=True)
+            row["tta_test_acc"], row["tta_test_loss"] = tta["acc"], tta["loss"]
         row["seconds"] = seconds
         row["images_per_s"] = train_count / seconds
         state.epoch = epoch + 1
