@@ -9,11 +9,10 @@ all of them alike; the median and range over the repeats are printed.
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from cpu_levers import rate, spread  # benchmarks/cpu_levers.py: warm-up then timed steps; median (min-max)
 
 from cnnlab.device import tune_cpu_allocator
 from cnnlab.models.speedrun import SpeedrunNet
@@ -34,12 +33,7 @@ def images_per_second(widths: tuple[int, int, int], size: int, batch: int, steps
         loss.backward()
         optimizer.step()
 
-    for _ in range(3):  # warm-up: oneDNN primitives for these shapes, the allocator
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch / (time.perf_counter() - start)
+    return rate(step, batch, steps)
 
 
 def main() -> None:
@@ -58,8 +52,7 @@ def main() -> None:
             results[pair].append(images_per_second(*pair, args.batch, args.steps))
     print("widths | input | images/s, median (min-max)")
     for (widths, size), rates in results.items():
-        print(f"{'/'.join(map(str, widths))} | {size}x{size} | {statistics.median(rates):,.0f} "
-              f"({min(rates):,.0f}-{max(rates):,.0f})")
+        print(f"{'/'.join(map(str, widths))} | {size}x{size} | {spread(rates)}")
 
 
 if __name__ == "__main__":

@@ -654,11 +654,13 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import MODELS
+    from .models import MODELS, build_model, count_parameters
 
     for name, (_, description) in sorted(MODELS.items()):
         print(f"{name:<17} {description}")
-    print(f"{'speedrun-W1-W2-W3':<17} the speedrun net with these stage widths (speedrun-48-192-192: 1,113,336 parameters)")
+    example = "speedrun-48-192-192"
+    print(f"{'speedrun-W1-W2-W3':<17} the speedrun net with these stage widths "
+          f"({example}: {count_parameters(build_model(example, 10)):,} parameters)")
     return 0
 
 
