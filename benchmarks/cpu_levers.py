@@ -2,6 +2,7 @@
 
     python benchmarks/cpu_levers.py batch DATA        # speedrun-small bare steps at batch 128, 256, 512
     python benchmarks/cpu_levers.py conv-backward     # input and weight gradients together or apart
+    python benchmarks/cpu_levers.py first-conv-padding  # the 3-channel first convolution padded to 4, 8, 16
     python benchmarks/cpu_levers.py no-mmap DATA      # glibc never using mmap, against cnnlab's tuning
 
 Repeats are interleaved so that a noisy moment slows every arm alike; medians and ranges are printed.
@@ -79,6 +80,28 @@ def conv_backward(repeats: int = 5) -> None:
               f"apart {statistics.median(apart):.2f} ms (medians of {repeats})")
 
 
+def first_conv_padding(repeats: int = 5) -> None:
+    """SmallCNN's first convolution (3 -> 32 channels at 32x32, bf16 channels-last), forward and weight
+    gradient, as it is and with input and filters zero-padded to 4, 8 or 16 channels (the same maths)."""
+    tune_cpu_allocator()
+    x = torch.randn(128, 3, 32, 32, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 3, 3, 3, requires_grad=True)
+
+    def step(channels: int):
+        pad = (0, 0, 0, 0, 0, channels - 3)
+        xx = F.pad(x, pad).contiguous(memory_format=torch.channels_last) if channels > 3 else x
+        y = F.conv2d(xx, F.pad(w.to(torch.bfloat16), pad), padding=1)
+        y.backward(torch.ones_like(y))
+
+    times = {c: [] for c in (3, 4, 8, 16)}
+    for _ in range(repeats):
+        for channels, values in times.items():
+            values.append(1000 / rate(lambda: step(channels), 1, 20))  # ms per step
+    for channels, values in times.items():
+        print(f"first conv with {channels:2d} input channels: {statistics.median(values):.2f} ms "
+              f"({min(values):.2f}-{max(values):.2f}, {repeats} repeats)")
+
+
 def no_mmap(data: str, repeats: int = 2) -> None:
     results = {}
     for _ in range(repeats):
@@ -103,5 +126,6 @@ def _measure(mode: str, variant: str, data: str, steps: str) -> None:
 
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    {"batch": lambda: batch_sizes(), "conv-backward": conv_backward, "no-mmap": lambda: no_mmap(args[0]),
+    {"batch": lambda: batch_sizes(), "conv-backward": conv_backward, "first-conv-padding": first_conv_padding,
+     "no-mmap": lambda: no_mmap(args[0]),
      "_measure": lambda: _measure(*args)}[command]()
