@@ -4,6 +4,8 @@
     python benchmarks/cpu_levers.py conv-backward     # input and weight gradients together or apart
     python benchmarks/cpu_levers.py first-conv-padding  # the 3-channel first convolution padded to 4, 8, 16
     python benchmarks/cpu_levers.py no-mmap DATA      # glibc never using mmap, against cnnlab's tuning
+    python benchmarks/cpu_levers.py conv-backend      # oneDNN's convolutions or PyTorch's own, NCHW and channels-last
+    python benchmarks/cpu_levers.py newton-schulz     # Muon's orthogonalization of speedrun-small's filters, bf16 or fp32
 
 Repeats are interleaved so that a noisy moment slows every arm alike; medians and ranges are printed.
 """
@@ -102,6 +104,59 @@ def first_conv_padding(repeats: int = 5) -> None:
               f"({min(values):.2f}-{max(values):.2f}, {repeats} repeats)")
 
 
+def conv_backend(repeats: int = 5) -> None:
+    """SmallCNN bare training steps (batch 128, the precision `auto` picks on this CPU) with the convolutions
+    in oneDNN (PyTorch's default on x86) or in PyTorch's own im2col + BLAS kernels, in NCHW and channels-last."""
+    from cnnlab.device import resolve_precision
+    from cnnlab.models import build_model
+    from cnnlab.recipe import load_recipe
+    from cnnlab.train import make_optimizer
+
+    tune_cpu_allocator()
+    precision = resolve_precision("auto", torch.device("cpu"))
+    recipe = load_recipe("seed")
+    y = torch.randint(0, 10, (128,))
+    steps = {}
+    for layout, memory_format in (("NCHW", torch.contiguous_format), ("channels-last", torch.channels_last)):
+        model = build_model("smallcnn", 10).to(memory_format=memory_format)
+        optimizer = make_optimizer(model, recipe)
+        x = torch.randn(128, 3, 32, 32).contiguous(memory_format=memory_format)
+
+        def step(model=model, optimizer=optimizer, x=x):
+            with autocast(torch.device("cpu"), precision):
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        for backend in ("oneDNN", "native"):
+            steps[(layout, backend)] = step
+    results = {arm: [] for arm in steps}
+    for _ in range(repeats):
+        for (layout, backend), step in steps.items():
+            with torch.backends.mkldnn.flags(enabled=backend == "oneDNN"):
+                results[(layout, backend)].append(rate(step, 128, 10))
+    for (layout, backend), values in results.items():
+        print(f"SmallCNN {precision} {layout:13s} {backend:6s} convolutions: {spread(values)} images/s ({repeats} repeats)")
+
+
+def newton_schulz(repeats: int = 5) -> None:
+    """One Muon step's orthogonalizations (every 3x3 filter tensor of speedrun-small, as [out, in * 9]
+    matrices), iterated in bf16 or in fp32; `cnnlab.muon.iteration_dtype` says which one a run uses."""
+    from cnnlab.models import build_model
+    from cnnlab.muon import iteration_dtype, orthogonalize
+
+    filters = [p.detach().flatten(1) for p in build_model("speedrun-small", 10).parameters() if p.dim() == 4 and p.requires_grad]
+    times = {torch.bfloat16: [], torch.float32: []}
+    for _ in range(repeats):
+        for dtype, values in times.items():
+            values.append(1000 / rate(lambda: [orthogonalize(f, dtype=dtype) for f in filters], 1, 5))  # ms per step
+    for dtype, values in times.items():
+        print(f"Newton-Schulz in {str(dtype).removeprefix('torch.'):8s}: {statistics.median(values):.1f} ms per step "
+              f"({min(values):.1f}-{max(values):.1f}, {repeats} repeats, {len(filters)} filter tensors)")
+    print(f"iteration_dtype on this CPU: {iteration_dtype(torch.device('cpu'))}")
+
+
 def no_mmap(data: str, repeats: int = 2) -> None:
     results = {}
     for _ in range(repeats):
@@ -127,5 +182,6 @@ def _measure(mode: str, variant: str, data: str, steps: str) -> None:
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     {"batch": lambda: batch_sizes(), "conv-backward": conv_backward, "first-conv-padding": first_conv_padding,
-     "no-mmap": lambda: no_mmap(args[0]),
+     "no-mmap": lambda: no_mmap(args[0]), "conv-backend": conv_backend,
+     "newton-schulz": newton_schulz,
      "_measure": lambda: _measure(*args)}[command]()

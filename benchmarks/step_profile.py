@@ -1,9 +1,10 @@
-"""Where a training step's time goes: SmallCNN, batch 128, channels-last, bf16 autocast, Nesterov-free
-SGD as in the seed recipe, tuned allocator; operators grouped into convolution, batch norm, ReLU and
-the rest by torch.profiler's self CPU time. Why 4x the chapter's path is out of reach on this CPU:
-the convolutions alone bound the step.
+"""Where a training step's time goes: SmallCNN, batch 128, channels-last, the training precision
+(`--precision`, default what `auto` picks on this CPU: bf16 autocast with native bf16, else fp32),
+Nesterov-free SGD as in the seed recipe, tuned allocator; operators grouped into convolution, batch
+norm, ReLU and the rest by torch.profiler's self CPU time. Why 4x the chapter's path is out of reach
+on these CPUs: the convolutions alone bound the step.
 
-    python benchmarks/step_profile.py [--steps 20] [--by-shape]
+    python benchmarks/step_profile.py [--steps 20] [--by-shape] [--precision auto|fp32|bf16]
 
 --by-shape adds the batch-norm and ReLU time per activation shape: the first block's 32x32x32
 activations are 8 MB per batch in bf16, too big to stay in this machine's caches between operators.
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-from cnnlab.device import autocast, tune_cpu_allocator
+from cnnlab.device import autocast, resolve_precision, tune_cpu_allocator
 from cnnlab.models import build_model
 from cnnlab.recipe import load_recipe
 from cnnlab.train import make_optimizer
@@ -23,7 +24,8 @@ from cnnlab.train import make_optimizer
 GROUPS = {"convolution": ("convolution",), "batch norm": ("batch_norm",), "ReLU": ("threshold", "clamp_min", "relu")}
 
 
-def main(steps: int, by_shape: bool) -> None:
+def main(steps: int, by_shape: bool, precision: str) -> None:
+    precision = resolve_precision(precision, torch.device("cpu"))
     tune_cpu_allocator()
     torch.manual_seed(0)
     recipe = load_recipe("seed")
@@ -33,7 +35,7 @@ def main(steps: int, by_shape: bool) -> None:
     y = torch.randint(0, 10, (128,))
 
     def step():
-        with autocast(torch.device("cpu"), "bf16"):
+        with autocast(torch.device("cpu"), precision):
             loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -51,7 +53,7 @@ def main(steps: int, by_shape: bool) -> None:
     for e in events:
         group = next((g for g, keys in GROUPS.items() if any(k in e.key for k in keys)), "everything else")
         shares[group] += e.self_cpu_time_total
-    print(f"{total / steps / 1000:.1f} ms per step ({128 * steps / (total / 1e6):,.0f} images/s on the operators alone)")
+    print(f"{precision}: {total / steps / 1000:.1f} ms per step ({128 * steps / (total / 1e6):,.0f} images/s on the operators alone)")
     for name, t in shares.items():
         print(f"  {name:16s} {100 * t / total:5.1f}%  {t / steps / 1000:5.1f} ms")
     if by_shape:
@@ -70,5 +72,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--by-shape", action="store_true", help="batch norm and ReLU time per activation shape")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
-    main(args.steps, args.by_shape)
+    main(args.steps, args.by_shape, args.precision)

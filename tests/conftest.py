@@ -180,8 +180,14 @@ def real_test_files(folder: Path, per_class: int = 2) -> list[tuple[Path, str]]:
 
 
 @pytest.fixture(scope="session")
-def real_dataset(tmp_path_factory):
-    """The real CIFAR-10 JPEG archive, decoded once per test session."""
+def real_cache(tmp_path_factory):
+    """The decode cache that `real_dataset` fills: a load from it is a real cached load."""
+    return tmp_path_factory.mktemp("real-cache")
+
+
+@pytest.fixture(scope="session")
+def real_dataset(real_cache):
+    """The real CIFAR-10 JPEG archive, decoded once per test session (60,000 JPEGs: about half a minute)."""
     from cnnlab.data import load_dataset
 
-    return load_dataset(str(real_data()), cache_dir=tmp_path_factory.mktemp("real-cache"), progress=False)
+    return load_dataset(str(real_data()), cache_dir=real_cache, progress=False)

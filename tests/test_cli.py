@@ -83,3 +83,22 @@ def test_data_info_and_stats(tmp_path):
     assert info.returncode == 0 and "train       48 images" in info.stdout
     stats = run_cli("data", "stats", "--data", str(data))
     assert stats.returncode == 0 and stats.stdout.count("(") == 2
+
+
+def test_emulated_bf16_is_one_warning_line_and_the_run_records_its_cpu(tmp_path):
+    import torch
+
+    from cnnlab.device import cpu_has_native_bf16
+
+    data = write_image_folder(tmp_path / "tree", n_train_per_class=8, n_test_per_class=2)
+    result = run_cli("train", "--data", str(data), "--epochs", "1", "--batch-size", "16", "--precision", "bf16",
+                     "--no-plots", "--runs-dir", str(tmp_path / "runs"), "--name", "bf16")
+    assert result.returncode == 0, result.stderr
+    warned = [l for l in result.stderr.splitlines() if "warning" in l]
+    if cpu_has_native_bf16():  # the fast path: nothing to warn about
+        assert warned == []
+    else:  # emulated: said once, in one line, with what to do instead; the run still happens
+        assert len(warned) == 1 and warned[0].startswith("cnnlab train: warning: --precision bf16")
+        assert "emulated" in warned[0] and "--precision auto" in warned[0] and "Traceback" not in result.stderr
+    cpu = json.loads((tmp_path / "runs" / "bf16" / "config.json").read_text())["machine"]["cpu"]
+    assert cpu["isa"] == torch.backends.cpu.get_cpu_capability() and cpu["native_bf16"] == cpu_has_native_bf16()

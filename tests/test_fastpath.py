@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from cnnlab.augment import random_crop_flip
 from cnnlab.bench import ChapterDataset, forward_macs
-from cnnlab.device import autocast, tune_cpu_allocator
+from cnnlab.device import autocast, resolve_precision, tune_cpu_allocator
 from cnnlab.loader import Normalizer
 from cnnlab.models import build_model
 from conftest import run_cli, write_image_folder
@@ -99,7 +99,11 @@ def test_bench_runs_end_to_end(tmp_path):
     assert "seed-literal" in result.stdout and "cnnlab" in result.stdout and "GFLOP/s" in result.stdout
     import json
 
-    rows = json.loads(out.read_text())["rows"]
+    saved = json.loads(out.read_text())
+    rows = saved["rows"]
     assert [r["variant"] for r in rows] == ["seed-literal", "cnnlab"] and rows[0]["speedup_vs_first"] == 1.0
+    # The default path is measured as it runs on this machine: "auto" resolved, the CPU named with it.
+    assert rows[1]["precision"] == resolve_precision("auto", torch.device("cpu"))
+    assert saved["machine"]["cpu"]["isa"] == torch.backends.cpu.get_cpu_capability() and "cpu:" in result.stdout
     bad = run_cli("bench", "--variants", "warp-drive")
     assert bad.returncode == 2 and "unknown bench variant" in bad.stderr

@@ -3,6 +3,7 @@ alternating flips alternate, lookahead averages, the schedule and the optimizer 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -151,6 +152,9 @@ def test_tta_precision_auto_judges_the_views_in_the_training_precision(archive, 
     from cnnlab.train import train
 
     data = load_dataset(str(archive), cache_dir=tmp_path, progress=False)
+    # Few images: on a CPU without native bf16 every bf16 step is emulated (about 11x slower than fp32).
+    data = dataclasses.replace(data, train_images=data.train_images[:64], train_labels=data.train_labels[:64],
+                               test_images=data.test_images[:40], test_labels=data.test_labels[:40])
     options = {"epochs": 2, "batch_size": 32, "warmup_epochs": 1.0, "precision": "bf16", "seed": 1}
     runs = {mode: train(load_recipe("speedrun-cpu", {**options, "tta_precision": mode}), data, runs_dir=None, progress=False)
             for mode in ("auto", "fp32")}
@@ -193,6 +197,22 @@ def test_newton_schulz_pushes_every_singular_value_near_one():
         assert singular.max() < 1.25 and singular[: min(shape) // 2].min() > 0.6, singular
         # The same singular vectors: the result points the way the matrix does.
         assert F.cosine_similarity(orthogonalize(matrix).float().flatten(), matrix.flatten(), dim=0) > 0.3
+
+
+def test_newton_schulz_runs_in_bf16_only_where_bf16_is_native():
+    from cnnlab.device import cpu_has_native_bf16
+    from cnnlab.muon import iteration_dtype, orthogonalize
+
+    assert iteration_dtype(torch.device("cuda")) == torch.bfloat16
+    assert iteration_dtype(torch.device("cpu")) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    # Either way the step keeps the gradient's dtype, and the two iterations give the same direction.
+    matrix = torch.randn(64, 576, generator=torch.Generator().manual_seed(1))
+    in_fp32, in_bf16 = (orthogonalize(matrix, dtype=dtype) for dtype in (torch.float32, torch.bfloat16))
+    assert in_fp32.dtype == in_bf16.dtype == torch.float32
+    assert F.cosine_similarity(in_fp32.flatten(), in_bf16.flatten(), dim=0) > 0.99
+    for result in (in_fp32, in_bf16):
+        singular = torch.linalg.svdvals(result)
+        assert singular.max() < 1.25 and singular.min() > 0.6, singular
 
 
 def test_muon_groups_hold_the_filters_keep_their_norm_and_the_rest_is_plain_sgd():

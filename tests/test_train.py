@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from cnnlab.data import Dataset, load_dataset
+from cnnlab.data import Dataset
 from cnnlab.recipe import load_recipe
 from cnnlab.train import learning_rate, train
-from conftest import class_images, real_data
+from conftest import class_images
 
 TIMING = {"seconds", "images_per_s"}
 
@@ -60,8 +60,8 @@ def test_synthetic_classes_are_learned():
     assert result.rows[-1]["test_acc"] > 80
 
 
-def test_a_few_epochs_on_real_images_learn_far_above_chance():
-    data = load_dataset(str(real_data()), progress=False)
+def test_a_few_epochs_on_real_images_learn_far_above_chance(real_dataset):
+    data = real_dataset
     recipe = load_recipe("seed", {"epochs": 3, "train_subset": "4000", "seed": 0})
     result = train(recipe, data, runs_dir=None, progress=False)
     print("real-data rows:", [(r["epoch"], round(r["test_acc"], 2)) for r in result.rows])

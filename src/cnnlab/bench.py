@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .device import cpu_description
 from .errors import UsageError
 
 
@@ -48,16 +49,17 @@ VARIANTS = {v.name: v for v in [
     Variant("cnnlab-cl-fp32", "+ channels-last", tune_allocator=False),
     Variant("cnnlab-cl-fp32-alloc", "+ allocator keeps freed memory (no page faults per step)"),
     Variant("cnnlab-cl-bf16", "channels-last, bf16 autocast, default allocator", precision="bf16", tune_allocator=False),
-    Variant("cnnlab", "cnnlab's default CPU path: channels-last, bf16 autocast, tuned allocator", precision="bf16"),
+    Variant("cnnlab", "cnnlab's default CPU path: channels-last, tuned allocator, precision auto "
+            "(bf16 autocast where the CPU has native bf16, else fp32)", precision="auto"),
     Variant("cnnlab-compile", "cnnlab + torch.compile (inductor fuses batch norm, ReLU and pooling)",
-            precision="bf16", compile="default"),
+            precision="auto", compile="default"),
     # The speedrun recipe through cnnlab's general loop against the few lines a speedrun script would write.
     Variant("speedrun-minimal", "speedrun-cpu recipe, a hand-written loop: rate, forward, backward, step, lookahead",
-            precision="bf16", recipe="speedrun-cpu", loop="minimal"),
+            precision="auto", recipe="speedrun-cpu", loop="minimal"),
     Variant("speedrun-cnnlab", "speedrun-cpu recipe through cnnlab's train_one_epoch (metrics, checks, resume state)",
-            precision="bf16", recipe="speedrun-cpu"),
+            precision="auto", recipe="speedrun-cpu"),
     Variant("speedrun-compile", "speedrun-cpu recipe through train_one_epoch, torch.compile'd forward",
-            precision="bf16", recipe="speedrun-cpu", compile="default"),
+            precision="auto", recipe="speedrun-cpu", compile="default"),
 ]}
 DEFAULT_VARIANTS = ["seed-literal", "cnnlab-nchw-fp32", "cnnlab-cl-fp32", "cnnlab-cl-fp32-alloc", "cnnlab-cl-bf16", "cnnlab"]
 
@@ -115,15 +117,18 @@ def forward_macs(model: torch.nn.Module, image_size: int = 32) -> int:
     return total
 
 
-# The peak we compare against, and why: Zen 4 (this machine's EPYC, family 25 model 17) runs
-# AVX-512 on two 256-bit FMA pipes, i.e. 16 fp32 FMAs = 32 FLOP per cycle per core, and twice that
-# for bf16 dot products (VDPBF16PS). The VM does not show its clock; we assume 3.0 GHz.
+# The peak we compare against, and why. AMD Zen 2-4 and Intel cores since Haswell retire two 256-bit
+# FMAs per cycle (Zen 4 runs AVX-512 on the same two pipes): 16 fp32 FMAs = 32 FLOP per cycle per core.
+# Native bf16 dot products (AVX-512 BF16's VDPBF16PS, or AMX) do twice that; without them oneDNN
+# converts bf16 to fp32 and computes there, so bf16's peak is fp32's. A VM does not show its clock:
+# we assume 3.0 GHz, and percentages scale inversely with the true clock.
 ASSUMED_GHZ = 3.0
-PEAK_FLOP_PER_CYCLE_PER_CORE = {"fp32": 32, "bf16": 64}
+FP32_FLOP_PER_CYCLE_PER_CORE = 32
 
 
-def peak_flops(precision: str, cores: int) -> float:
-    return PEAK_FLOP_PER_CYCLE_PER_CORE.get(precision, 32) * cores * ASSUMED_GHZ * 1e9
+def peak_flops(precision: str, cores: int, native_bf16: bool) -> float:
+    per_cycle = FP32_FLOP_PER_CYCLE_PER_CORE * (2 if precision == "bf16" and native_bf16 else 1)
+    return per_cycle * cores * ASSUMED_GHZ * 1e9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +137,7 @@ def peak_flops(precision: str, cores: int) -> float:
 
 def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_size: int, seed: int) -> dict:
     from .data import KNOWN_STATS, load_dataset
-    from .device import tune_cpu_allocator
+    from .device import resolve_precision, tune_cpu_allocator
     from .loader import Loader, Normalizer
     from .models import build_model
     from .recipe import load_recipe
@@ -145,7 +150,8 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
         torch.set_num_threads(variant.threads)
     torch.manual_seed(seed)
     data = load_dataset(data_source, progress=False)
-    recipe = load_recipe(variant.recipe, {"precision": variant.precision, "channels_last": variant.channels_last})
+    precision = resolve_precision(variant.precision, torch.device("cpu"))
+    recipe = load_recipe(variant.recipe, {"precision": precision, "channels_last": variant.channels_last})
     batch_size = batch_size if variant.recipe == "seed" else recipe.batch_size
     n = (warmup + steps) * batch_size
     images, labels = data.train_images[:n], data.train_labels[:n]
@@ -186,7 +192,7 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
                                        Normalizer(mean, std), device=device, train=True, seed=seed,
                                        channels_last=variant.channels_last, crop_padding=recipe.crop_padding,
                                        reflect=recipe.pad_mode == "reflect", alternate_flip=recipe.alternate_flip)
-        state = TrainState(recipe, model, optimizer, make_loader(warmup), data.classes, mean, std, device, variant.precision,
+        state = TrainState(recipe, model, optimizer, make_loader(warmup), data.classes, mean, std, device, precision,
                            compiled(model, variant.compile))
         if recipe.lookahead:
             state.lookahead = Lookahead(model, recipe.lookahead)
@@ -195,7 +201,7 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
                 model.train()
                 for step, (x, y) in enumerate(loader):
                     set_learning_rate(optimizer, learning_rate(recipe, epoch_index, step, len(loader)))
-                    with autocast(device, variant.precision):
+                    with autocast(device, precision):
                         loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -216,7 +222,7 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
     # Minor page faults of this process per training step (warm-up included; DataLoader workers not counted).
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / (warmup + steps)
     return {"variant": variant.name, "images_per_s": throughput, "seconds": seconds, "steps": steps,
-            "page_faults_per_step": faults, "model": recipe.model, "batch_size": batch_size}
+            "page_faults_per_step": faults, "model": recipe.model, "batch_size": batch_size, "precision": precision}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +241,7 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
     load_dataset(data_source, progress=False)  # decode once here, so workers read the cache
     samples: dict[str, list[float]] = {v: [] for v in variants}
     faults: dict[str, list[float]] = {v: [] for v in variants}
+    precision_of: dict[str, str] = {}  # "auto" as the worker resolved it on this machine
     for r in range(repeats):
         for name in variants:
             args = [sys.executable, "-m", "cnnlab.bench", name, data_source, str(steps), str(warmup), str(batch_size), str(r)]
@@ -244,6 +251,7 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
             result = json.loads(done.stdout.strip().splitlines()[-1])
             samples[name].append(result["images_per_s"])
             faults[name].append(result["page_faults_per_step"])
+            precision_of[name] = result["precision"]
             log(f"  repeat {r + 1}/{repeats}  {name:<22} {result['images_per_s']:7.0f} img/s")
 
     from .models import build_model
@@ -252,45 +260,49 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
 
     model_of = lambda name: load_recipe(VARIANTS[name].recipe).model
     macs_of = {m: forward_macs(build_model(m, 10)) for m in {model_of(name) for name in variants}}
-    macs = macs_of.get("smallcnn", next(iter(macs_of.values())))
-    train_flop_per_image = 6 * macs  # forward 2 FLOP per MAC, backward about twice the forward
     cores = os.cpu_count() or 1
+    cpu = cpu_description()
     baseline = statistics.median(samples[variants[0]])
     rows = []
     for name in variants:
         v, s = VARIANTS[name], samples[name]
         median = statistics.median(s)
-        achieved = median * 6 * macs_of[model_of(name)]
+        achieved = median * 6 * macs_of[model_of(name)]  # forward 2 FLOP per MAC, backward about twice the forward
+        peak = peak_flops(precision_of[name], cores, cpu["native_bf16"])
         rows.append({
-            "variant": name, "description": v.description, "precision": v.precision,
+            "variant": name, "description": v.description, "precision": precision_of[name],
             "images_per_s_median": median, "images_per_s_min": min(s), "images_per_s_max": max(s), "samples": s,
             "epoch_seconds_median": 50_000 / median, "speedup_vs_first": median / baseline,
-            "achieved_gflops": achieved / 1e9, "peak_gflops_assumed": peak_flops(v.precision, cores) / 1e9,
-            "fraction_of_peak": achieved / peak_flops(v.precision, cores),
+            "achieved_gflops": achieved / 1e9, "peak_gflops_assumed": peak / 1e9, "fraction_of_peak": achieved / peak,
             "page_faults_per_step_median": statistics.median(faults[name]),
             "model": model_of(name), "forward_macs_per_image": macs_of[model_of(name)],
         })
     return {
-        "machine": {"cores": cores, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": {"cores": cores, "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "assumed_ghz": ASSUMED_GHZ},
-        "model": "smallcnn", "forward_macs_per_image": macs, "train_flop_per_image": train_flop_per_image,
+        "forward_macs_per_image": macs_of,
         "batch_size": batch_size, "steps": steps, "warmup": warmup, "repeats": repeats, "data": data_source,
         "rows": rows,
     }
 
 
 def format_table(result: dict) -> str:
+    cpu, machine = result["machine"]["cpu"], result["machine"]
     lines = [f"Training throughput (SmallCNN at batch {result['batch_size']}; speedrun variants at their recipe's batch), "
              f"{result['steps']} timed steps, "
              f"median of {result['repeats']} interleaved repeats (min-max); epoch = 50,000 images",
-             f"{'variant':<22} {'img/s':>7} {'min-max':>13} {'epoch s':>8} {'speed-up':>8} {'GFLOP/s':>8} {'of peak':>8} {'faults/step':>11}"]
+             f"{'variant':<22} {'prec':>4} {'img/s':>7} {'min-max':>13} {'epoch s':>8} {'speed-up':>8} {'GFLOP/s':>8} "
+             f"{'of peak':>8} {'faults/step':>11}"]
     for r in result["rows"]:
-        lines.append(f"{r['variant']:<22} {r['images_per_s_median']:7.0f} {r['images_per_s_min']:6.0f}-{r['images_per_s_max']:<6.0f} "
+        lines.append(f"{r['variant']:<22} {r['precision']:>4} {r['images_per_s_median']:7.0f} "
+                     f"{r['images_per_s_min']:6.0f}-{r['images_per_s_max']:<6.0f} "
                      f"{r['epoch_seconds_median']:8.1f} {r['speedup_vs_first']:7.2f}x {r['achieved_gflops']:8.1f} "
                      f"{100 * r['fraction_of_peak']:7.0f}% {r['page_faults_per_step_median']:11.0f}")
-    lines.append(f"work: {result['forward_macs_per_image']:,} multiply-adds per image forward; training step counted as "
-                 f"{result['train_flop_per_image'] / 1e6:.1f} MFLOP per image. Peak assumed: "
-                 f"{result['machine']['cores']} cores x 32 (fp32) or 64 (bf16) FLOP/cycle x {result['machine']['assumed_ghz']} GHz")
+    work = "; ".join(f"{model} {macs:,}" for model, macs in result["forward_macs_per_image"].items())
+    lines.append(f"work: multiply-adds per image forward: {work}; a training step counted as 6 FLOP per multiply-add.")
+    bf16 = "native bf16, so bf16 peak x2" if cpu["native_bf16"] else "no native bf16, so bf16 peak = fp32 peak"
+    lines.append(f"cpu: {cpu['name']} (family {cpu['family']}, model {cpu['model']}), {cpu['isa']}, {bf16}. Peak assumed: "
+                 f"{machine['cores']} cores x {FP32_FLOP_PER_CYCLE_PER_CORE} fp32 FLOP/cycle x {machine['assumed_ghz']} GHz")
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ import torch
 
 from . import __version__
 from .data import Dataset
+from .device import cpu_description
 from .models import count_parameters
 from .runs import RunFolder, load_checkpoint
 
@@ -88,7 +89,7 @@ class RunWriter:
             "versions": {"cnnlab": __version__, "torch": torch.__version__, "numpy": np.__version__,
                          "python": platform.python_version()},
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "threads": torch.get_num_threads()},
+                        "cpu": cpu_description(), "threads": torch.get_num_threads()},
             "command": sys.argv,
             **({"weights": state.notes} if state.notes else {}),
         })

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import CnnlabError, UsageError
+from .errors import CnnlabError, CnnlabWarning, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _warnings_as_lines(f"cnnlab {args.command}")
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "recipes": cmd_recipes,
                 "models": cmd_models, "bench": cmd_bench, "ablate": cmd_ablate, "plot": cmd_plot,
@@ -231,6 +232,21 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed: not an error worth a traceback
         sys.stderr.close()
         return 0
+
+
+def _warnings_as_lines(prefix: str) -> None:
+    """Our own warnings (CnnlabWarning) as one line on stderr, like our errors; other warnings as usual."""
+    import warnings
+
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CnnlabWarning):
+            print(f"{prefix}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
 
 
 # ---------------------------------------------------------------------------------------------

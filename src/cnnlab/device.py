@@ -3,20 +3,55 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 
 import torch
 
-from .errors import UsageError
+from .errors import CnnlabWarning, UsageError
 
 # What `precision = "auto"` means on each device type; chosen by measurement (BENCHMARKS.md).
 AUTO_PRECISION = {"cuda": "bf16", "mps": "fp32"}
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX: bf16 matmuls run in hardware. Elsewhere bf16 is emulated, and slower than fp32."""
     cpu = torch.cpu
     checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(check() for check in checks if check is not None)
+
+
+def cpu_description() -> dict:
+    """What a CPU throughput figure depends on: the CPU's name and generation, its vector ISA, native bf16."""
+    import platform
+
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip() and info:
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return {"name": info.get("model name", platform.processor() or platform.machine()),
+            "family": info.get("cpu family"), "model": info.get("model"),
+            "isa": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16()}
+
+
+def emulated_precision_warning(precision: str, device: torch.device) -> str | None:
+    """A line for bf16 asked for on a CPU that emulates it: it runs, at a fraction of fp32's speed."""
+    if device.type != "cpu" or precision != "bf16" or cpu_has_native_bf16():
+        return None
+    return (f"--precision bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native bf16) is emulated: "
+            "about 11x slower than fp32 on such a CPU (BENCHMARKS.md); --precision auto picks fp32 here")
+
+
+def warn_if_emulated(precision: str, device: torch.device) -> None:
+    if (message := emulated_precision_warning(precision, device)) is not None:
+        warnings.warn(message, CnnlabWarning, stacklevel=3)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

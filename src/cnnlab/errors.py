@@ -18,6 +18,10 @@ class UsageError(CnnlabError):
     exit_code = 2
 
 
+class CnnlabWarning(UserWarning):
+    """A choice that works but costs the user something they may not expect (the CLI prints one line)."""
+
+
 def brief(error: BaseException, limit: int = 160) -> str:
     """The first line of a library's exception text, for embedding in our one-line messages."""
     text = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)

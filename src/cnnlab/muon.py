@@ -18,14 +18,24 @@ import math
 
 import torch
 
+from .device import cpu_has_native_bf16
+
 # The quintic Newton-Schulz coefficients of the Muon write-up: converge fast from any spectrum in (0, 1].
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """About U V^T of matrix = U S V^T (singular values pushed near 1), by Newton-Schulz iteration in bf16."""
+def iteration_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where matrix products run natively in it (GPUs; CPUs with AVX-512 BF16 or AMX), as the Muon
+    write-up does; elsewhere bf16 is emulated, 19x slower than fp32 for the speedrun network's filters
+    on an AVX2 CPU (BENCHMARKS.md), so fp32."""
+    return torch.float32 if device.type == "cpu" and not cpu_has_native_bf16() else torch.bfloat16
+
+
+def orthogonalize(matrix: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """About U V^T of matrix = U S V^T (singular values pushed near 1), by Newton-Schulz iteration
+    in `dtype` (default: iteration_dtype of the matrix's device)."""
     a, b, c = NEWTON_SCHULZ
-    x = matrix.bfloat16()
+    x = matrix.to(dtype or iteration_dtype(matrix.device))
     tall = x.shape[0] > x.shape[1]
     if tall:  # iterate on the smaller Gram matrix
         x = x.T

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Dataset, channel_stats, group_take, load_dataset, parse_count, stratified_take
-from .device import autocast, resolve_device, resolve_precision, tune_cpu_allocator
+from .device import autocast, resolve_device, resolve_precision, tune_cpu_allocator, warn_if_emulated
 from . import distributed
 from .distributed import Cluster
 from .errors import CnnlabError
@@ -262,6 +262,8 @@ def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, pl
     if cluster.backend == "nccl":
         device = torch.device("cuda", cluster.local_rank)  # one GPU per process
     precision = resolve_precision(recipe.precision, device)
+    if cluster.is_main:
+        warn_if_emulated(precision, device)
     if device.type == "cpu":
         tune_cpu_allocator()
     torch.manual_seed(recipe.seed)
