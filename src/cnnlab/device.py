@@ -41,17 +41,12 @@ def cpu_description() -> dict:
             "isa": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16()}
 
 
-def emulated_precision_warning(precision: str, device: torch.device) -> str | None:
-    """A line for bf16 asked for on a CPU that emulates it: it runs, at a fraction of fp32's speed."""
-    if device.type != "cpu" or precision != "bf16" or cpu_has_native_bf16():
-        return None
-    return (f"--precision bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native bf16) is emulated: "
-            "about 11x slower than fp32 on such a CPU (BENCHMARKS.md); --precision auto picks fp32 here")
-
-
 def warn_if_emulated(precision: str, device: torch.device) -> None:
-    if (message := emulated_precision_warning(precision, device)) is not None:
-        warnings.warn(message, CnnlabWarning, stacklevel=3)
+    """bf16 asked for on a CPU that emulates it runs, at a fraction of fp32's speed: say so."""
+    if device.type == "cpu" and precision == "bf16" and not cpu_has_native_bf16():
+        warnings.warn(f"--precision bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native bf16) is "
+                      "emulated: about 11x slower than fp32 on such a CPU (BENCHMARKS.md); --precision auto picks fp32 here",
+                      CnnlabWarning, stacklevel=3)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
