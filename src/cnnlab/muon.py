@@ -18,17 +18,17 @@ import math
 
 import torch
 
-from .device import cpu_has_native_bf16
+from .device import resolve_precision
 
 # The quintic Newton-Schulz coefficients of the Muon write-up: converge fast from any spectrum in (0, 1].
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 
 
 def iteration_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where matrix products run natively in it (GPUs; CPUs with AVX-512 BF16 or AMX), as the Muon
+    """bf16 where `precision = "auto"` trains in it (GPUs; CPUs with AVX-512 BF16 or AMX), as the Muon
     write-up does; elsewhere bf16 is emulated, 19x slower than fp32 for the speedrun network's filters
     on an AVX2 CPU (BENCHMARKS.md), so fp32."""
-    return torch.float32 if device.type == "cpu" and not cpu_has_native_bf16() else torch.bfloat16
+    return torch.bfloat16 if resolve_precision("auto", device) == "bf16" else torch.float32
 
 
 def orthogonalize(matrix: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> torch.Tensor:
