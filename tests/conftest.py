@@ -49,10 +49,16 @@ def class_images(n_per_class: int, num_classes: int = 10, size: int = 32, seed: 
 
 
 def write_cifar_archive(path: Path, n_train_per_class: int = 20, n_test_per_class: int = 5,
-                        folder: str = "cifar-10-batches-py") -> Path:
-    """A python-format CIFAR-10 archive with the canonical layout and pickled batches."""
+                        folder: str = "cifar-10-batches-py", conflicting_test_pair: bool = False) -> Path:
+    """A python-format CIFAR-10 archive with the canonical layout and pickled batches.
+
+    With `conflicting_test_pair`, the last automobile test image is replaced by a copy of the first
+    airplane test image (keeping its automobile label): whatever a model answers for that picture, one
+    of the two is a mistake, so every model makes at least one, and airplane or automobile is in it."""
     train_x, train_y = class_images(n_train_per_class, seed=1)
     test_x, test_y = class_images(n_test_per_class, seed=2)
+    if conflicting_test_pair:
+        test_x[2 * n_test_per_class - 1] = test_x[0]
     order = np.random.default_rng(3).permutation(len(train_y))
     train_x, train_y = train_x[order], train_y[order]
     to_rows = lambda x: x.transpose(0, 3, 1, 2).reshape(len(x), -1)
@@ -144,8 +150,10 @@ def files_under(path: Path) -> set[str]:
 
 @pytest.fixture(scope="session")
 def archive(tmp_path_factory):
-    """A small python-format CIFAR-10 archive (30 training and 10 test images per class)."""
-    return write_cifar_archive(tmp_path_factory.mktemp("data") / "cifar.tar.gz", n_train_per_class=30, n_test_per_class=10)
+    """A small python-format CIFAR-10 archive (30 training and 10 test images per class). Its test split
+    holds one picture twice, labelled airplane and automobile, so any model trained on it makes a mistake."""
+    return write_cifar_archive(tmp_path_factory.mktemp("data") / "cifar.tar.gz", n_train_per_class=30, n_test_per_class=10,
+                               conflicting_test_pair=True)
 
 
 @pytest.fixture(scope="session")

@@ -95,8 +95,17 @@ def test_early_stopping_keeps_the_best_epoch(archive, tmp_path):
                                   "schedule": "constant", "precision": "fp32"})
     result = train(recipe, data, runs_dir=tmp_path, name="stop", progress=False, plots=False)
     summary = json.loads((tmp_path / "stop" / "summary.json").read_text())
-    assert summary["stopped_early"] and summary["epochs"] < 40 and summary["epochs_planned"] == 40
-    assert summary["epochs"] == summary["best_epoch"] + 2
+    # Where it stops depends on how the training went; the rule does not: the first epoch that is 2 past
+    # the best validation accuracy so far ends the run (or, if none is, all 40 epochs run).
+    best, best_epoch, expected_stop = -1.0, 0, None
+    for row in result.rows:
+        if row["val_acc"] > best:
+            best, best_epoch = row["val_acc"], row["epoch"]
+        if row["epoch"] - best_epoch >= 2:
+            expected_stop = row["epoch"]
+            break
+    assert summary["epochs_planned"] == 40 and summary["stopped_early"] == (expected_stop is not None)
+    assert summary["epochs"] == (expected_stop or 40) and summary["best_epoch"] == best_epoch
     assert load_checkpoint(tmp_path / "stop" / "best.pt")["epoch"] == summary["best_epoch"]
     assert len(result.rows) == summary["epochs"]
     best = max(r["val_acc"] for r in result.rows)
