@@ -13,7 +13,8 @@ from PIL import Image
 
 from conftest import run_cli
 from cnnlab.audit import audit, nearest, pixel_features, unit_rows
-from cnnlab.data import group_take, load_dataset, stratified_take
+from cnnlab.data import load_dataset
+from cnnlab.splits import group_take, stratified_take
 
 CLASSES = ["ant", "bee", "cow"]
 

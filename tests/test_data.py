@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.data import channel_stats, load_dataset, parse_count, stratified_take
+from cnnlab.data import load_dataset
+from cnnlab.splits import channel_stats, parse_count, stratified_take
 from cnnlab.errors import CnnlabError, UsageError
 from conftest import CLASSES, real_data, write_image_folder
 

@@ -146,7 +146,8 @@ def test_the_speedrun_recipe_trains_end_to_end_and_reports_tta(archive, tmp_path
 
 
 def test_tta_precision_auto_judges_the_views_in_the_training_precision(archive, tmp_path):
-    from cnnlab.data import channel_stats, load_dataset
+    from cnnlab.data import load_dataset
+    from cnnlab.splits import channel_stats
     from cnnlab.device import autocast
     from cnnlab.evaluate import evaluate
     from cnnlab.train import train

@@ -74,7 +74,7 @@ def test_a_few_epochs_on_real_images_learn_far_above_chance(real_dataset):
 
 
 def test_learning_curve_points_follow_the_training_precision_and_the_final_row_is_float32():
-    from cnnlab.data import channel_stats
+    from cnnlab.splits import channel_stats
     from cnnlab.evaluate import evaluate
     from cnnlab.loader import Loader, Normalizer
 

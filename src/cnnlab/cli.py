@@ -515,7 +515,7 @@ def cmd_robustness(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import channel_stats
+    from .splits import channel_stats
     from .download import CIFAR_ARCHIVES, ensure_cifar
 
     if args.action == "download":

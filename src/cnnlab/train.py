@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import Dataset, channel_stats, group_take, load_dataset, parse_count, stratified_take
+from .data import Dataset, load_dataset
+from .splits import channel_stats, group_take, parse_count, stratified_take
 from .device import autocast, resolve_device, resolve_precision, tune_cpu_allocator, warn_if_emulated
 from . import distributed
 from .distributed import Cluster
