@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tarfile
 import time
@@ -107,28 +108,65 @@ def test_not_an_archive_is_an_error(tmp_path):
         load_dataset(str(junk))
 
 
-def test_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch):
+def test_cache_is_one_file_per_source_reused_and_replaced_by_a_new_version(tmp_path, monkeypatch):
     root = write_image_folder(tmp_path / "tree")
     cache = tmp_path / "cache"
     monkeypatch.setenv("CNNLAB_CACHE", str(cache))
     first = load_dataset(str(root))
-    assert len(list(cache.glob("*.npz"))) == 1
+    (made,) = cache.glob("*.npz")
+    written = made.stat().st_mtime_ns
     second = load_dataset(str(root))
-    assert torch.equal(first.train_images, second.train_images)
-    assert len(list(cache.glob("*.npz"))) == 1
-    # Changing the content (here: adding an image) means a new key, not stale data.
+    assert torch.equal(first.train_images, second.train_images) and first.checksum == second.checksum
+    assert list(cache.glob("*.npz")) == [made] and made.stat().st_mtime_ns == written  # read, not rewritten
+    # A new version of the source (here: one more image) replaces the old file instead of adding one.
     Image.new("RGB", (32, 32), (1, 2, 3)).save(root / "train" / "bird" / "extra.png")
     third = load_dataset(str(root))
-    assert len(third.train_labels) == len(first.train_labels) + 1
-    assert len(list(cache.glob("*.npz"))) == 2
+    assert len(third.train_labels) == len(first.train_labels) + 1 and third.checksum != first.checksum
+    assert len(list(cache.glob("*.npz"))) == 1 and not made.exists()
+    assert not list(cache.glob(".*"))  # no temporary left behind
 
 
-def test_cache_beside_a_writable_folder(tmp_path, monkeypatch):
+def test_cache_beside_a_writable_folder_is_not_part_of_the_data(tmp_path, monkeypatch):
     monkeypatch.delenv("CNNLAB_CACHE")
     root = write_image_folder(tmp_path / "tree", n_train_per_class=2, n_test_per_class=1)
-    load_dataset(str(root))
+    checksums = {load_dataset(str(root)).checksum for _ in range(3)}
+    assert len(checksums) == 1  # the cache inside the folder never changes the folder's fingerprint
     assert len(list((root / ".cnnlab-cache").glob("*.npz"))) == 1
-    load_dataset(str(root))  # the cache folder is hidden, so it is not mistaken for data
+
+
+def test_a_cache_folder_inside_the_data_is_neither_data_nor_fingerprinted(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=2, n_test_per_class=1)
+    monkeypatch.setenv("CNNLAB_CACHE", str(root / "train" / "cache"))  # not hidden, inside a split
+    first, second = load_dataset(str(root)), load_dataset(str(root))
+    assert first.checksum == second.checksum and len(first.train_labels) == 8
+
+
+def _flip(path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_cache_is_rebuilt_with_one_warning_and_never_used(tmp_path, monkeypatch):
+    import warnings
+
+    from cnnlab.errors import CnnlabWarning
+
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=3, n_test_per_class=1)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CNNLAB_CACHE", str(cache))
+    truth = load_dataset(str(root))
+    (made,) = cache.glob("*.npz")
+    pixels = made.read_bytes().index(truth.train_images.numpy().tobytes()[:64])
+    for damage in (lambda: _flip(made, pixels + 100), lambda: made.write_bytes(made.read_bytes()[:500]),
+                   lambda: made.write_bytes(b"")):
+        damage()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again = load_dataset(str(root))
+        assert [str(w.message) for w in caught if issubclass(w.category, CnnlabWarning)][0].startswith("the decode cache")
+        assert len(caught) == 1 and torch.equal(again.train_images, truth.train_images)
+        assert again.checksum == truth.checksum and len(list(cache.glob("*.npz"))) == 1
 
 
 def test_channel_stats_match_numpy():
@@ -172,3 +210,62 @@ def test_real_data_loads_with_published_statistics(real_dataset, real_cache):
     cached_seconds = time.perf_counter() - start
     print(f"cached load of 60,000 images: {cached_seconds:.2f}s")  # reported, not asserted (noisy machine)
     assert torch.equal(again.train_images, ds.train_images) and torch.equal(again.test_labels, ds.test_labels)
+
+
+def test_high_bit_depth_float_exif_and_animated_images_decode_as_people_see_them(tmp_path):
+    import io
+
+    from cnnlab.images import IMAGE_EXTENSIONS, decode_image
+
+    ramp16 = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 to 65,472
+    buffer = io.BytesIO()
+    Image.fromarray(ramp16).save(buffer, "PNG")
+    out = decode_image(buffer.getvalue(), "ramp16.png", 32)
+    assert np.abs(out[..., 0].astype(int) - np.rint(ramp16 / 257)).max() == 0  # scaled, not clipped at 255
+    floats = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    buffer = io.BytesIO()
+    Image.fromarray(floats).save(buffer, "TIFF")
+    out = decode_image(buffer.getvalue(), "floats.tif", 32)
+    assert out.max() == 255 and abs(int(out[16, 16, 0]) - floats[16, 16] * 255) <= 0.5
+    # A landscape picture, red on the left, whose EXIF says "rotate 90 degrees clockwise to show it".
+    picture = Image.new("RGB", (64, 32), (0, 0, 255))
+    picture.paste((255, 0, 0), (0, 0, 32, 32))
+    exif = picture.getexif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", exif=exif, quality=95)
+    upright = decode_image(buffer.getvalue(), "phone.jpg", 32)
+    assert upright[2, 16, 0] > 200 and upright[29, 16, 2] > 200  # red on top once turned, blue below
+    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 255, 0))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    assert tuple(decode_image(buffer.getvalue(), "two.gif", 32)[0, 0]) == (255, 0, 0)  # the first frame
+    assert {".gif", ".tif", ".tiff", ".png", ".jpg"} <= set(IMAGE_EXTENSIONS)
+
+
+def test_gif_tiff_and_names_of_any_bytes_are_read_from_folders(tmp_path):
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=2, n_test_per_class=1)
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(root / "train" / "cat" / "x.gif")
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(root / "train" / "cat" / "y.tiff")
+    odd = os.fsencode(root / "train" / "cat") + b"/caf\xe9 \xff.png"  # latin-1 bytes: not UTF-8
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(open(odd, "wb"), "PNG")
+    ds = load_dataset(str(root))
+    assert len(ds.train_labels) == 11 and ds.checksum == load_dataset(str(root)).checksum
+    assert "train/cat/caf\\xe9 \\xff.png" in ds.train_files  # named in valid Unicode, the bytes escaped
+
+
+def test_archive_members_are_capped_and_read_in_bounded_memory(tmp_path, monkeypatch):
+    import cnnlab.sourcefiles as sourcefiles
+
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=2, n_test_per_class=1)
+    archive = tmp_path / "tree.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(root.rglob("*.png")):
+            zf.write(p, str(p.relative_to(root)))
+    monkeypatch.setattr(sourcefiles, "MAX_MEMBER_BYTES", 100)  # every member is larger than this
+    with pytest.raises(CnnlabError, match="over the 0 MiB limit|limit for one member"):
+        load_dataset(str(archive), cache_dir=tmp_path / "c1")
+    monkeypatch.setattr(sourcefiles, "MAX_MEMBER_BYTES", 1 << 20)
+    monkeypatch.setattr(sourcefiles, "MAX_ARCHIVE_BYTES", 1000)  # the archive as a whole is larger
+    with pytest.raises(CnnlabError, match="GiB inflated, the limit"):
+        load_dataset(str(archive), cache_dir=tmp_path / "c2")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -14,7 +14,8 @@ import torch
 
 from .download import CIFAR_ARCHIVES
 from .errors import CnnlabError, brief
-from .imagetree import archive_files
+from .names import shown
+from .sourcefiles import SourceFile, read_files
 
 if TYPE_CHECKING:
     from .data import Dataset
@@ -57,13 +58,14 @@ def folder_opener(folder: Path) -> Callable[[str], bytes]:
 CIFAR_BATCH_NAMES = {"batches.meta", "test_batch", *(f"data_batch_{i}" for i in range(1, 6)), "meta", "train", "test"}
 
 
-def archive_opener(archive: Path) -> Callable[[str], bytes]:
+def archive_opener(archive: Path, files: list[SourceFile]) -> Callable[[str], bytes]:
     """Read the CIFAR batch files of an archive in one pass, without unpacking it to disk."""
-    contents = {rel.name: read() for rel, read in archive_files(archive) if rel.name in CIFAR_BATCH_NAMES}
+    wanted = {f.name for f in files if f.rel.name in CIFAR_BATCH_NAMES}
+    contents = {PurePosixPath(name).name: data for name, data in read_files(archive, wanted)}
 
     def read(name: str) -> bytes:
         if name not in contents:
-            raise CnnlabError(f"{archive} has no '{name}': it is not a complete CIFAR archive")
+            raise CnnlabError(f"{shown(archive)} has no '{name}': it is not a complete CIFAR archive")
         return contents[name]
 
     return read

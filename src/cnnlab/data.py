@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
 
@@ -19,7 +19,9 @@ from .cache import cached
 from .cifar import archive_opener, find_cifar_folder, folder_opener, read_cifar
 from .download import CIFAR_ARCHIVES, ensure_cifar
 from .errors import UsageError
-from .imagetree import archive_files, archive_members, dir_files, read_image_tree
+from .imagetree import read_image_tree
+from .names import shown
+from .sourcefiles import list_files, special_kind
 
 # The chapter's constants: precomputed over the canonical CIFAR-10 training set.
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -90,23 +92,27 @@ def load_dataset(
     path = Path(source).expanduser()
     if not path.exists():
         if os.sep not in source and "." not in source:
-            raise UsageError(f"unknown dataset '{source}': use cifar10, cifar100, or the path of an archive or image folder")
-        raise UsageError(f"{source}: no such file or folder; give cifar10, cifar100, or an existing archive or image folder")
+            raise UsageError(f"unknown dataset '{shown(source)}': use cifar10, cifar100, or the path of an archive or image folder")
+        raise UsageError(f"{shown(source)}: no such file or folder; give cifar10, cifar100, or an existing archive or image folder")
     path = path.resolve()  # runs record the absolute path, so later commands find the data from any folder
-    return cached(path, image_size, cache_dir, lambda: _read_path(path, image_size), progress)
+    kind = special_kind(path.stat().st_mode)
+    if kind and kind != "a folder":
+        raise UsageError(f"{shown(source)} is {kind}; give an image folder or an archive file")
+    return cached(path, image_size, cache_dir, lambda exclude: _read_path(path, image_size, exclude), progress)
 
 
-def _read_path(path: Path, image_size: int) -> Dataset:
+def _read_path(path: Path, image_size: int, exclude: tuple[Path, ...] = ()) -> Dataset:
     """Decode a path source, whichever of the accepted layouts it has."""
     if path.is_dir():
         cifar_folder = find_cifar_folder(path)
         if cifar_folder is not None:
             return _resized(read_cifar(str(path), folder_opener(cifar_folder), str(path)), image_size)
-        return read_image_tree(dir_files(path), str(path), image_size)
-    basenames = {PurePosixPath(m).name for m in archive_members(path)}
-    if "data_batch_1" in basenames or {"train", "test", "meta"} <= basenames:
-        return _resized(read_cifar(str(path), archive_opener(path), str(path)), image_size)
-    return read_image_tree(archive_files(path), str(path), image_size)
+    files = list_files(path, exclude)
+    if not path.is_dir():
+        basenames = {f.rel.name for f in files}
+        if "data_batch_1" in basenames or {"train", "test", "meta"} <= basenames:
+            return _resized(read_cifar(str(path), archive_opener(path, files), str(path)), image_size)
+    return read_image_tree(path, files, image_size)
 
 
 def _resized(ds: Dataset, size: int) -> Dataset:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .errors import CnnlabError, brief
+from .names import shown
 
 MIRROR_ENV = "CNNLAB_CIFAR_MIRROR"
 OFFICIAL_MIRROR = "https://www.cs.toronto.edu/~kriz"
@@ -95,7 +96,7 @@ def check_member_name(archive: Path, name: str) -> PurePosixPath:
     """Refuse archive member names that could escape the folder they are unpacked into."""
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
-        raise CnnlabError(f"{archive} contains the member '{name}', which points outside the archive's folder; refusing to use it")
+        raise CnnlabError(f"{shown(archive)} contains the member '{shown(name)}', which points outside the archive's folder; refusing to use it")
     return path
 
 

@@ -4,103 +4,62 @@ from a folder or from a .tar, .tar.gz or .zip of one, and decoded into a Dataset
 from __future__ import annotations
 
 import os
-import tarfile
-import zipfile
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .download import check_member_name
-from .errors import CnnlabError, brief
+from .errors import CnnlabError
 from .images import IMAGE_EXTENSIONS, decode_image
+from .names import portable, shown
+from .sourcefiles import SourceFile, read_files
 
 if TYPE_CHECKING:
     from .data import Dataset
 
-# Image-folder trees: train/<class>/<file>, test/<class>/<file>, optionally under one top folder
-
-# A file is (relative path inside the tree, a function returning its bytes).
-FileEntry = tuple[PurePosixPath, Callable[[], bytes]]
-
-
-def dir_files(root: Path) -> Iterator[FileEntry]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            full = Path(dirpath) / name
-            yield PurePosixPath(full.relative_to(root).as_posix()), full.read_bytes
+SPLITS = ("train", "test")
+NOT_DATA = ("readme.md", "readme.txt", "license", "license.txt")
+DECODE_CHUNK = 128  # images per decoding task
+DECODE_AHEAD = 8    # tasks in flight per thread: bounds the archive bytes held while decoding
 
 
-def archive_members(path: Path) -> list[str]:
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                names = [i.filename for i in zf.infolist() if not i.is_dir()]
-        elif tarfile.is_tarfile(path):
-            with tarfile.open(path) as tf:
-                names = [m.name for m in tf.getmembers() if m.isfile()]
-        else:
-            raise CnnlabError(f"{path} is neither a folder nor a .tar, .tar.gz or .zip archive; give an image folder or an archive of one")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise CnnlabError(f"{path} is not a readable archive ({brief(e)}); copy or download it again") from None
-    for name in names:
-        check_member_name(path, name)
-    return names
+@dataclass(frozen=True)
+class TreeImage:
+    split: str
+    cls: str    # class name as people read it (names.portable: valid Unicode whatever the bytes)
+    rel: str    # train/<class>/.../<image>, without a wrapping folder (portable too)
+    name: str   # the file's own name inside the source, for reading it
 
 
-def archive_files(path: Path) -> Iterator[FileEntry]:
-    """Every regular file of a tar or zip, read in one sequential pass (gzip cannot seek cheaply).
-
-    Member names are checked as they are read; nothing is written to disk, so a bad name found
-    partway through only ends the read.
-    """
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                for info in zf.infolist():
-                    if not info.is_dir():
-                        check_member_name(path, info.filename)
-                        data = zf.read(info)
-                        yield PurePosixPath(info.filename), (lambda d=data: d)
-        else:
-            with tarfile.open(path, mode="r|*") as tf:
-                for member in tf:
-                    if member.isfile():
-                        check_member_name(path, member.name)
-                        data = tf.extractfile(member).read()
-                        yield PurePosixPath(member.name), (lambda d=data: d)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise CnnlabError(f"{path} is not a readable archive ({brief(e)}); copy or download it again") from None
-
-
-def read_image_tree(files: Iterator[FileEntry], description: str, size: int) -> Dataset:
-    """Collect train/test class folders from `files` and decode every image."""
-    splits: dict[str, list[tuple[str, str, Callable[[], bytes]]]] = {"train": [], "test": []}
-    for rel, read in files:
-        parts = [p for p in rel.parts if p]
-        if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-            continue  # hidden files and macOS archive litter are not data
-        if parts and parts[0] not in splits and len(parts) > 1:
+def plan_tree(files: list[SourceFile], description: str) -> list[TreeImage]:
+    """Where each file belongs: split and class from its path; anything that is not an image of a class
+    folder is an error naming it (hidden files, macOS litter and README/LICENSE files are skipped)."""
+    images, seen = [], set()
+    for file in files:
+        if file.name in seen:
+            raise CnnlabError(f"{description}: '{shown(file.name)}' appears twice in the archive; keep one copy")
+        seen.add(file.name)
+        parts = [p for p in file.rel.parts if p]
+        if parts and parts[0] not in SPLITS and len(parts) > 1:
             parts = parts[1:]  # a single wrapping folder, as when a tree is zipped by its parent
-        if len(parts) < 3 or parts[0] not in splits:
-            if len(parts) >= 1 and parts[-1].lower() in ("readme.md", "readme.txt", "license", "license.txt"):
+        if len(parts) < 3 or parts[0] not in SPLITS:
+            if parts and parts[-1].lower() in NOT_DATA:
                 continue
-            raise CnnlabError(
-                f"{description}: unexpected file '{rel}'; an image folder holds train/<class>/<image> and test/<class>/<image>"
-            )
-        split, cls, name = parts[0], parts[1], parts[-1]
-        if not name.lower().endswith(IMAGE_EXTENSIONS):
-            raise CnnlabError(f"{description}: '{rel}' is not an image ({', '.join(IMAGE_EXTENSIONS)}); remove it from the folder")
-        rel = PurePosixPath(*parts)  # without a wrapping folder: train/<class>/.../<image>
-        splits[split].append((cls, str(rel), read))
-    for split, entries in splits.items():
-        if not entries:
+            raise CnnlabError(f"{description}: unexpected file '{shown(file.name)}'; an image folder holds "
+                              "train/<class>/<image> and test/<class>/<image>")
+        if not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
+            raise CnnlabError(f"{description}: '{shown(file.name)}' is not an image ({', '.join(IMAGE_EXTENSIONS)}); "
+                              "remove it from the folder")
+        images.append(TreeImage(parts[0], portable(parts[1]), portable("/".join(parts)), file.name))
+    for split in SPLITS:
+        if not any(i.split == split for i in images):
             raise CnnlabError(f"{description}: no images under {split}/; an image folder needs train/<class>/ and test/<class>/")
-    train_classes = sorted({c for c, _, _ in splits["train"]})
-    test_classes = sorted({c for c, _, _ in splits["test"]})
+    train_classes = sorted({i.cls for i in images if i.split == "train"})
+    test_classes = sorted({i.cls for i in images if i.split == "test"})
     if train_classes != test_classes:
         only_train = sorted(set(train_classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(train_classes))
@@ -108,19 +67,57 @@ def read_image_tree(files: Iterator[FileEntry], description: str, size: int) -> 
             f"{description}: train and test have different classes (only in train: {only_train or 'none'}, "
             f"only in test: {only_test or 'none'}); give both splits the same class folders"
         )
-    index = {c: i for i, c in enumerate(train_classes)}
+    return sorted(images, key=lambda i: i.rel)
 
-    def decode_split(entries):
-        entries = sorted(entries, key=lambda e: e[1])
-        # Pillow releases the GIL while decoding, so threads use every core.
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            arrays = list(pool.map(lambda e: decode_image(e[2](), e[1], size), entries, chunksize=256))
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        y = torch.tensor([index[c] for c, _, _ in entries], dtype=torch.int64)
-        return x, y, [rel for _, rel, _ in entries]
 
-    tx, ty, train_files = decode_split(splits["train"])
-    vx, vy, test_files = decode_split(splits["test"])
+def decode_tree(path: Path, images: list[TreeImage], size: int) -> list[np.ndarray]:
+    """Each image decoded to uint8 [size, size, 3], in the order of `images`. Archive members are read in
+    one pass and decoded in chunks by a pool of threads (Pillow releases the GIL while decoding, so they
+    use every core); at most DECODE_AHEAD chunks per thread wait, so memory stays bounded whatever the
+    archive holds."""
+    position = {image.name: k for k, image in enumerate(images)}
+    decoded: list[np.ndarray | None] = [None] * len(images)
+    workers = os.cpu_count() or 1
+
+    def decode_chunk(chunk):
+        return [(k, decode_image(source, shown(images[k].rel), size)) for k, source in chunk]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        waiting: deque = deque()
+        chunk = []
+        for name, source in read_files(path, set(position)):
+            chunk.append((position[name], source))
+            if len(chunk) == DECODE_CHUNK:
+                waiting.append(pool.submit(decode_chunk, chunk))
+                chunk = []
+            while len(waiting) > DECODE_AHEAD * workers:
+                for k, array in waiting.popleft().result():
+                    decoded[k] = array
+        waiting.append(pool.submit(decode_chunk, chunk))
+        for task in waiting:
+            for k, array in task.result():
+                decoded[k] = array
+    missing = [images[k].rel for k, array in enumerate(decoded) if array is None]
+    if missing:
+        raise CnnlabError(f"{shown(path)}: '{shown(missing[0])}' was listed but could not be read back (did the source "
+                          "change while it was read?); try again")
+    return decoded
+
+
+def read_image_tree(path: Path, files: list[SourceFile], size: int) -> Dataset:
+    """Decode the image tree that `files` (listed from `path`) form."""
     from .data import Dataset
 
-    return Dataset(description, train_classes, tx, ty, vx, vy, checksum="", train_files=train_files, test_files=test_files)
+    description = shown(path)
+    images = plan_tree(files, description)
+    arrays = decode_tree(path, images, size)
+    classes = sorted({i.cls for i in images})
+    index = {c: k for k, c in enumerate(classes)}
+    split_of = {}
+    for split in SPLITS:
+        members = [k for k, image in enumerate(images) if image.split == split]
+        x = torch.from_numpy(np.stack([arrays[k] for k in members])).permute(0, 3, 1, 2).contiguous()
+        y = torch.tensor([index[images[k].cls] for k in members], dtype=torch.int64)
+        split_of[split] = (x, y, [images[k].rel for k in members])
+    (tx, ty, train_files), (vx, vy, test_files) = split_of["train"], split_of["test"]
+    return Dataset(str(path), classes, tx, ty, vx, vy, checksum="", train_files=train_files, test_files=test_files)
