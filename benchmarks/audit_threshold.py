@@ -42,7 +42,7 @@ def main(source: str, run: str | None = None) -> None:
     data = load_dataset(source, progress=False)
     spaces = {"pixels": pixel_features}
     if run:
-        from cnnlab.runs import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+        from cnnlab.runfiles import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 
         path = resolve_checkpoint(run, "last.pt")
         payload = load_checkpoint(path)

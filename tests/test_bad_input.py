@@ -3,7 +3,13 @@ and nothing created or damaged. Plus property-based tests of the readers and the
 
 from __future__ import annotations
 
+import functools
 import io
+import math
+import os
+import shutil
+import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -43,7 +49,7 @@ def _checkpoint(root: Path, mutate) -> Path:
     """A real cnnlab checkpoint (from a 1-epoch run), changed by `mutate`."""
     from cnnlab.data import Dataset
     from cnnlab.recipe import load_recipe as recipe
-    from cnnlab.runs import load_checkpoint
+    from cnnlab.runfiles import load_checkpoint
     from cnnlab.train import train
     from conftest import class_images
 
@@ -152,6 +158,168 @@ def setup_cases():
         "resume a run with no checkpoint": (lambda tmp: (tmp / "r").mkdir() or ["train", "--resume", str(tmp / "r")], 1,
                                             ["no checkpoint yet"]),
         "diagnose a folder that is not a run": (lambda tmp: ["diagnose", str(tmp)], 1, ["no metrics.jsonl"]),
+        **hostile_cases(),
+    }
+
+
+@functools.cache
+def _template_run() -> Path:
+    """A real finished 1-epoch run folder, made once; cases copy it and damage the copy."""
+    from cnnlab.data import Dataset
+    from cnnlab.recipe import load_recipe as recipe
+    from cnnlab.train import train
+    from conftest import CLASSES, class_images
+
+    x, y = class_images(4)
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    data = Dataset("synthetic", list(CLASSES), t, torch.from_numpy(y), t, torch.from_numpy(y), "s")
+    root = Path(tempfile.mkdtemp(prefix="cnnlab-template-"))
+    return train(recipe("seed", {"epochs": 1, "batch_size": 8}), data, runs_dir=root, name="run", progress=False,
+                 plots=False).run_dir
+
+
+def _run_copy(tmp: Path, unfinished: bool = False) -> Path:
+    run = Path(shutil.copytree(_template_run(), tmp / "run"))
+    if unfinished:
+        (run / "summary.json").unlink()
+    return run
+
+
+def hostile_cases():
+    """The families of issue 18: odd files, archives, damaged run files, non-finite numbers, names."""
+    tree = lambda files: lambda tmp: ["data", "info", "--data", str(_tree(tmp / "tree", files))]
+    good = {"train/cat/a.png": png_bytes(), "train/dog/b.png": png_bytes(), "test/cat/c.png": png_bytes(),
+            "test/dog/d.png": png_bytes()}
+
+    def with_fifo(relative: str, argv):
+        def setup(tmp):
+            root = _tree(tmp / "tree", good)
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            os.mkfifo(root / relative)
+            return argv(tmp, root)
+        return setup
+
+    def broken_link(tmp):
+        root = _tree(tmp / "tree", good)
+        os.symlink(tmp / "nowhere.png", root / "train" / "cat" / "gone.png")
+        return ["data", "info", "--data", str(root)]
+
+    def zip_bomb(tmp):
+        path = tmp / "bomb.zip"
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            with zf.open("train/cat/huge.png", "w") as member:  # 300 MiB of zeros, about 300 kB compressed
+                for _ in range(300):
+                    member.write(bytes(1 << 20))
+            zf.writestr("test/cat/c.png", png_bytes())
+        return ["data", "info", "--data", str(path)]
+
+    def tar_with(kind: str):
+        def setup(tmp):
+            path = tmp / "t.tar"
+            with tarfile.open(path, "w") as tf:
+                for name, data in good.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+                info = tarfile.TarInfo("train/cat/odd.png")
+                if kind == "link":
+                    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                    tf.addfile(info)
+                else:  # the same member name twice
+                    info.size = len(good["train/cat/a.png"])
+                    tf.addfile(info, io.BytesIO(good["train/cat/a.png"]))
+                    tf.addfile(info, io.BytesIO(good["train/cat/a.png"]))
+            return ["data", "info", "--data", str(path)]
+        return setup
+
+    def damaged(file: str, content: bytes | None, argv, unfinished=False):
+        def setup(tmp):
+            run = _run_copy(tmp, unfinished)
+            target = run / file
+            if content is None:
+                target.unlink()
+                os.mkfifo(target)
+            else:
+                target.write_bytes(content(target.read_bytes()) if callable(content) else content)
+            return argv(run)
+        return setup
+
+    def checkpoint_changed(mutate, argv=lambda run: ["evaluate", str(run / "last.pt"), "--data", "nowhere"],
+                           unfinished=False):
+        def setup(tmp):
+            from cnnlab.runfiles import load_checkpoint
+
+            run = _run_copy(tmp, unfinished)
+            payload = load_checkpoint(run / "last.pt")
+            torch.save(mutate(payload), run / "last.pt")
+            return argv(run)
+        return setup
+
+    def predict_on(name: str, make):
+        def setup(tmp):
+            run = _run_copy(tmp)
+            target = make(tmp, name)
+            return ["predict", str(run), str(target)]
+        return setup
+
+    half = lambda data: data[: len(data) // 2]
+    nan_metrics = lambda data: data.replace(b'"train_loss": ', b'"train_loss": NaN, "x": ', 1)
+    train = lambda *flags: lambda tmp: ["train", "--runs-dir", str(tmp / "runs"), *flags]
+    return {
+        # odd files in folders
+        "FIFO named .jpg in a class folder": (with_fifo("train/cat/pipe.jpg", lambda tmp, root: ["data", "info", "--data", str(root)]),
+                                              1, ["pipe.jpg", "FIFO"]),
+        "FIFO given as the data": (lambda tmp: os.mkfifo(tmp / "data.tar.gz") or ["data", "info", "--data", str(tmp / "data.tar.gz")],
+                                   2, ["data.tar.gz", "FIFO"]),
+        "broken link in a class folder": (broken_link, 1, ["gone.png", "broken link"]),
+        "non-UTF-8 name of a non-image": (tree({**good, "train/cat/\udcffnotes.txt": b"x"}), 1, ["\\xffnotes.txt"]),
+        "newline in the name of a non-image": (tree({**good, "train/cat/two\nlines.txt": b"x"}), 1, ["two\\nlines.txt"]),
+        # archives
+        "zip member inflating past the cap": (zip_bomb, 1, ["huge.png", "256 MiB"]),
+        "tar with a link member": (tar_with("link"), 1, ["odd.png", "link"]),
+        "tar with a member twice": (tar_with("twice"), 1, ["odd.png", "twice"]),
+        # damaged run files
+        "truncated config.json on resume": (damaged("config.json", half, lambda run: ["train", "--resume", str(run)], True), 1,
+                                            ["config.json", "damaged"]),
+        "truncated metrics.jsonl on diagnose": (damaged("metrics.jsonl", half, lambda run: ["diagnose", str(run)]), 1,
+                                                ["metrics.jsonl", "damaged"]),
+        "NaN in metrics.jsonl": (damaged("metrics.jsonl", nan_metrics, lambda run: ["diagnose", str(run)]), 1,
+                                 ["metrics.jsonl", "damaged"]),
+        "summary.json that is a list": (damaged("summary.json", b"[1, 2]", lambda run: ["diagnose", str(run)]), 1,
+                                        ["summary.json", "not a JSON object"]),
+        "config.json that is a FIFO": (damaged("config.json", None, lambda run: ["diagnose", str(run)]), 1,
+                                       ["config.json", "FIFO"]),
+        "truncated last.pt on evaluate": (damaged("last.pt", half, lambda run: ["evaluate", str(run / "last.pt"), "--data", "x"]),
+                                          1, ["last.pt", "not a readable"]),
+        "checkpoint with only its header": (checkpoint_changed(lambda p: {"format": p["format"]}), 1,
+                                            ["last.pt", "damaged", "'model'"]),
+        "checkpoint with NaN weights": (checkpoint_changed(lambda p: {**p, "state_dict": {
+            k: v.float() * math.nan if v.is_floating_point() else v for k, v in p["state_dict"].items()}}), 1, ["not finite"]),
+        "checkpoint whose classes do not fit": (checkpoint_changed(lambda p: {**p, "classes": ["a"]}), 1, ["'classes'"]),
+        "checkpoint without its resume state": (checkpoint_changed(lambda p: {k: v for k, v in p.items() if k != "optimizer"},
+                                                                   lambda run: ["train", "--resume", str(run)], True),
+                                                1, ["cannot be resumed", "optimizer"]),
+        "audit.json that is damaged": (lambda tmp: _run_copy(tmp) and (tmp / "audit").mkdir() or
+                                       (tmp / "audit" / "audit.json").write_text('{"leaked_test": 3}') and
+                                       ["evaluate", str(tmp / "run"), "--exclude-duplicates", str(tmp / "audit"), "--data",
+                                        str(write_cifar_archive(tmp / "c.tar.gz"))], 1, ["audit.json", "damaged"]),
+        # non-finite and out-of-range numbers
+        "--val-split nan": (train("--val-split", "nan"), 2, ["--val-split", "nan"]),
+        "--val-split inf": (train("--val-split", "inf"), 2, ["--val-split"]),
+        "--train-subset inf": (train("--train-subset", "inf"), 2, ["--train-subset"]),
+        "--lr inf": (train("--lr", "inf"), 2, ["lr", "finite"]),
+        "--weight-decay inf": (train("--weight-decay", "inf"), 2, ["weight_decay", "finite"]),
+        "--mixup inf": (train("--mixup", "inf"), 2, ["mixup", "finite"]),
+        "--label-smoothing nan": (train("--label-smoothing", "nan"), 2, ["label_smoothing"]),
+        "recipe with lr = inf": (lambda tmp: (tmp / "r.toml").write_text("lr = inf") and
+                                 ["train", "--recipe", str(tmp / "r.toml"), "--runs-dir", str(tmp / "runs")], 2, ["finite"]),
+        "--seed out of range": (train("--seed", "-1"), 2, ["seed"]),
+        "--threshold nan": (lambda tmp: ["audit", "--data", "x", "--threshold", "nan"], 2, ["--threshold"]),
+        "--name ../escape": (train("--name", "../escape"), 2, ["--name", "usable"]),
+        "--name with a newline": (train("--name", "a\nb"), 2, ["--name"]),
+        # output
+        "predict on a URL": (predict_on("x", lambda tmp, name: "https://example.com/cat.jpg"), 1, ["URLs are not fetched"]),
+        "predict on a FIFO": (predict_on("p.png", lambda tmp, name: os.mkfifo(tmp / name) or tmp / name), 1, ["FIFO"]),
     }
 
 
@@ -246,3 +414,144 @@ def test_random_recipe_files(tmp_path_factory, entries, junk):
     except CnnlabError:
         return
     assert recipe.epochs >= 1 and recipe.lr > 0 and recipe.batch_size >= 1
+
+
+def test_a_zip_bomb_is_refused_in_bounded_memory(tmp_path):
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("train/cat/huge.png", "w") as member:  # 1 GiB of zeros in about 1 MB
+            for _ in range(1024):
+                member.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 2 << 20
+    process = subprocess.Popen([sys.executable, "-m", "cnnlab", "data", "info", "--data", str(bomb)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    stderr = process.stderr.read()
+    assert os.waitstatus_to_exitcode(status) == 1 and "huge.png" in stderr and len(stderr.strip().splitlines()) == 1
+    assert usage.ru_maxrss * 1024 < 1 << 30, f"peak {usage.ru_maxrss / 1024:.0f} MB"  # ru_maxrss is in kB on Linux
+
+
+# ---------------------------------------------------------------------------------------------
+# Property-based tests of the hostile families: whatever the damage, the truth or one of our errors.
+
+
+@FAST
+@given(offsets=st.lists(st.integers(0, 10 ** 9), min_size=1, max_size=4), cut=st.booleans())
+def test_a_damaged_cache_never_gives_other_data(tmp_path_factory, offsets, cut):
+    import warnings
+
+    from conftest import write_image_folder
+
+    root = tmp_path_factory.mktemp("cached")
+    tree = write_image_folder(root / "tree", n_train_per_class=2, n_test_per_class=1)
+    truth = load_dataset(str(tree), cache_dir=root / "cache", progress=False)
+    (made,) = (root / "cache").glob("*.npz")
+    data = bytearray(made.read_bytes())
+    for offset in offsets:
+        data[offset % len(data)] ^= 0x5A
+    made.write_bytes(bytes(data[: offsets[0] % len(data)]) if cut else bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = load_dataset(str(tree), cache_dir=root / "cache", progress=False)
+    for a, b in ((again.train_images, truth.train_images), (again.train_labels, truth.train_labels),
+                 (again.test_images, truth.test_images), (again.test_labels, truth.test_labels)):
+        assert torch.equal(a, b)
+    assert again.classes == truth.classes and again.train_files == truth.train_files
+
+
+RUN_FILES = ["config.json", "metrics.jsonl", "summary.json", "last.pt", "best.pt"]
+garbling = st.one_of(st.binary(max_size=64), st.sampled_from([b"", b"{", b"[]", b"null", b'{"data": 3}', b"NaN",
+                                                              b'{"epoch": 1}\n', b"\x00" * 10]))
+
+
+@FAST
+@given(file=st.sampled_from(RUN_FILES), keep=st.floats(0, 1), junk=garbling)
+def test_garbled_run_files_give_one_of_our_errors(tmp_path_factory, file, keep, junk):
+    from cnnlab.analysis import read_run
+    from cnnlab.diagnose import diagnose
+    from cnnlab.runfiles import load_checkpoint, model_from_checkpoint
+    from cnnlab.train import resume
+
+    run = _run_copy(tmp_path_factory.mktemp("garbled"), unfinished=file != "summary.json")
+    original = (run / file).read_bytes()
+    (run / file).write_bytes(original[: int(len(original) * keep)] + junk)
+    for use in (lambda: diagnose(read_run(run)), lambda: model_from_checkpoint(load_checkpoint(run / file)),
+                lambda: resume(run, progress=False, plots=False)):
+        try:
+            use()
+        except CnnlabError:
+            pass
+
+
+def _numeric_flags() -> list[str]:
+    from dataclasses import fields
+
+    from cnnlab.recipe import Recipe
+
+    return [f"--{f.name.replace('_', '-')}" for f in fields(Recipe) if f.type in ("int", "float")]
+
+
+@FAST
+@given(flag=st.sampled_from(_numeric_flags()), value=st.sampled_from(["nan", "inf", "-inf", "NaN", "Infinity", "1e999"]))
+def test_non_finite_numbers_are_refused_before_anything_is_written(tmp_path_factory, capsys, flag, value):
+    from cnnlab.cli import main
+
+    runs = tmp_path_factory.mktemp("runs")
+    try:
+        code = main(["train", flag, value, "--runs-dir", str(runs), "--data", str(runs / "never-read")])
+    except SystemExit as e:  # argparse's own refusal (an int flag given a float)
+        code = e.code
+    assert code == 2 and not any(runs.iterdir())
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+
+
+entry_names = st.one_of(st.sampled_from(["train/a/1.png", "train/b/2.png", "test/a/3.png", "test/b/4.png"]),
+                        st.builds(lambda split, raw: f"{split}/{raw}", st.sampled_from(["train/a", "test/b", "train"]),
+                                  st.binary(min_size=1, max_size=6).map(lambda b: os.fsdecode(b.replace(b"/", b"_")
+                                                                                                .replace(b"\0", b"_")))))
+kinds = st.sampled_from(["png", "bytes", "fifo", "socket", "link", "dir-link"])
+
+
+@FAST
+@given(entries=st.lists(st.tuples(entry_names, kinds), max_size=8))
+def test_random_trees_with_special_files_and_byte_names(tmp_path_factory, entries):
+    import signal
+    import socket
+
+    root = tmp_path_factory.mktemp("tree") / "tree"
+    root.mkdir()
+    for name, kind in entries:
+        path = root / name
+        if path.name in (".", "..") or path.exists() or path.is_symlink():
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            continue
+        if kind == "png":
+            path.write_bytes(png_bytes())
+        elif kind == "bytes":
+            path.write_bytes(b"\x89PNG garbage")
+        elif kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "socket":
+            if len(os.fsencode(path)) < 100:  # AF_UNIX paths are short
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.bind(str(path))
+        elif kind == "link":
+            os.symlink(root / "nowhere", path)
+        else:
+            os.symlink(root, path)  # a link back to the top: a loop to walk into
+    signal.alarm(60)  # a reader that opened a FIFO would wait forever: fail instead
+    try:
+        data = load_dataset(str(root), cache_dir=root.parent / "cache", progress=False)
+        assert data.train_images.dtype == torch.uint8 and len(data.train_files) == len(data.train_labels)
+        assert all(name.isprintable() for name in data.classes + data.train_files + data.test_files)
+    except CnnlabError as e:
+        assert str(e).isprintable() or "\n" not in str(e)
+    finally:
+        signal.alarm(0)

@@ -102,3 +102,34 @@ def test_emulated_bf16_is_one_warning_line_and_the_run_records_its_cpu(tmp_path)
         assert "emulated" in warned[0] and "--precision auto" in warned[0] and "Traceback" not in result.stderr
     cpu = json.loads((tmp_path / "runs" / "bf16" / "config.json").read_text())["machine"]["cpu"]
     assert cpu["isa"] == torch.backends.cpu.get_cpu_capability() and cpu["native_bf16"] == cpu_has_native_bf16()
+
+
+def test_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "cnnlab", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before a byte is written, like `cnnlab models | head -0`
+    assert process.wait(timeout=60) == 0
+    assert process.stderr.read() == b""
+
+
+def test_names_of_any_bytes_print_under_a_strict_utf8_locale(tiny_run, tmp_path):
+    import os
+
+    from PIL import Image
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for name in (b"caf\xe9.png", b"two\nlines.png"):
+        Image.new("RGB", (32, 32), (90, 90, 90)).save(open(os.fsencode(folder) + b"/" + name, "wb"), "PNG")
+    (folder / "notes.txt").write_text("not an image")
+    env = {"LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8:strict"}
+    text = run_cli("predict", str(tiny_run), str(folder), env=env)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert len(lines) == 2 and any("caf\\xe9.png" in l for l in lines) and any("two\\nlines.png" in l for l in lines)
+    assert "notes.txt" in text.stderr and "Traceback" not in text.stderr
+    records = [json.loads(l) for l in run_cli("predict", str(tiny_run), str(folder), "--json", env=env).stdout.splitlines()]
+    assert [r.get("skipped", "")[:20] for r in records].count("not an image file (c") == 1  # notes.txt, with its reason
+    assert sum("predicted" in r for r in records) == 2

@@ -12,7 +12,7 @@ from cnnlab.ablate import ABLATIONS, variant_recipes
 from cnnlab.data import load_dataset
 from cnnlab.evaluate import confusion_matrix, most_confused
 from cnnlab.recipe import load_recipe
-from cnnlab.runs import load_checkpoint
+from cnnlab.runfiles import load_checkpoint
 from cnnlab.train import train
 from conftest import CLASSES, files_under, run_cli
 

@@ -12,7 +12,7 @@ import torch
 
 from cnnlab.export import WithNormalization
 from cnnlab.images import decode_image
-from cnnlab.runs import load_checkpoint, model_from_checkpoint
+from cnnlab.runfiles import load_checkpoint, model_from_checkpoint
 from conftest import real_test_files, run_cli
 
 TOLERANCE = 1e-4  # float32 logits of the same network; measured differences are about 1e-6

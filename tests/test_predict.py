@@ -10,7 +10,7 @@ from PIL import Image
 
 from cnnlab.evaluate import TTA_SHIFTS, evaluate, shift, tta_logits
 from cnnlab.loader import Loader, Normalizer
-from cnnlab.runs import load_checkpoint, model_from_checkpoint
+from cnnlab.runfiles import load_checkpoint, model_from_checkpoint
 from conftest import CLASSES, real_test_files, run_cli
 
 
@@ -70,7 +70,9 @@ def test_bad_files_are_named_and_skipped(tiny_run, tmp_path):
     bad = [not_image, truncated, empty, bomb, missing]
     result = run_cli("predict", str(tiny_run), str(good), *map(str, bad), "--json")
     assert result.returncode == 1
-    assert [json.loads(l)["image"] for l in result.stdout.splitlines()] == [str(good)]  # the good one is not lost
+    records = [json.loads(l) for l in result.stdout.splitlines()]
+    assert [r["image"] for r in records] == [str(good), *map(str, bad)]  # every file answered, in order
+    assert "predicted" in records[0] and all("error" in r and "predicted" not in r for r in records[1:])
     errors = [l for l in result.stderr.splitlines() if "error:" in l]
     assert len(errors) == len(bad) and "Traceback" not in result.stderr
     for path, line in zip(bad, errors):

@@ -13,7 +13,7 @@ from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.finetune import load_weights, parameter_groups
 from cnnlab.models import build_model, count_parameters
 from cnnlab.recipe import load_recipe, shipped_recipes
-from cnnlab.runs import load_checkpoint
+from cnnlab.runfiles import load_checkpoint
 from cnnlab.train import learning_rate, train
 from test_train import synthetic_dataset
 

@@ -5,7 +5,6 @@ Plots, `diagnose`, `confusion` and `report` start here; none of them touches the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,7 @@ class RunRecord:
 
 
 def read_run(path: str | Path) -> RunRecord:
-    from .runs import read_metrics
+    from .runfiles import read_json, read_metrics
 
     path = Path(path)
     if not path.is_dir():
@@ -42,18 +41,9 @@ def read_run(path: str | Path) -> RunRecord:
     rows = read_metrics(path)
     if not rows:
         raise CnnlabError(f"{path} has no finished epoch yet; wait for the first epoch to end")
-    config = _read_json(path / "config.json")
-    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    config = read_json(path / "config.json")
+    summary = read_json(path / "summary.json") if (path / "summary.json").exists() else {}
     return RunRecord(path, config, rows, summary)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CnnlabError(f"{path.parent} has no {path.name}; is it a cnnlab run folder?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CnnlabError(f"{path} is not valid JSON ({e}); the run folder is damaged") from None
 
 
 @dataclass
@@ -117,15 +107,12 @@ def load_run_model(run: RunRecord, data=None, checkpoint: str = "last.pt", devic
     """(model in eval mode, its checkpoint, the data it is to be judged on): the run's own data unless
     `data` is given, which must have the classes the model was trained on."""
     from .data import load_dataset
-    from .runs import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+    from .runfiles import load_checkpoint, model_from_checkpoint, recorded_source, resolve_checkpoint
 
     path = resolve_checkpoint(run.path, checkpoint)
     payload = load_checkpoint(path)
     if data is None:
-        source = run.config.get("data", {}).get("source")
-        if not source:
-            raise CnnlabError(f"{run.path}/config.json does not name its data; pass --data")
-        data = load_dataset(source, image_size=payload["image_size"], progress=False)
+        data = load_dataset(recorded_source(run.path), image_size=payload["image_size"], progress=False)
     if list(data.classes) != list(payload["classes"]):
         raise CnnlabError(f"{path} was trained on classes {payload['classes']}, but the data has {data.classes}; "
                           "pass the data the run was trained on with --data")

@@ -238,19 +238,22 @@ def format_audit(summary: dict) -> str:
 
 def load_audit(folder, data: Dataset) -> dict:
     """An audit folder's summary, checked against the data it is applied to."""
-    import json
     from pathlib import Path
 
     from .errors import CnnlabError
+    from .names import shown
+
+    from .runfiles import read_json
 
     path = Path(folder) / "audit.json" if Path(folder).is_dir() else Path(folder)
-    try:
-        summary = json.loads(path.read_text())
-        leaked = summary["leaked_test"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise CnnlabError(f"{folder}: not a cnnlab audit (no readable audit.json); run `cnnlab audit --data ...` first") from None
+    if not path.exists():
+        raise CnnlabError(f"{shown(folder)}: not a cnnlab audit (no audit.json); run `cnnlab audit --data ...` first")
+    summary = read_json(path, "run `cnnlab audit --data ...` again")
+    leaked = summary.get("leaked_test")
+    if not isinstance(leaked, list) or not isinstance(summary.get("source", ""), str):
+        raise CnnlabError(f"{shown(path)} is damaged (no list of leaked test images); run `cnnlab audit --data ...` again")
     if summary.get("checksum") and data.checksum and summary["checksum"] != data.checksum:
-        raise CnnlabError(f"{folder} audits other data ({summary['source']}); audit the data you evaluate on")
-    if any(not isinstance(i, int) or not 0 <= i < len(data.test_labels) for i in leaked):
+        raise CnnlabError(f"{shown(folder)} audits other data ({summary['source']}); audit the data you evaluate on")
+    if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(data.test_labels) for i in leaked):
         raise CnnlabError(f"{folder}: its test indices do not fit this test split of {len(data.test_labels)} images")
     return summary

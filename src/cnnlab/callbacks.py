@@ -6,7 +6,6 @@ on_train_end(state, summary); the loop calls whichever exist, in order.
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
@@ -18,7 +17,8 @@ from . import __version__
 from .data import Dataset
 from .device import cpu_description
 from .models import count_parameters
-from .runs import RunFolder, load_checkpoint
+from .runs import RunFolder
+from .runfiles import load_checkpoint, read_json
 
 
 class ConsolePrinter:
@@ -74,7 +74,7 @@ class RunWriter:
                 if not best.is_file() or load_checkpoint(best).get("epoch") != state.epoch:
                     self.folder.save_checkpoint("best.pt", state.checkpoint())
             config_path = self.folder.path / "config.json"
-            config = json.loads(config_path.read_text())
+            config = read_json(config_path)
             config.setdefault("resumed", []).append({"at_epoch": state.epoch, "at_step": state.train_loader.position,
                                                      "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv})
             self.folder.write_config(config)

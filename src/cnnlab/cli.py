@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from .errors import CnnlabError, CnnlabWarning, UsageError
+from .names import shown
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,6 +21,20 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _bounded_int(low: int, high: int):
+    """An argparse type: an integer from low to high."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give an integer from {low} to {high}")
+        return value
+
+    return parse
 
 
 def _data_options(p: argparse.ArgumentParser, default: str | None = "cifar10") -> None:
@@ -158,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("run", help="a run folder (its last.pt)")
     _data_options(rb, default=None)
     rb.add_argument("--corruptions", help="comma-separated subset (default: all of them)")
-    rb.add_argument("--seed", type=int, default=0, help="seed of the corruption draws (default: %(default)s)")
+    rb.add_argument("--seed", type=_bounded_int(0, 2 ** 31 - 1), default=0,
+                    help="seed of the corruption draws (default: %(default)s)")
     rb.add_argument("--device", default="auto")
     rb.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -205,17 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Whatever the locale, a character the terminal cannot show is written as an escape, never a crash.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     _warnings_as_lines(f"cnnlab {args.command}")
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "recipes": cmd_recipes,
-                "models": cmd_models, "bench": cmd_bench, "ablate": cmd_ablate, "plot": cmd_plot,
-                "diagnose": cmd_diagnose, "confusion": cmd_confusion, "report": cmd_report, "inspect": cmd_inspect,
-                "predict": cmd_predict, "export": cmd_export, "audit": cmd_audit,
-                "robustness": cmd_robustness}[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at exit
+        return code
+    except BrokenPipeError:  # output piped into `head` and closed: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 0
     except CnnlabError as e:
-        message = " ".join(str(e).split())  # always exactly one line
+        message = shown(" ".join(str(e).split()))  # always exactly one line
         print(f"cnnlab {args.command}: error: {message}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -226,12 +248,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not isinstance(e, Interrupted):
             raise
-        where = f"; continue with: cnnlab train --resume {e.run_dir}" if e.run_dir else ""
+        where = f"; continue with: cnnlab train --resume {shown(e.run_dir)}" if e.run_dir else ""
         print(f"cnnlab {args.command}: {e}, checkpoint written{where}", file=sys.stderr)
         return e.exit_code
-    except BrokenPipeError:  # output piped into `head` and closed: not an error worth a traceback
-        sys.stderr.close()
-        return 0
 
 
 def _warnings_as_lines(prefix: str) -> None:
@@ -277,6 +296,10 @@ def cmd_train(args) -> int:
                tensorboard=args.tensorboard)
         return 0
     args.data = args.data or "cifar10"
+    if args.name is not None:
+        from .runs import check_run_name
+
+        check_run_name(args.name)  # before any time is spent on the data
     recipe = _recipe(args)
     if args.tensorboard:
         from .tensorboard import require_tensorboard
@@ -306,7 +329,7 @@ def _run_and_predictions(args):
     run = read_run(args.run)
     data = None
     if args.data is not None:
-        from .runs import load_checkpoint, resolve_checkpoint
+        from .runfiles import load_checkpoint, resolve_checkpoint
 
         image_size = args.image_size or load_checkpoint(resolve_checkpoint(run.path, "last.pt"))["image_size"]
         data = _load(args, image_size)
@@ -384,13 +407,14 @@ def cmd_evaluate(args) -> int:
     from .device import resolve_device
     from .evaluate import evaluate, per_class_accuracy
     from .loader import Loader, Normalizer
-    from .runs import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+    from .runfiles import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(args.run)
     checkpoint = load_checkpoint(path)
     if args.data is None:  # default: the data the run was trained on
-        config = path.parent / "config.json"
-        args.data = json.loads(config.read_text())["data"]["source"] if config.is_file() else "cifar10"
+        from .runfiles import recorded_source
+
+        args.data = recorded_source(path.parent)
     args.image_size = args.image_size or checkpoint["image_size"]
     data = _load(args, args.image_size)
     if data.classes != checkpoint["classes"]:
@@ -447,7 +471,7 @@ def cmd_audit(args) -> int:
         raise CnnlabError(f"{args.out} already exists; choose another --out (audits are never overwritten)")
     space, features = "pixels", None
     if args.model_run:
-        from .runs import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+        from .runfiles import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 
         path = resolve_checkpoint(args.model_run, "last.pt")
         payload = load_checkpoint(path)
@@ -560,7 +584,7 @@ def cmd_bench(args) -> int:
 
 
 def _checkpoint(run: str, which: str = "best.pt"):
-    from .runs import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+    from .runfiles import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(run, which)
     payload = load_checkpoint(path)
@@ -584,8 +608,9 @@ def cmd_inspect(args) -> int:
         names += [str(f) for f in kept]
     if args.test_index or not args.image:
         if args.data is None:
-            config = path.parent / "config.json"
-            args.data = json.loads(config.read_text())["data"]["source"] if config.is_file() else "cifar10"
+            from .runfiles import recorded_source
+
+            args.data = recorded_source(path.parent)
         data = _load(args, checkpoint["image_size"])
         # Default: the first test image of four classes spread over the class list (test folders are often sorted).
         spread = sorted({k * data.num_classes // 4 for k in range(4)})
@@ -620,19 +645,21 @@ def cmd_predict(args) -> int:
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1 (got {args.top_k})")
     results = predict_files(model, checkpoint, args.paths, top_k=args.top_k, tta=args.tta, device=args.device)
-    failed = 0
+    failed = [r for r in results if r.error]
+    skipped = [r for r in results if r.skipped]
     for r in results:
         if r.error:
-            failed += 1
-            print(f"cnnlab predict: error: {' '.join(r.error.split())}", file=sys.stderr)
-            continue
+            print(f"cnnlab predict: error: {shown(' '.join(r.error.split()))}", file=sys.stderr)
         if args.json:
             print(json.dumps(r.to_dict()), flush=True)
-        else:
-            print(f"{r.image}  " + "  ".join(f"{c} {100 * p:.1f}%" for c, p in r.top))
-    if failed and len(results) > 1:
-        print(f"cnnlab predict: {failed} of {len(results)} files could not be read (named above); the others were predicted",
-              file=sys.stderr)
+        elif not (r.error or r.skipped):
+            print(f"{shown(r.image)}  " + "  ".join(f"{c} {100 * p:.1f}%" for c, p in r.top))
+    if skipped and not args.json:
+        print(f"cnnlab predict: note: {len(skipped)} file(s) in the folders given are not images and were skipped "
+              f"(first: {shown(skipped[0].image)})", file=sys.stderr)
+    if failed and len(results) - len(skipped) > 1:
+        print(f"cnnlab predict: {len(failed)} of {len(results) - len(skipped)} files could not be read (named above); "
+              "the others were predicted", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -684,6 +711,12 @@ def _load(args, image_size: int):
     from .data import load_dataset
 
     return load_dataset(args.data, root=args.data_root, image_size=image_size, mirror=args.mirror)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "data": cmd_data, "recipes": cmd_recipes,
+            "models": cmd_models, "bench": cmd_bench, "ablate": cmd_ablate, "plot": cmd_plot,
+            "diagnose": cmd_diagnose, "confusion": cmd_confusion, "report": cmd_report, "inspect": cmd_inspect,
+            "predict": cmd_predict, "export": cmd_export, "audit": cmd_audit, "robustness": cmd_robustness}
 
 
 if __name__ == "__main__":  # pragma: no cover

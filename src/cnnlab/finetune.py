@@ -17,7 +17,8 @@ from .models import head
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    from .runs import CHECKPOINT_FORMAT, load_tensors
+    from .runfiles import load_tensors
+    from .runs import CHECKPOINT_FORMAT
 
     path = Path(path)
     if not path.is_file():

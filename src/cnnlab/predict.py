@@ -6,6 +6,8 @@ A file that cannot be read gets its own error and is skipped; the rest of the ba
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,31 +16,55 @@ import torch
 
 from .errors import CnnlabError, UsageError
 from .images import IMAGE_EXTENSIONS, decode_image
+from .names import portable, shown
+from .sourcefiles import regular_file
 
 
 @dataclass
 class Prediction:
-    image: str
+    image: str                                  # the path as given or found (any bytes the OS allows)
     top: list[tuple[str, float]] | None = None  # (class, probability), most likely first
-    error: str | None = None
+    error: str | None = None                    # why it could not be read: a failure
+    skipped: str | None = None                  # why a file found in a folder is not an image: not a failure
 
     def to_dict(self) -> dict:
-        if self.error:
-            return {"image": self.image, "error": self.error}
-        return {"image": self.image, "predicted": self.top[0][0],
+        image = portable(self.image)
+        if self.error or self.skipped:
+            return {"image": image, **({"error": self.error} if self.error else {"skipped": self.skipped})}
+        return {"image": image, "predicted": self.top[0][0],
                 "top": [{"class": c, "probability": p} for c, p in self.top]}
 
 
-def collect_images(paths: list[str | Path]) -> list[Path]:
-    """Files as given (any extension: Pillow decides), folders searched recursively for image files."""
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def collect_images(paths: list[str | Path]) -> list[Prediction]:
+    """Every path given, in order, as a Prediction still to be made: files as given (any extension: Pillow
+    decides), folders searched recursively for image files, hidden ones left out. What cannot be an image
+    is answered here: a URL (not fetched), a missing path, or a folder's file that is not an image (skipped)."""
     found = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if URL.match(str(raw)):
+            found.append(Prediction(str(raw), error=f"{shown(raw)}: URLs are not fetched; download the image first "
+                                                    "(for example with curl -O) and pass the file"))
+        elif path.is_dir():
+            found += _folder_images(path)
         else:
-            found.append(path)  # a missing file is reported in its turn, with the others
+            found.append(Prediction(str(path)))  # a missing or special file is reported in its turn, with the others
+    return found
+
+
+def _folder_images(folder: Path) -> list[Prediction]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(n for n in filenames if not n.startswith(".")):
+            file = os.path.join(dirpath, name)
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(Prediction(file))
+            else:
+                found.append(Prediction(file, skipped=f"not an image file (cnnlab reads {', '.join(IMAGE_EXTENSIONS)})"))
     return found
 
 
@@ -47,11 +73,10 @@ def load_images(files: list[Path], image_size: int) -> tuple[torch.Tensor, list[
     arrays, kept, failed = [], [], []
     for file in files:
         try:
-            if not file.is_file():
-                raise CnnlabError(f"{file}: no such file")
+            regular_file(file, shown(file))
             if file.stat().st_size == 0:
-                raise CnnlabError(f"{file}: empty file (0 bytes); remove it or replace it")
-            arrays.append(decode_image(file, str(file), image_size))
+                raise CnnlabError(f"{shown(file)}: empty file (0 bytes); remove it or replace it")
+            arrays.append(decode_image(file, shown(file), image_size))
             kept.append(file)
         except CnnlabError as e:
             failed.append(Prediction(str(file), error=str(e)))
@@ -84,13 +109,15 @@ def predict_images(model: torch.nn.Module, images: torch.Tensor, checkpoint: dic
 
 def predict_files(model: torch.nn.Module, checkpoint: dict, paths: list[str | Path], top_k: int = 3,
                   tta: bool = False, device="cpu") -> list[Prediction]:
-    """Predictions for every file, in the order given (folders expanded in sorted order)."""
-    files = collect_images(paths)
-    if not files:
-        raise CnnlabError(f"no image files found in {', '.join(map(str, paths))}; give image files or folders holding "
-                          f"{', '.join(IMAGE_EXTENSIONS)} files")
-    images, kept, failed = load_images(files, checkpoint["image_size"])
+    """A Prediction for every path given, in order (folders expanded in sorted order): the top classes, or
+    why the file could not be read (an error) or was left out (skipped)."""
+    found = collect_images(paths)
+    wanted = [Path(p.image) for p in found if not (p.error or p.skipped)]
+    if not wanted and not any(p.error for p in found):
+        raise CnnlabError(f"no image files found in {', '.join(shown(p) for p in paths)}; give image files or folders "
+                          f"holding {', '.join(IMAGE_EXTENSIONS)} files")
+    images, kept, failed = load_images(wanted, checkpoint["image_size"])
     tops = predict_images(model, images, checkpoint, top_k, tta, device=device) if kept else []
-    by_file = {str(f): Prediction(str(f), top) for f, top in zip(kept, tops)}
-    by_file.update({p.image: p for p in failed})
-    return [by_file[str(f)] for f in files]
+    done = {str(f): Prediction(str(f), top) for f, top in zip(kept, tops)}
+    done.update({p.image: p for p in failed})
+    return [p if p.error or p.skipped else done[p.image] for p in found]

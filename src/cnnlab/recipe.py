@@ -7,6 +7,7 @@ fields. The resolved recipe is saved into every run folder, and is enough to rep
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -95,7 +96,18 @@ class Recipe:
                 raise UsageError(message)
 
         from .models import MODEL_CHOICES, is_known_model
+        from .splits import count_or_fraction
 
+        for f in fields(self):  # no NaN or infinity anywhere: each would fail late, or train on nonsense
+            value = getattr(self, f.name)
+            need(not isinstance(value, float) or math.isfinite(value), f"{f.name} must be a finite number (got {value})")
+        count_or_fraction(self.val_split, "--val-split")
+        count_or_fraction(self.train_subset, "--train-subset")
+        need(self.epochs <= 100_000, f"epochs must be at most 100,000 (got {self.epochs})")
+        need(self.batch_size <= 65_536 and self.eval_batch_size <= 65_536, "batch sizes must be at most 65,536")
+        need(0 <= self.seed < 2 ** 62, f"seed must be between 0 and 2**62 (got {self.seed})")
+        need(self.lookahead <= 1_000_000, f"lookahead must be at most 1,000,000 steps (got {self.lookahead})")
+        need(self.early_stop <= 100_000, f"early-stop patience must be at most 100,000 epochs (got {self.early_stop})")
         need(is_known_model(self.model), f"unknown model '{self.model}': choose one of {MODEL_CHOICES}")
         need(self.epochs >= 1, f"epochs must be at least 1 (got {self.epochs})")
         need(self.batch_size >= 1, f"batch size must be at least 1 (got {self.batch_size})")

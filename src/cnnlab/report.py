@@ -10,14 +10,15 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import time
 from pathlib import Path
 
 from . import __version__
 from .analysis import RunRecord, read_run
 from .diagnose import diagnose
-from .errors import UsageError
+from .errors import CnnlabError, UsageError
+from .names import shown
+from .runfiles import read_json
 from .runs import atomic_write_bytes
 
 # Figures that other commands leave in a run folder, shown when present (title, file).
@@ -72,15 +73,39 @@ def write_report(runs: list[str | Path], out: str | Path | None = None, data=Non
 def _ensure_figures(record: RunRecord, data) -> None:
     from .plots import RUN_PLOTS, make_run_plots
 
-    if all((record.path / f).is_file() for f in RUN_PLOTS) and (record.path / "confusion.json").is_file():
+    if all((record.path / f).is_file() for f in RUN_PLOTS) and _confusion(record) is not None:
         return
     from .analysis import run_predictions
-    from .runs import load_checkpoint, resolve_checkpoint
+    from .runfiles import load_checkpoint, resolve_checkpoint
 
     dataset = None
     if data is not None:
         dataset = data(load_checkpoint(resolve_checkpoint(record.path, "last.pt"))["image_size"])
     make_run_plots(record, run_predictions(record, dataset))
+
+
+def _confusion(record: RunRecord) -> dict | None:
+    """The run's confusion.json when it is whole; None when it is missing or damaged (then it is redrawn)."""
+    try:
+        confusion = read_json(record.path / "confusion.json")
+        classes, pairs = confusion["classes"], confusion["most_confused"]
+        ok = isinstance(classes, list) and isinstance(pairs, list) and all(
+            isinstance(p, dict) and all(isinstance(p.get(k), int) for k in ("a", "b", "total", "a_as_b", "b_as_a"))
+            and 0 <= p["a"] < len(classes) and 0 <= p["b"] < len(classes) for p in pairs)
+    except (CnnlabError, KeyError, TypeError):
+        return None
+    return confusion if ok else None
+
+
+def _robustness(path: Path) -> dict:
+    result = read_json(path, "measure it again with cnnlab robustness RUN")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    table = result.get("table")
+    if not (isinstance(table, dict) and all(isinstance(v, list) and len(v) == 5 and all(map(number, v))
+                                            for v in table.values())
+            and number(result.get("clean_acc")) and number(result.get("mean_corruption_acc"))):
+        raise CnnlabError(f"{shown(path)} is damaged (not a robustness table); measure it again with cnnlab robustness RUN")
+    return result
 
 
 def _e(text) -> str:
@@ -160,7 +185,7 @@ def _run_section(record: RunRecord, name: str, level: int | None) -> str:
     out.append(sub("Learning curves"))
     out.append(_img(record.path / "curves.png", "learning curves"))
 
-    confusion = json.loads((record.path / "confusion.json").read_text())
+    confusion = _confusion(record)
     classes = confusion["classes"]
     out.append(sub("Confusion"))
     out.append(_img(record.path / "confusion.png", "confusion matrix"))
@@ -180,7 +205,7 @@ def _run_section(record: RunRecord, name: str, level: int | None) -> str:
             out.append(sub(title))
             out.append(_img(record.path / file, title))
     if (record.path / "robustness.json").is_file():
-        out.append(_robustness_section(json.loads((record.path / "robustness.json").read_text()), record.path, sub))
+        out.append(_robustness_section(_robustness(record.path / "robustness.json"), record.path, sub))
 
     out.append(sub("Configuration"))
     out.append("<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in recipe.items()) + "</table>")

@@ -1,4 +1,4 @@
-"""Run folders and checkpoints.
+"""Run folders: claimed, locked and written (runfiles.py reads them back).
 
 A run folder holds config.json, metrics.jsonl, metrics.csv, last.pt, best.pt and summary.json.
 Every file is written to a temporary name, flushed to disk and renamed, so a crash or a full disk
@@ -12,13 +12,13 @@ import csv
 import io
 import json
 import os
-import pickle
 import time
 from pathlib import Path
 
 import torch
 
-from .errors import CnnlabError, brief
+from .errors import CnnlabError, UsageError
+from .names import shown
 
 CHECKPOINT_FORMAT = "cnnlab-checkpoint"
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
@@ -60,6 +60,15 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def check_run_name(name: str) -> str:
+    """A run folder's name: one path component, not hidden, without control characters."""
+    if (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or os.sep in name
+            or not name.isprintable()):
+        raise UsageError(f"--name {shown(name)!r} is not a usable folder name: use one name without '/', a leading "
+                         "'.' or control characters (letters, digits, '-' and '_' are safe)")
+    return name
+
+
 def claim_run_folder(runs_dir: str | Path, name: str | None, stem: str) -> Path:
     """Create and return runs_dir/name; with no name, a fresh `stem-YYYYmmdd-HHMMSS[-k]`.
 
@@ -71,8 +80,7 @@ def claim_run_folder(runs_dir: str | Path, name: str | None, stem: str) -> Path:
     except OSError as e:
         raise CnnlabError(f"cannot create the runs folder {runs_dir} ({e.strerror}); choose another --runs-dir") from None
     if name is not None:
-        if not name or "/" in name or name.startswith("."):
-            raise CnnlabError(f"--name {name!r} is not a usable folder name; use letters, digits, '-' or '_'")
+        check_run_name(name)
         try:
             (runs_dir / name).mkdir()
         except FileExistsError:
@@ -147,65 +155,3 @@ class RunFolder:
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_json(self.path / "summary.json", summary)
-
-
-def read_metrics(run: str | Path) -> list[dict]:
-    path = Path(run) / "metrics.jsonl"
-    if not path.is_file():
-        raise CnnlabError(f"{run} has no metrics.jsonl; is it a cnnlab run folder?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def resolve_checkpoint(run_or_checkpoint: str | Path, which: str = "best.pt") -> Path:
-    """A run folder means its best.pt (falling back to last.pt); a file is taken as it is."""
-    path = Path(run_or_checkpoint)
-    if path.is_dir():
-        for name in (which, "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise CnnlabError(f"{path} has no {which} or last.pt; is it a cnnlab run folder?")
-    if not path.is_file():
-        raise CnnlabError(f"{path}: no such run folder or checkpoint file")
-    return path
-
-
-def load_tensors(path: str | Path):
-    """torch.load with weights_only=True: tensors and plain containers, never code."""
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        import re
-
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if found is None:  # not a pickle at all, or a damaged one
-            raise CnnlabError(f"{path} is not a readable PyTorch checkpoint (damaged or another format); check the file") from None
-        raise CnnlabError(
-            f"{path} contains pickled Python objects that could run code (it references {found.group(1)}); cnnlab loads "
-            "only tensors and plain data. Re-save it with torch.save(model.state_dict(), ...) from code you trust"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CnnlabError(f"{path} is not a readable PyTorch checkpoint ({brief(e)}); check the file") from None
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a cnnlab checkpoint safely (see load_tensors)."""
-    path = Path(path)
-    payload = load_tensors(path)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CnnlabError(f"{path} is not a cnnlab checkpoint (no '{CHECKPOINT_FORMAT}' header); pass a run folder or a .pt written by cnnlab")
-    return payload
-
-
-def model_from_checkpoint(payload: dict, path: str | Path = "checkpoint") -> torch.nn.Module:
-    from .models import build_model
-
-    model = build_model(payload["model"], payload["num_classes"])
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise CnnlabError(
-            f"{path}: the weights do not fit model '{payload['model']}' with {payload['num_classes']} classes ({first[:160]})"
-        ) from None
-    return model.eval()

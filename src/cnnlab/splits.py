@@ -3,6 +3,7 @@ and group-aware hold-outs, and the count-or-fraction values that ask for them.""
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -24,19 +25,29 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float,
     return tuple(round(float(v) / 255, 4) for v in mean), tuple(round(float(v) / 255, 4) for v in std)
 
 
-def parse_count(value: str | float | int | None, total: int, what: str) -> int:
-    """A count ('5000') or, written with a decimal point, a fraction ('0.1') of `total`; 0 or None means none."""
-    if value in (None, "", 0, "0"):
+def count_or_fraction(value: str | float | int | None, what: str) -> int | float:
+    """A count written in digits ('5000'), or a fraction of what there is, written with a decimal point
+    ('0.1', strictly between 0 and 1); '', 0 and None mean none (0). Anything else is a UsageError."""
+    text = "" if value is None else str(value).strip()
+    if text in ("", "0", "0.0"):
         return 0
-    text = str(value).strip()
+    if re.fullmatch(r"[0-9]+", text):
+        return int(text)
     try:
         number = float(text)
     except ValueError:
-        raise UsageError(f"{what} {value!r} is not a number; give a count (5000) or a fraction (0.1)") from None
-    if "." in text or "e" in text.lower():
-        count = round(number * total) if 0 < number < 1 else -1
-    else:
-        count = int(number)
+        number = math.nan
+    if not (math.isfinite(number) and 0 < number < 1):
+        raise UsageError(f"{what} {value!r} is neither a count (5000) nor a fraction between 0 and 1 (0.1)")
+    return number
+
+
+def parse_count(value: str | float | int | None, total: int, what: str) -> int:
+    """count_or_fraction(value) as a number of the `total` images: at least 1 and fewer than all (0 = none)."""
+    spec = count_or_fraction(value, what)
+    if spec == 0:
+        return 0
+    count = spec if isinstance(spec, int) else round(spec * total)
     if not 0 < count < total:
         raise UsageError(f"{what} {value} does not fit the {total} training images; give a count from 1 to {total - 1} "
                          "or a fraction between 0 and 1")

@@ -8,8 +8,8 @@ any other.
 
 from __future__ import annotations
 
-import json
 import math
+import shutil
 import signal
 import sys
 import threading
@@ -25,7 +25,7 @@ from .splits import channel_stats, group_take, parse_count, stratified_take
 from .device import autocast, resolve_device, resolve_precision, tune_cpu_allocator, warn_if_emulated
 from . import distributed
 from .distributed import Cluster
-from .errors import CnnlabError
+from .errors import CnnlabError, brief
 from .augment import mix
 from .evaluate import evaluate
 from .finetune import load_weights, parameter_groups
@@ -35,7 +35,9 @@ from .muon import SGDMuon
 from .models import build_model, count_parameters
 from .recipe import Recipe
 from .callbacks import ConsolePrinter, RunWriter
-from .runs import CHECKPOINT_FORMAT, RunFolder, RunLock, claim_run_folder, load_checkpoint, resolve_checkpoint
+from .runs import CHECKPOINT_FORMAT, RunFolder, RunLock, claim_run_folder
+from .names import shown
+from .runfiles import load_checkpoint, recorded_source, resolve_checkpoint
 
 CHECK_EVERY = 25  # steps between finiteness reads on accelerators (each read waits for the device)
 WHITENING_IMAGES = 5000  # training images whose patches set a whitening first layer
@@ -186,6 +188,13 @@ class TrainState:
 
     def restore(self, checkpoint: dict) -> None:
         """Continue exactly where `checkpoint` left off: weights, optimizer, generators, history, best."""
+        try:
+            self._restore(checkpoint)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:  # fields of the wrong shape
+            raise CnnlabError(f"the checkpoint cannot be resumed: it does not fit this run ({brief(e)}); "
+                              "start the run again") from None
+
+    def _restore(self, checkpoint: dict) -> None:
         world = checkpoint.get("world_size", 1)
         if world != self.cluster.world_size:
             raise CnnlabError(f"this run was trained by {world} process(es) and is resumed by {self.cluster.world_size}; "
@@ -352,6 +361,10 @@ def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, pl
         with StopOnSignal(state):
             _emit(callbacks, "on_train_start", state)
             _loop(state, recipe, eval_loaders, callbacks, progress, len(train_index), run_dir)
+    except CnnlabError:
+        if run_dir is not None and resume_from is None and state.epoch == 0:
+            shutil.rmtree(run_dir, ignore_errors=True)  # failed before its first checkpoint: nothing worth keeping
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -382,6 +395,10 @@ def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, pl
     return TrainResult(run_dir, state.rows, summary, model)
 
 
+# What a checkpoint needs besides the model to continue its run exactly (TrainState.restore reads them).
+RESUME_FIELDS = {"recipe": dict, "optimizer": dict, "loader": dict, "torch_rng": torch.Tensor, "rows": list, "best": dict}
+
+
 def resume(run_dir: str | Path, data: Dataset | str | None = None, **options) -> TrainResult:
     """Continue a stopped or killed run from its last.pt, with the run's own recipe and data.
 
@@ -398,10 +415,13 @@ def resume(run_dir: str | Path, data: Dataset | str | None = None, **options) ->
     if not (run_dir / "last.pt").is_file():
         raise CnnlabError(f"{run_dir} has no checkpoint yet (it stopped before its first epoch ended); start it again")
     checkpoint = load_checkpoint(resolve_checkpoint(run_dir, "last.pt"))
+    missing = [k for k, kind in RESUME_FIELDS.items() if not isinstance(checkpoint.get(k), kind)]
+    if missing:
+        raise CnnlabError(f"{shown(run_dir / 'last.pt')} cannot be resumed (its '{missing[0]}' is missing or damaged); "
+                          "start the run again")
     recipe = recipe_from_dict(checkpoint["recipe"], where=f"{run_dir}/last.pt")
     if data is None:
-        config = json.loads((run_dir / "config.json").read_text())
-        data = config["data"]["source"]
+        data = recorded_source(run_dir)
     return train(recipe, data, runs_dir=run_dir.parent, name=run_dir.name, resume_from=checkpoint, **options)
 
 
@@ -553,7 +573,7 @@ class Interrupted(Exception):
 class Diverged(CnnlabError):
     def __init__(self, epoch: int, step: int, steps: int, lr: float, good_epoch: int, run_dir: Path | None):
         kept = (f"the last good checkpoint (epoch {good_epoch}) is kept in {run_dir / 'last.pt'}" if run_dir and good_epoch
-                else "no checkpoint was written")
+                else "nothing was kept")
         super().__init__(f"the training loss became NaN or infinite in epoch {epoch}, step {step} of {steps}, at learning "
                          f"rate {lr:.4g}; {kept}. Try a lower --lr, --precision fp32, or a run with batch norm")
 
