@@ -86,10 +86,10 @@ class Predictions:
 
 def predict_test_split(model: torch.nn.Module, data, mean, std, device: torch.device | str = "cpu") -> Predictions:
     """Float32 probabilities of `model` on `data`'s test split, normalised as in training."""
-    from .evaluate import evaluate
+    from .evaluate import EVAL_BATCH_SIZE, evaluate
     from .loader import Loader, Normalizer
 
-    loader = Loader(data.test_images, data.test_labels, 1000, Normalizer(tuple(mean), tuple(std)), device=device)
+    loader = Loader(data.test_images, data.test_labels, EVAL_BATCH_SIZE, Normalizer(tuple(mean), tuple(std)), device=device)
     result = evaluate(model, loader)
     return Predictions(list(data.classes), data.test_images, data.test_labels, result["probabilities"])
 

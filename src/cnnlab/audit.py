@@ -46,7 +46,7 @@ def unit_rows(features: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def model_features(model: torch.nn.Module, images: torch.Tensor, mean, std, batch: int = 1000) -> torch.Tensor:
+def model_features(model: torch.nn.Module, images: torch.Tensor, mean, std, batch: int = 250) -> torch.Tensor:
     """The input of the model's head (its last Linear layer) for every image."""
     from .loader import Normalizer
     from .models import head

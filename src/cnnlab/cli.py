@@ -405,7 +405,7 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from .device import resolve_device
-    from .evaluate import evaluate, per_class_accuracy
+    from .evaluate import EVAL_BATCH_SIZE, evaluate, per_class_accuracy
     from .loader import Loader, Normalizer
     from .runfiles import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 
@@ -422,7 +422,7 @@ def cmd_evaluate(args) -> int:
                           "evaluate on the data the model was trained for")
     device = resolve_device(args.device)
     model = model_from_checkpoint(checkpoint, path).to(device)
-    loader = Loader(data.test_images, data.test_labels, 1000, Normalizer(tuple(checkpoint["mean"]), tuple(checkpoint["std"])),
+    loader = Loader(data.test_images, data.test_labels, EVAL_BATCH_SIZE, Normalizer(tuple(checkpoint["mean"]), tuple(checkpoint["std"])),
                     device=device)
     audit = None
     if args.exclude_duplicates:
@@ -495,7 +495,7 @@ def cmd_audit(args) -> int:
 def cmd_robustness(args) -> int:
     from .analysis import load_run_model, read_run
     from .device import resolve_device
-    from .evaluate import evaluate
+    from .evaluate import EVAL_BATCH_SIZE, evaluate
     from .loader import Loader, Normalizer
     from .plots import plot_robustness
     from .robustness import CORRUPTIONS, format_table, robustness_table
@@ -518,7 +518,7 @@ def cmd_robustness(args) -> int:
     normalize = Normalizer(tuple(payload["mean"]), tuple(payload["std"]))
 
     def accuracy_of(model, images, labels):
-        return evaluate(model, Loader(images, labels, 1000, normalize, device=device))["acc"]
+        return evaluate(model, Loader(images, labels, EVAL_BATCH_SIZE, normalize, device=device))["acc"]
 
     show = None if args.json or not sys.stderr.isatty() else (
         lambda name, severity, acc: print(f"  {name} severity {severity}: {acc:.2f}%", file=sys.stderr))

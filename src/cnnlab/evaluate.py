@@ -8,6 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from .loader import Loader
+from .recipe import Recipe
+
+# Batches of every evaluation outside training (evaluate, plots, robustness, audit features): the recipe default.
+EVAL_BATCH_SIZE = Recipe.eval_batch_size
 
 
 # Test-time augmentation: the image, its one-pixel shifts up, down, left and right, and the mirror of each.

@@ -289,7 +289,9 @@ def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, pl
     if subset_count:
         picked, _ = stratified_take(all_labels[train_index], subset_count, recipe.seed + 1)
         train_index = train_index[picked]
-    train_images = data.train_images[train_index]
+    # Every training image (no hold-out, no subset): the dataset's own tensor, not a 150 MB copy of it.
+    everything = len(train_index) == len(all_labels)
+    train_images = data.train_images if everything else data.train_images[train_index]
     mean, std = data.known_stats or channel_stats(train_images)
     normalize = Normalizer(mean, std)
 
