@@ -9,7 +9,7 @@ from PIL import Image
 
 from cnnlab.loader import Normalizer
 from cnnlab.inspect import classify_filters, feature_maps, grad_cam, stage_modules
-from cnnlab.models import SmallCNN
+from cnnlab.models.smallcnn import SmallCNN
 from conftest import run_cli
 
 
@@ -62,6 +62,9 @@ class RedBlueDetector(torch.nn.Module):
         with torch.no_grad():
             self.classifier.weight.copy_(10 * torch.eye(2))
             self.classifier.bias.zero_()
+
+    def stage_sequence(self):
+        return self.features
 
     def forward(self, x):
         return self.classifier(self.pool(self.features(x)).flatten(1))

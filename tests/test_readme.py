@@ -17,3 +17,24 @@ def test_quickstart_pins_torch():
     for line in readme.splitlines():
         if "pip install" in line:
             assert "torch==2.13.0" in line, line
+
+
+def test_the_readme_lists_every_training_flag_as_declared():
+    from cnnlab.recipe import fields_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- recipe-fields:start -->\n", 1)[1].split("\n<!-- recipe-fields:end -->", 1)[0]
+    assert block == fields_markdown(), "regenerate the table with: python -m cnnlab.recipe"
+
+
+def test_every_declared_flag_is_a_training_flag():
+    import argparse
+    from dataclasses import fields
+
+    from cnnlab.cli import build_parser
+    from cnnlab.recipe import Recipe, declaration, flag
+
+    train = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    flags = {option for action in train._actions for option in action.option_strings}
+    assert {flag(f.name) for f in fields(Recipe) if declaration(f).cli} <= flags
+    assert {"--whiten", "--no-identity-init"} <= flags

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .recipe import Recipe, recipe_from_dict
+from .recipe import Recipe, recipe_from_dict, rescaled
 from .runs import atomic_write_bytes, atomic_write_json
 
 
@@ -58,8 +58,8 @@ ABLATIONS = {
         "speedrun", "What does each speedrun technique buy? Each switched off in turn from the speedrun-cpu recipe.", 8,
         {
             "speedrun-cpu": {},
-            "no whitening": {"whiten": False},
-            "no identity init": {"identity_init": False},
+            "no whitening": {"model_options": {"whiten": False}},
+            "no identity init": {"model_options": {"identity_init": False}},
             "no bias-lr scale": {"bias_lr_scale": 1.0},
             "no label smoothing": {"label_smoothing": 0.0},
             "no lookahead": {"lookahead": 0},
@@ -76,11 +76,12 @@ THRESHOLD = 70.0  # Exercise 19.5.2 asks when each variant first exceeds 70%
 
 def variant_recipes(ablation: Ablation, base: Recipe, epochs: int | None = None) -> dict[str, Recipe]:
     """The base recipe with each variant's overrides; the same seed, so the same data order."""
+    shortened = rescaled(base.to_dict(), epochs or ablation.epochs, where=f"recipe {base.name}")
     recipes = {}
     for variant, overrides in ablation.variants.items():
-        fields = {**base.to_dict(), "epochs": epochs or ablation.epochs, **overrides}
-        fields["name"] = f"{base.name}+{_slug(variant)}" if overrides else base.name
-        recipes[variant] = recipe_from_dict(fields, where=f"ablation {ablation.name}/{variant}")
+        name = f"{base.name}+{_slug(variant)}" if overrides else base.name
+        recipes[variant] = recipe_from_dict({**shortened, "epochs": epochs or ablation.epochs, "name": name}, overrides,
+                                            where=f"ablation {ablation.name}/{variant}")
     return recipes
 
 

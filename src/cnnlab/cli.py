@@ -37,80 +37,44 @@ def _bounded_int(low: int, high: int):
     return parse
 
 
-def _data_options(p: argparse.ArgumentParser, default: str | None = "cifar10") -> None:
+def _data_options(p: argparse.ArgumentParser, default: str | None = "cifar10", image_size: bool = True) -> None:
     p.add_argument("--data", default=default, help="cifar10, cifar100, or a path: CIFAR archive/folder, image folder, .tar[.gz] or .zip of one"
                    + (" (default: %(default)s)" if default else " (default: the run's own data)"))
     p.add_argument("--data-root", default="data", help="where cifar10/cifar100 are downloaded (default: %(default)s)")
     p.add_argument("--mirror", help="base URL to download the CIFAR archives from (or $CNNLAB_CIFAR_MIRROR)")
-    p.add_argument("--image-size", type=int, help="images of other sizes are resized to this (default 32)")
+    if image_size:  # training takes it as a recipe field
+        p.add_argument("--image-size", type=int, help="images of other sizes are resized to this (default 32)")
 
 
 def _train_options(t: argparse.ArgumentParser, epochs_help: str | None = None, data_default: str | None = "cifar10") -> None:
+    """The training flags: --recipe, the data, and one flag per recipe field and model option, made from their
+    declarations (recipe.py, models/__init__.py)."""
+    from dataclasses import fields
+
+    from .models import MODELS
+    from .recipe import Recipe, declaration, flag, in_flags, metavar
+
     t.add_argument("--recipe", help="a shipped recipe name or a TOML file (default: seed)")
-    _data_options(t, default=data_default)
+    _data_options(t, default=data_default, image_size=False)
     t.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: %(default)s)")
     t.add_argument("--no-progress", action="store_true", help="print nothing but errors")
-    overrides = t.add_argument_group("recipe overrides (each replaces the recipe's field)")
-    overrides.add_argument("--model")
-    overrides.add_argument("--epochs", type=int, help=epochs_help)
-    overrides.add_argument("--batch-size", type=int)
-    overrides.add_argument("--lr", type=float)
-    overrides.add_argument("--momentum", type=float)
-    overrides.add_argument("--weight-decay", type=float)
-    overrides.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    overrides.add_argument("--schedule", help="cosine, constant, onecycle or linear")
-    overrides.add_argument("--decoupled-weight-decay", action=argparse.BooleanOptionalAction, default=None,
-                           help="read --weight-decay as the shrink per step at the peak rate, in every parameter group")
-    overrides.add_argument("--bias-lr-scale", type=float, metavar="K", help="biases train K times faster than the rest")
-    overrides.add_argument("--muon-lr", type=float, metavar="LR",
-                           help="convolution filters take Muon steps at this peak rate (0 = SGD for everything)")
-    overrides.add_argument("--muon-momentum", type=float, help="Muon's momentum (default 0.6)")
-    overrides.add_argument("--lookahead", type=int, metavar="STEPS", help="lookahead weight averaging every STEPS steps (0 = off)")
-    overrides.add_argument("--label-smoothing", type=float)
-    overrides.add_argument("--cutout", type=int, metavar="SIZE", help="hide one SIZE x SIZE square per image (0 = off)")
-    overrides.add_argument("--random-erasing", type=float, metavar="P", help="erase a random box with probability P")
-    overrides.add_argument("--color-jitter", type=float, metavar="S", help="brightness/contrast/saturation strength")
-    overrides.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup with Beta(ALPHA, ALPHA) (0 = off)")
-    overrides.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix with Beta(ALPHA, ALPHA) (0 = off)")
-    overrides.add_argument("--ema", type=float, metavar="DECAY", help="moving average of the weights, e.g. 0.999; saved as ema.pt")
-    overrides.add_argument("--warmup-epochs", type=float, help="linear warm-up of the rate, per step")
-    overrides.add_argument("--weights", metavar="FILE", help="start from these weights (state dict or cnnlab checkpoint)")
-    overrides.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, default=None, help="train only the head")
-    overrides.add_argument("--backbone-lr", type=float, help="learning rate of everything but the head (fine-tuning)")
-    overrides.add_argument("--crop-padding", type=int, help="random-crop padding in pixels (0 = no crop)")
-    overrides.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flip")
-    overrides.add_argument("--alternate-flip", action=argparse.BooleanOptionalAction, default=None,
-                           help="flip each image every other epoch instead of by chance")
-    overrides.add_argument("--early-crop", type=int, metavar="SIZE",
-                           help="train the first --early-crop-epochs epochs on random SIZE x SIZE crops (0 = off)")
-    overrides.add_argument("--early-crop-epochs", type=int, metavar="E", help="how many epochs --early-crop lasts")
-    overrides.add_argument("--pad-mode", help="fill of the crop padding: zeros or reflect")
-    overrides.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
-                           help="speedrun models: a frozen whitening first layer from the data")
-    overrides.add_argument("--whiten-bias-epochs", type=float, metavar="E",
-                           help="speedrun models: the whitening bias trains for E epochs, then stays fixed (0 = always)")
-    overrides.add_argument("--identity-init", action=argparse.BooleanOptionalAction, default=None,
-                           help="speedrun models: 3x3 convolutions start as the identity")
-    overrides.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                           help="the final evaluation also averages flips and 1-pixel shifts")
-    overrides.add_argument("--tta-precision", help="fp32, or auto (the 10 views in the training precision)")
-    overrides.add_argument("--seed", type=int)
-    overrides.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    overrides.add_argument("--precision", help="auto, fp32, bf16 or fp16")
-    overrides.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    overrides.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
-                           help="under torchrun: synchronized batch norm (statistics over the global batch)")
-    overrides.add_argument("--compile", help="torch.compile mode: off, default, reduce-overhead (CUDA graphs) or max-autotune")
-    overrides.add_argument("--val-split", help="hold out a count (5000) or fraction (0.1) of the training images")
-    overrides.add_argument("--val-groups", metavar="PATTERN",
-                           help="keep groups whole across the validation split: 'folder' (the first subfolder inside "
-                                "each class folder) or a regular expression over the image's path below train/")
-    overrides.add_argument("--train-subset", help="train on a seeded, stratified count or fraction of the training images")
-    overrides.add_argument("--early-stop", type=int, metavar="PATIENCE",
-                           help="stop after PATIENCE epochs without a better validation accuracy (needs --val-split)")
-    overrides.add_argument("--eval-batch-size", type=int)
-    overrides.add_argument("--eval-precision", help="auto (learning-curve points in the training precision, the "
-                           "final evaluation in float32) or fp32 (every evaluation in float32)")
+    groups = {}
+    for f in fields(Recipe):
+        knob = declaration(f)
+        if not knob.cli:
+            continue
+        if knob.group not in groups:
+            groups[knob.group] = t.add_argument_group(f"recipe overrides: {knob.group} (each replaces the recipe's field)")
+        help_text = (epochs_help if f.name == "epochs" and epochs_help else in_flags(knob.help)).replace("%", "%%")
+        if f.type == "bool":
+            groups[knob.group].add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(f.type, str)
+            groups[knob.group].add_argument(flag(f.name), type=kind, metavar=metavar(f), help=help_text)
+    options = t.add_argument_group("model options (only for the models that have them: cnnlab models)")
+    for key, option in {k: o for spec in MODELS.values() for k, o in spec.options.items()}.items():
+        options.add_argument(flag(key), dest=f"model_option_{key}", action=argparse.BooleanOptionalAction, default=None,
+                             help=option.help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
         return 0
     except CnnlabError as e:
-        message = shown(" ".join(str(e).split()))  # always exactly one line
+        message = shown(" ".join(_in_flags(e).split()))  # always exactly one line
         print(f"cnnlab {args.command}: error: {message}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -251,6 +215,18 @@ def main(argv: list[str] | None = None) -> int:
         where = f"; continue with: cnnlab train --resume {shown(e.run_dir)}" if e.run_dir else ""
         print(f"cnnlab {args.command}: {e}, checkpoint written{where}", file=sys.stderr)
         return e.exit_code
+
+
+def _in_flags(error: CnnlabError) -> str:
+    """The library's message with the parameters it names written as this CLI's flags (val_split: --val-split)."""
+    import re
+
+    from .recipe import flag
+
+    message = str(error)
+    for name in error.parameters:
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag(name), message, count=1)
+    return message
 
 
 def _warnings_as_lines(prefix: str) -> None:
@@ -272,24 +248,24 @@ def _warnings_as_lines(prefix: str) -> None:
 
 
 def _recipe(args):
-    from .device import resolve_device
+    """The recipe the flags ask for: --recipe with every field flag given on top."""
     from .recipe import Recipe, load_recipe
 
     fields = Recipe.__dataclass_fields__
     overrides = {k: v for k, v in vars(args).items() if k in fields and k != "name" and v is not None}
-    recipe = load_recipe(args.recipe or "seed", overrides)
-    resolve_device(recipe.device)  # fail on a bad --device before spending time on the data
-    return recipe
+    options = {k[len("model_option_"):]: v for k, v in vars(args).items() if k.startswith("model_option_") and v is not None}
+    if options:
+        overrides["model_options"] = options
+    return load_recipe(args.recipe or "seed", overrides)
 
 
 def cmd_train(args) -> int:
-    from .train import resume, train
-
     if args.resume:
-        from .recipe import Recipe
+        from .recipe import Recipe, flag
+        from .train import resume
 
-        given = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
-                 if v is not None and (k in Recipe.__dataclass_fields__ or k in ("recipe", "name", "image_size"))]
+        given = [flag(k.removeprefix("model_option_")) for k, v in vars(args).items() if v is not None and (
+                 k in Recipe.__dataclass_fields__ or k.startswith("model_option_") or k in ("recipe", "name"))]
         if given:
             raise UsageError(f"--resume continues the run with its own recipe; drop {', '.join(given)}")
         resume(args.resume, args.data, data_root=args.data_root, progress=not args.no_progress, plots=not args.no_plots,
@@ -301,6 +277,10 @@ def cmd_train(args) -> int:
 
         check_run_name(args.name)  # before any time is spent on the data
     recipe = _recipe(args)
+    from .device import resolve_device
+    from .train import train
+
+    resolve_device(recipe.device)  # a --device this machine lacks fails before the data is loaded
     if args.tensorboard:
         from .tensorboard import require_tensorboard
 
@@ -699,11 +679,14 @@ def cmd_recipes(args) -> int:
 def cmd_models(args) -> int:
     from .models import MODELS, build_model, count_parameters
 
-    for name, (_, description) in sorted(MODELS.items()):
-        print(f"{name:<17} {description}")
+    options = lambda spec: (f"; options: {', '.join(f'{k} ({o.default})' for k, o in spec.options.items())}"
+                            if spec.options else "")
+    for name, spec in sorted(MODELS.items()):
+        print(f"{name:<17} {spec.description}{options(spec)}")
     example = "speedrun-48-192-192"
     print(f"{'speedrun-W1-W2-W3':<17} the speedrun net with these stage widths "
-          f"({example}: {count_parameters(build_model(example, 10)):,} parameters)")
+          f"({example}: {count_parameters(build_model(example, 10)):,} parameters){options(MODELS['speedrun'])}")
+    print(f"{'tv:NAME':<17} a torchvision model by name (needs an importable torchvision)")
     return 0
 
 

@@ -7,9 +7,16 @@ Bugs in cnnlab itself still raise ordinary exceptions, so they stay loud.
 
 
 class CnnlabError(Exception):
-    """A problem with the user's input or environment, not a bug in cnnlab."""
+    """A problem with the user's input or environment, not a bug in cnnlab.
+
+    `parameters` names the library parameters (recipe fields) the message speaks of, in their
+    library spelling (val_split); the CLI writes them as its flags (--val-split)."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "", parameters: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.parameters = tuple(parameters)
 
 
 class UsageError(CnnlabError):

@@ -1,9 +1,9 @@
 """Open the trained model (the chapter's promised Section 19.6): first-layer filters, the feature maps
 of each stage, and Grad-CAM class evidence.
 
-Stages are found, not hard-coded: the last module at each spatial resolution of `model.features`
-(for SmallCNN, the three stride-2 blocks at 16x16, 8x8 and 4x4) or of the speedrun network's
-`model.stages`. Grad-CAM uses the last stage.
+Stages are found, not hard-coded: the last module at each spatial resolution of the model's
+`stage_sequence()` (for SmallCNN, the three stride-2 blocks at 16x16, 8x8 and 4x4). Grad-CAM uses
+the last stage.
 """
 
 from __future__ import annotations
@@ -57,20 +57,15 @@ def classify_filters(weight: torch.Tensor) -> list[str]:
     return kinds
 
 
-# Where a model keeps its stages: SmallCNN and ResNet-18 call the sequence `features`, the speedrun
-# network `stages` (its frozen whitening layer runs before them).
-STAGE_SEQUENCES = ("features", "stages")
-
-
 def stage_modules(model: torch.nn.Module, image_size: int) -> list[tuple[str, torch.nn.Module]]:
     """The last child of the model's stage sequence at each spatial resolution, found by hooking
     every child and running one dry forward pass of the whole model (in eval mode, so that batch-norm
     statistics are not touched)."""
-    found = [(n, getattr(model, n)) for n in STAGE_SEQUENCES if isinstance(getattr(model, n, None), torch.nn.Sequential)]
-    if not found:
-        raise CnnlabError(f"inspect needs a model with a '{' or '.join(STAGE_SEQUENCES)}' sequence; "
-                          f"{type(model).__name__} has none")
-    sequence_name, sequence = found[0]
+    if not hasattr(model, "stage_sequence"):
+        raise CnnlabError(f"inspect needs a model that names its stages (a stage_sequence() method, as cnnlab's models "
+                          f"have); {type(model).__name__} has none")
+    sequence = model.stage_sequence()
+    sequence_name = next(name for name, module in model.named_modules() if module is sequence)
     sizes = {}
     hooks = [child.register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, tuple(o.shape[-2:])))
              for name, child in sequence.named_children()]

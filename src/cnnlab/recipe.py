@@ -1,5 +1,11 @@
 """A recipe is plain data: every choice that decides a run, loaded from TOML, overridable field by field.
 
+Each field is declared once, below: its type and default, and in `knob(...)` its help text, its
+allowed values or range, whether it counts epochs, and the model family it applies to. Validation,
+the CLI's training flags (cli.py) and the README's table of fields (`python -m cnnlab.recipe`) are
+all made from these declarations. A model's own switches (the speedrun network's whitening layer)
+are not fields: they are `model_options`, declared by the model (models/__init__.py).
+
 Shipped recipes live in `cnnlab/recipes/*.toml`; `--recipe FILE` takes any TOML with the same
 fields. The resolved recipe is saved into every run folder, and is enough to reproduce the run.
 """
@@ -8,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
-from dataclasses import dataclass, fields
+import warnings
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -18,10 +26,57 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import UsageError
+from .errors import CnnlabWarning, UsageError
+
+GROUPS = ("data", "optimisation", "augmentation", "evaluation", "execution")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """What a recipe field means and which values it takes (see `knob`)."""
+
+    help: str
+    group: str
+    low: float | None = None      # the smallest value allowed
+    above: float | None = None    # values must be greater than this
+    high: float | None = None     # the largest value allowed
+    below: float | None = None    # values must be smaller than this
+    choices: tuple[str, ...] = ()
+    count: bool = False           # a count ('5000') or a fraction ('0.1')
+    epochs: bool = False          # counts epochs: scales with the run when --epochs changes a recipe's length
+    family: str = ""              # the model family it applies to ('speedrun'); '' for every model
+    cli: bool = True              # a training flag (--name-with-dashes)
+    metavar: str | None = None
+
+    def problem(self, name: str, value) -> str:
+        """Why `value` is not allowed for field `name`; '' when it is."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{name} must be a finite number (got {value})"
+        if self.choices and value not in self.choices:
+            return f"unknown {name} {value!r}: choose one of {', '.join(self.choices)}"
+        if self.count:
+            try:
+                count_or_fraction(value, name)
+            except UsageError as e:
+                return str(e)
+        for bound, fails, words in ((self.low, lambda v, b: v < b, "at least"), (self.above, lambda v, b: v <= b, "above"),
+                                    (self.high, lambda v, b: v > b, "at most"), (self.below, lambda v, b: v >= b, "below")):
+            if bound is not None and fails(value, bound):
+                return f"{name} must be {words} {_number(bound)} (got {value})"
+        return ""
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() and abs(value) >= 1000 else f"{value:g}"
+
+
+def knob(default, help: str, group: str, **declaration):
+    """A recipe field: its default, and what `Knob` says about it."""
+    spec = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**spec, metadata={"knob": Knob(help, group, **declaration)})
+
 
 SCHEDULES = ("cosine", "constant", "onecycle", "linear")
-PAD_MODES = ("zeros", "reflect")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 EVAL_PRECISIONS = ("auto", "fp32")
@@ -29,135 +84,165 @@ EVAL_PRECISIONS = ("auto", "fp32")
 
 @dataclass
 class Recipe:
-    name: str = "seed"
-    description: str = ""
+    name: str = knob("seed", "the recipe's name (run folders are named after it)", "data", cli=False)
+    description: str = knob("", "one line on what the recipe is for", "data", cli=False)
     # model and data
-    model: str = "smallcnn"
-    image_size: int = 32
-    val_split: str = "0"        # count ('5000') or fraction ('0.1') held out of the training images
-    val_groups: str = ""        # keep groups whole across the split: 'folder' (first subfolder in a class) or a regex on the path
-    train_subset: str = "0"     # count or fraction of the training images to train on (0 = all)
+    model: str = knob("smallcnn", "the network (cnnlab models lists them)", "data")
+    model_options: dict = knob(dict, "the model's own switches (cnnlab models says which a model has)", "data", cli=False)
+    image_size: int = knob(32, "images of other sizes are resized to this", "data", low=8, high=512)
+    val_split: str = knob("0", "hold out a count (5000) or a fraction (0.1) of the training images for validation",
+                          "data", count=True)
+    val_groups: str = knob("", "keep groups whole across the validation split: 'folder' (the first subfolder inside "
+                               "each class folder) or a regular expression over the image's path below train/",
+                           "data", metavar="PATTERN")
+    train_subset: str = knob("0", "train on a seeded, stratified count or fraction of the training images (0 = all)",
+                             "data", count=True)
     # optimisation (the chapter's Code Fragment 3)
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "cosine"    # cosine: CosineAnnealingLR(T_max=epochs), stepped once per epoch; linear: to 0, per step
-    decoupled_weight_decay: bool = False  # weight_decay is the shrink per step at the peak rate, in every group
-    bias_lr_scale: float = 1.0  # biases (batch-norm shifts) train this many times faster than the rest
-    muon_lr: float = 0.0        # > 0: convolution filters take Muon steps at this peak rate (cnnlab.muon); 0 = SGD
-    muon_momentum: float = 0.6  # Muon's own momentum (Nesterov when `nesterov`)
-    lookahead: int = 0          # every this many steps, average the weights into a slow copy and restart from it (0 = off)
-    label_smoothing: float = 0.0
-    warmup_epochs: float = 0.0  # linear warm-up of the rate over this many epochs (per step)
-    ema: float = 0.0            # decay of an exponential moving average of the weights, per step (0 = off)
-    backbone_lr: float = 0.0    # rate for everything but the head when fine-tuning (0 = same as lr)
-    freeze_backbone: bool = False  # train only the head
-    weights: str = ""           # start from these weights (a state dict or a cnnlab checkpoint)
-    early_stop: int = 0         # stop after this many epochs without a better val_acc (0 = off; needs val_split)
-    # augmentation (train split only)
-    crop_padding: int = 4
-    flip: bool = True
-    alternate_flip: bool = False  # flip each image in every other epoch (a random half first), instead of by chance
-    pad_mode: str = "zeros"     # how the crop's padding is filled: zeros (the chapter) or reflect
-    cutout: int = 0             # side of the square hidden per image (0 = off; 8 or 16 are usual on 32x32)
-    random_erasing: float = 0.0  # probability of erasing a random box per image
-    color_jitter: float = 0.0   # brightness/contrast/saturation strength
-    mixup: float = 0.0          # Beta(alpha, alpha) of mixup (0 = off)
-    cutmix: float = 0.0         # Beta(alpha, alpha) of CutMix (0 = off; with mixup, one per batch)
-    early_crop: int = 0         # > 0: the first early_crop_epochs epochs train on random crops of this side
-    early_crop_epochs: int = 0  # (progressive resizing by cropping; evaluation always sees whole images)
-    # speedrun network switches (models speedrun and speedrun-small; ignored by the others)
-    whiten: bool = True         # first layer from the training patches' covariance, frozen
-    identity_init: bool = True  # 3x3 convolutions start as the identity
-    whiten_bias_epochs: float = 0.0  # > 0: the whitening layer's bias trains this many epochs, then stays (0 = always)
+    epochs: int = knob(30, "passes over the training images", "optimisation", low=1, high=100_000)
+    batch_size: int = knob(128, "training images per step", "optimisation", low=1, high=65_536)
+    lr: float = knob(0.1, "the peak learning rate", "optimisation", above=0)
+    momentum: float = knob(0.9, "SGD momentum", "optimisation", low=0, below=1)
+    weight_decay: float = knob(5e-4, "SGD weight decay (L2)", "optimisation", low=0)
+    nesterov: bool = knob(False, "Nesterov momentum", "optimisation")
+    schedule: str = knob("cosine", "cosine (CosineAnnealingLR, stepped per epoch), constant, onecycle, or linear "
+                                   "(the speedruns' triangle, per step)", "optimisation", choices=SCHEDULES)
+    decoupled_weight_decay: bool = knob(False, "read the weight decay as the shrink per step at the peak rate, in every "
+                                               "parameter group", "optimisation")
+    bias_lr_scale: float = knob(1.0, "biases (batch-norm shifts) train this many times faster than the rest",
+                                "optimisation", above=0, metavar="K")
+    muon_lr: float = knob(0.0, "convolution filters take Muon steps at this peak rate (0 = SGD for everything)",
+                          "optimisation", low=0, metavar="LR")
+    muon_momentum: float = knob(0.6, "Muon's own momentum (Nesterov when nesterov is on)", "optimisation", low=0, below=1)
+    lookahead: int = knob(0, "every this many steps, average the weights into a slow copy and restart from it (0 = off)",
+                          "optimisation", low=0, high=1_000_000, metavar="STEPS")
+    label_smoothing: float = knob(0.0, "label smoothing of the cross-entropy", "optimisation", low=0, below=1)
+    warmup_epochs: float = knob(0.0, "linear warm-up of the rate over this many epochs (per step)", "optimisation",
+                                low=0, epochs=True)
+    ema: float = knob(0.0, "decay of a moving average of the weights per step, such as 0.999 (0 = off); saved as ema.pt",
+                      "optimisation", low=0, below=1, metavar="DECAY")
+    backbone_lr: float = knob(0.0, "rate of everything but the head when fine-tuning (0 = the same as lr)",
+                              "optimisation", low=0)
+    freeze_backbone: bool = knob(False, "train only the head", "optimisation")
+    weights: str = knob("", "start from these weights (a state dict or a cnnlab checkpoint)", "optimisation",
+                        metavar="FILE")
+    early_stop: int = knob(0, "stop after this many epochs without a better validation accuracy (0 = off; needs "
+                              "val_split)", "optimisation", low=0, high=100_000, metavar="PATIENCE")
+    whiten_bias_epochs: float = knob(0.0, "the whitening layer's bias trains this many epochs, then stays (0 = always)",
+                                     "optimisation", low=0, epochs=True, family="speedrun", metavar="E")
+    # augmentation (training images only)
+    crop_padding: int = knob(4, "random-crop padding in pixels (0 = no crop)", "augmentation", low=0, high=16)
+    flip: bool = knob(True, "random horizontal flip", "augmentation")
+    alternate_flip: bool = knob(False, "flip each image in every other epoch (a random half first), instead of by chance",
+                                "augmentation")
+    pad_mode: str = knob("zeros", "how the crop's padding is filled: zeros (the chapter) or reflect", "augmentation",
+                         choices=("zeros", "reflect"))
+    cutout: int = knob(0, "side of the square hidden per image (0 = off; 8 or 16 are usual on 32x32)", "augmentation",
+                       low=0, metavar="SIZE")
+    random_erasing: float = knob(0.0, "probability of erasing a random box of each image", "augmentation", low=0, high=1,
+                                 metavar="P")
+    color_jitter: float = knob(0.0, "brightness, contrast and saturation strength", "augmentation", low=0, below=1,
+                               metavar="S")
+    mixup: float = knob(0.0, "Beta(alpha, alpha) of mixup (0 = off)", "augmentation", low=0, metavar="ALPHA")
+    cutmix: float = knob(0.0, "Beta(alpha, alpha) of CutMix (0 = off; with mixup, one of them per batch)", "augmentation",
+                         low=0, metavar="ALPHA")
+    early_crop: int = knob(0, "the first early_crop_epochs epochs train on random crops of this side (0 = off)",
+                           "augmentation", low=0, metavar="SIZE")
+    early_crop_epochs: int = knob(0, "how many epochs early_crop lasts (progressive resizing by cropping)",
+                                  "augmentation", low=0, epochs=True, metavar="E")
     # evaluation
-    tta: bool = False           # the final evaluation also averages 10 views (flips, 1-pixel shifts)
-    tta_precision: str = "fp32"  # auto: the 10 views in the training precision (bf16 on a bf16 CPU: half the time)
+    tta: bool = knob(False, "the final evaluation also averages 10 views (flips, 1-pixel shifts)", "evaluation")
+    tta_precision: str = knob("fp32", "fp32, or auto: the 10 views in the training precision (bf16 on a bf16 CPU: half "
+                                      "the time)", "evaluation", choices=EVAL_PRECISIONS)
+    eval_batch_size: int = knob(250, "images per evaluation batch (on a CPU 250 is faster than 1,000, and a quarter "
+                                     "of the memory)", "evaluation", low=1, high=65_536)
+    eval_precision: str = knob("auto", "auto: learning-curve points before the last epoch in the training precision (on "
+                                       "a bf16 CPU 2x faster, within 0.1 point), results in float32; fp32: every "
+                                       "evaluation in float32", "evaluation", choices=EVAL_PRECISIONS)
     # execution
-    seed: int = 0
-    device: str = "auto"        # auto = cuda, then mps, then cpu
-    precision: str = "auto"     # auto = the measured best per device (see BENCHMARKS.md)
-    channels_last: bool = True
-    sync_bn: bool = False       # under torchrun: batch-norm statistics over the global batch, not each rank's slice
-    compile: str = "off"        # torch.compile mode for the training and evaluation forward passes
-    eval_batch_size: int = 250  # on a CPU faster than 1,000 (the activations stay in cache) and a quarter of the memory
-    # auto: the learning-curve evaluations before the last epoch run in the training precision (on a
-    # bf16 CPU 2x faster, within 0.1 point: BENCHMARKS.md); the last epoch's, those of runs with a
-    # validation split (they select best.pt on it) and every later command's are float32.
-    # fp32: every evaluation in float32.
-    eval_precision: str = "auto"
+    seed: int = knob(0, "seed of the split, the data order, the augmentation and the initial weights", "execution",
+                     low=0, below=2 ** 62)
+    device: str = knob("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", "execution")
+    precision: str = knob("auto", "auto (the measured best per device), fp32, bf16 or fp16", "execution",
+                          choices=PRECISIONS)
+    channels_last: bool = knob(True, "channels-last memory format", "execution")
+    sync_bn: bool = knob(False, "under torchrun: batch-norm statistics over the global batch", "execution")
+    compile: str = knob("off", "torch.compile mode for the forward passes: off, default, reduce-overhead (CUDA graphs) "
+                               "or max-autotune", "execution", choices=COMPILE_MODES)
 
     def validate(self) -> "Recipe":
-        def need(ok: bool, message: str) -> None:
+        """Every field against its declaration, then the rules between fields; model_options resolved."""
+        from .models import model_spec
+
+        for f in fields(self):
+            problem = declaration(f).problem(f.name, getattr(self, f.name))
+            if problem:
+                raise UsageError(problem, parameters=(f.name,))
+        spec = model_spec(self.model)
+        self.model_options = spec.resolve_options(self.model_options)
+        for f in fields(self):
+            family = declaration(f).family
+            if family and family != spec.family and getattr(self, f.name) != f.default:
+                raise UsageError(f"{f.name} applies to the {family} models only, not to {self.model}",
+                                 parameters=(f.name,))
+        for ok, message, names in self._rules():
             if not ok:
-                raise UsageError(message)
-
-        from .models import MODEL_CHOICES, is_known_model
-        from .splits import count_or_fraction
-
-        for f in fields(self):  # no NaN or infinity anywhere: each would fail late, or train on nonsense
-            value = getattr(self, f.name)
-            need(not isinstance(value, float) or math.isfinite(value), f"{f.name} must be a finite number (got {value})")
-        count_or_fraction(self.val_split, "--val-split")
-        count_or_fraction(self.train_subset, "--train-subset")
-        need(self.epochs <= 100_000, f"epochs must be at most 100,000 (got {self.epochs})")
-        need(self.batch_size <= 65_536 and self.eval_batch_size <= 65_536, "batch sizes must be at most 65,536")
-        need(0 <= self.seed < 2 ** 62, f"seed must be between 0 and 2**62 (got {self.seed})")
-        need(self.lookahead <= 1_000_000, f"lookahead must be at most 1,000,000 steps (got {self.lookahead})")
-        need(self.early_stop <= 100_000, f"early-stop patience must be at most 100,000 epochs (got {self.early_stop})")
-        need(is_known_model(self.model), f"unknown model '{self.model}': choose one of {MODEL_CHOICES}")
-        need(self.epochs >= 1, f"epochs must be at least 1 (got {self.epochs})")
-        need(self.batch_size >= 1, f"batch size must be at least 1 (got {self.batch_size})")
-        need(self.eval_batch_size >= 1, f"eval batch size must be at least 1 (got {self.eval_batch_size})")
-        need(self.lr > 0 and self.lr == self.lr, f"learning rate must be a positive number (got {self.lr})")
-        need(0 <= self.momentum < 1, f"momentum must be in [0, 1) (got {self.momentum})")
-        need(self.weight_decay >= 0, f"weight decay must not be negative (got {self.weight_decay})")
-        need(0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1) (got {self.label_smoothing})")
-        need(0 <= self.crop_padding <= 16, f"crop padding must be between 0 and 16 (got {self.crop_padding})")
-        need(8 <= self.image_size <= 512, f"image size must be between 8 and 512 (got {self.image_size})")
-        need(self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}': choose one of {', '.join(SCHEDULES)}")
-        need(self.pad_mode in PAD_MODES, f"unknown pad mode '{self.pad_mode}': choose one of {', '.join(PAD_MODES)}")
-        need(self.whiten_bias_epochs >= 0, f"whiten bias epochs must not be negative (got {self.whiten_bias_epochs})")
-        need(self.muon_lr >= 0, f"Muon learning rate must not be negative (got {self.muon_lr})")
-        need(0 <= self.muon_momentum < 1, f"Muon momentum must be in [0, 1) (got {self.muon_momentum})")
-        need(self.bias_lr_scale > 0, f"bias learning-rate scale must be positive (got {self.bias_lr_scale})")
-        need(self.lookahead >= 0, f"lookahead takes a step count, 0 = off (got {self.lookahead})")
-        need(not (self.alternate_flip and not self.flip), "--alternate-flip needs --flip")
-        need(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
-        need(self.eval_precision in EVAL_PRECISIONS,
-             f"unknown eval precision '{self.eval_precision}': choose one of {', '.join(EVAL_PRECISIONS)}")
-        need(self.tta_precision in EVAL_PRECISIONS,
-             f"unknown TTA precision '{self.tta_precision}': choose one of {', '.join(EVAL_PRECISIONS)}")
-        need(self.compile in COMPILE_MODES, f"unknown compile mode '{self.compile}': choose one of {', '.join(COMPILE_MODES)}")
-        need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
-             f"unknown device '{self.device}': use auto, cpu, cuda, cuda:N or mps")
-        need(not (self.nesterov and self.momentum == 0), "nesterov needs a non-zero momentum")
-        need(0 <= self.cutout <= self.image_size, f"cutout must be between 0 and the image size (got {self.cutout})")
-        need(0 <= self.random_erasing <= 1, f"random erasing is a probability in [0, 1] (got {self.random_erasing})")
-        need(0 <= self.color_jitter < 1, f"colour jitter strength must be in [0, 1) (got {self.color_jitter})")
-        need(0 <= self.early_crop < self.image_size,
-             f"early crop must be smaller than the image size {self.image_size}, 0 = off (got {self.early_crop})")
-        need(0 <= self.early_crop_epochs < self.epochs,
-             f"early-crop epochs must be fewer than the run's {self.epochs} epochs (got {self.early_crop_epochs})")
-        need(bool(self.early_crop) == bool(self.early_crop_epochs),
-             "--early-crop and --early-crop-epochs go together: give both (for example --early-crop 24 --early-crop-epochs 6)")
-        need(self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix take a Beta alpha >= 0 (0 = off)")
-        need(0 <= self.ema < 1, f"ema is a decay in [0, 1), such as 0.999 (got {self.ema})")
-        need(0 <= self.warmup_epochs < self.epochs, f"warm-up must be shorter than the run (got {self.warmup_epochs} of {self.epochs} epochs)")
-        need(self.backbone_lr >= 0, f"backbone learning rate must not be negative (got {self.backbone_lr})")
-        need(not (self.freeze_backbone and self.backbone_lr), "--freeze-backbone and --backbone-lr contradict each other; pick one")
-        need(self.early_stop >= 0, f"early-stop patience must not be negative (got {self.early_stop})")
-        need(not self.val_groups or self.val_split not in ("0", "0.0", ""),
-             "--val-groups decides how validation images are chosen: add --val-split (for example --val-split 0.2)")
-        need(self.early_stop == 0 or self.val_split not in ("0", "0.0", ""),
-             "early stopping watches validation accuracy: add --val-split (for example --val-split 5000)")
+                raise UsageError(message, parameters=names)
         return self
+
+    def _rules(self):
+        """(holds, what to say when it does not, the fields it names) for the rules between fields."""
+        held_out = count_or_fraction(self.val_split, "val_split") != 0
+        device_ok = self.device == "auto" or re.fullmatch(r"cpu|mps|cuda(:[0-9]{1,3})?", self.device) is not None
+        return [
+            (device_ok, f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps", ("device",)),
+            (not (self.alternate_flip and not self.flip), "alternate_flip needs flip", ("alternate_flip", "flip")),
+            (not (self.nesterov and self.momentum == 0), "nesterov needs a non-zero momentum", ("nesterov", "momentum")),
+            (self.cutout <= self.image_size, f"cutout ({self.cutout}) must fit in the image (image_size {self.image_size})",
+             ("cutout", "image_size")),
+            (self.early_crop < self.image_size, f"early_crop must be smaller than the image size {self.image_size}, "
+             f"0 = off (got {self.early_crop})", ("early_crop",)),
+            (self.early_crop_epochs < self.epochs, f"early_crop_epochs ({self.early_crop_epochs}) must be fewer than the "
+             f"run's epochs ({self.epochs})", ("early_crop_epochs", "epochs")),
+            (bool(self.early_crop) == bool(self.early_crop_epochs), "early_crop and early_crop_epochs go together: give "
+             "both (for example early_crop 24 and early_crop_epochs 6)", ("early_crop", "early_crop_epochs")),
+            (self.warmup_epochs < self.epochs, f"warmup_epochs ({self.warmup_epochs:g}) must be shorter than the run "
+             f"(epochs {self.epochs})", ("warmup_epochs", "epochs")),
+            (not (self.freeze_backbone and self.backbone_lr), "freeze_backbone and backbone_lr contradict each other; "
+             "pick one", ("freeze_backbone", "backbone_lr")),
+            (not self.val_groups or held_out, "val_groups decides how validation images are chosen: add val_split "
+             "(for example 0.2)", ("val_groups", "val_split")),
+            (self.early_stop == 0 or held_out, "early stopping (early_stop) watches validation accuracy: add val_split "
+             "(for example 5000)", ("early_stop", "val_split")),
+        ]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def declaration(f: dataclasses.Field) -> Knob:
+    return f.metadata["knob"]
+
+
+def count_or_fraction(value, what: str) -> int | float:
+    """A count written in digits ('5000'), or a fraction of what there is, written with a decimal point
+    ('0.1', strictly between 0 and 1); '', 0 and None mean none (0). Anything else is a UsageError."""
+    text = "" if value is None else str(value).strip()
+    if text in ("", "0", "0.0"):
+        return 0
+    if re.fullmatch(r"[0-9]{1,12}", text):
+        return int(text)
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and 0 < number < 1):
+        raise UsageError(f"{what} {value!r} is neither a count (5000) nor a fraction between 0 and 1 (0.1)",
+                         parameters=(what,))
+    return number
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -166,32 +251,93 @@ def shipped_recipes() -> dict[str, Path]:
 
 
 def load_recipe(name_or_path: str = "seed", overrides: dict | None = None) -> Recipe:
-    """Load a shipped recipe by name or a TOML file by path, then apply `overrides` (None values skipped)."""
+    """Load a shipped recipe by name or a TOML file by path, then apply `overrides` (None values skipped).
+
+    An `epochs` override that changes the recipe's length scales its epoch-denominated fields
+    (warm-up, early crops, the whitening bias's epochs) unless they are overridden too, so a shortened
+    recipe keeps its shape; a CnnlabWarning says what changed."""
     shipped = shipped_recipes()
     if name_or_path in shipped:
         path = shipped[name_or_path]
     else:
         path = Path(name_or_path)
         if not path.is_file():
-            raise UsageError(f"unknown recipe '{name_or_path}': use one of {', '.join(sorted(shipped))} or the path of a TOML file")
+            raise UsageError(f"unknown recipe '{name_or_path}': use one of {', '.join(sorted(shipped))} or the path of "
+                             "a TOML file", parameters=("recipe",))
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
         raise UsageError(f"recipe {path} is not valid TOML ({e}); fix the file") from None
     data.setdefault("name", path.stem)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "epochs" in overrides:
+        data = rescaled(data, overrides["epochs"], set(overrides), where=data["name"])
     return recipe_from_dict(data, overrides, where=str(path))
 
 
+def rescaled(data: dict, epochs: int, keep: set[str] = frozenset(), where: str = "the recipe") -> dict:
+    """`data` (a recipe's fields) made `epochs` long: each epoch-denominated field not in `keep` scales with
+    the length, so the schedule keeps its shape (said in one warning when anything changes)."""
+    default_epochs = Recipe.__dataclass_fields__["epochs"].default
+    old = data.get("epochs", default_epochs)
+    if not isinstance(old, int) or not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1 or old == epochs:
+        return data
+    data, changed = dict(data), []
+    for f in fields(Recipe):
+        value = data.get(f.name, 0)
+        if not declaration(f).epochs or f.name in keep or not isinstance(value, (int, float)) or not value:
+            continue
+        scaled = value * epochs / old
+        if f.type == "int":
+            scaled = min(max(1, round(scaled)), epochs - 1)
+        data[f.name] = scaled
+        changed.append(f"{f.name} {value:g} -> {scaled:g}")
+    if data.get("early_crop_epochs", 0) == 0 and data.get("early_crop"):
+        data["early_crop"] = 0
+        changed.append("early_crop off (no epoch is left for it)")
+    if changed:
+        warnings.warn(f"{where} is {old} epochs; at {epochs} its epoch-denominated fields scale with it: "
+                      f"{', '.join(changed)}", CnnlabWarning, stacklevel=3)
+    return data
+
+
+# Fields that older cnnlab versions kept on every recipe and are now the speedrun models' own options.
+LEGACY_MODEL_OPTIONS = ("whiten", "identity_init")
+
+
 def recipe_from_dict(data: dict, overrides: dict | None = None, where: str = "recipe") -> Recipe:
+    """A validated Recipe from plain data (a TOML file's, a run's saved recipe), with `overrides` on top
+    (model_options are merged, not replaced)."""
+    from .models import model_spec
+
     known = {f.name: f for f in fields(Recipe)}
-    merged = dict(data)
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    options = dict(_table(data.get("model_options", {}), where))
+    options.update(_table((overrides or {}).get("model_options") or {}, where))
+    for key in LEGACY_MODEL_OPTIONS:  # a flat `whiten = true` becomes a model option where the model has it
+        if key in merged:
+            value = merged.pop(key)
+            try:
+                has_it = key in model_spec(str(merged.get("model", known["model"].default))).options
+            except UsageError:
+                has_it = True  # the unknown model is reported by validate
+            if has_it and key not in options:
+                options[key] = value
+            elif not has_it and value is not True:  # older runs stored the ignored default: drop only that
+                options[key] = value  # and let validate say that this model has no such option
+    merged["model_options"] = options
     values = {}
     for key, value in merged.items():
         if key not in known:
             raise UsageError(f"{where}: unknown field '{key}'; known fields are {', '.join(known)}")
         values[key] = _coerce(key, value, known[key].type, where)
     return Recipe(**values).validate()
+
+
+def _table(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise UsageError(f"{where}: model_options should be a table of true/false switches, got {value!r}")
+    return value
 
 
 def _coerce(key: str, value, type_name, where: str):
@@ -209,4 +355,50 @@ def _coerce(key: str, value, type_name, where: str):
     elif type_name == "str":
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+    elif type_name == "dict":
+        if isinstance(value, dict):
+            return dict(value)
     raise UsageError(f"{where}: field '{key}' should be {type_name}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The README's table of fields, made from the declarations: python -m cnnlab.recipe
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def in_flags(text: str) -> str:
+    """`text` with the recipe fields it names (those with an underscore: unambiguous) written as flags."""
+    names = [f.name for f in fields(Recipe) if "_" in f.name]
+    return re.sub(rf"(?<![\w-])({'|'.join(names)})(?![\w-])", lambda m: flag(m.group(1)), text)
+
+
+def metavar(f: dataclasses.Field) -> str:
+    knob = declaration(f)
+    return knob.metavar or ("|".join(knob.choices) if knob.choices else f.name.upper())
+
+
+def fields_markdown() -> str:
+    """The README's table of training flags: one row per recipe field and model option."""
+    from .models import MODELS
+
+    lines = ["| group | flag | default | what it sets |", "| --- | --- | --- | --- |"]
+    for group in GROUPS:
+        for f in fields(Recipe):
+            k = declaration(f)
+            if k.group != group or not k.cli:
+                continue
+            default = "on" if f.default is True else "off" if f.default is False else f"`{f.default}`" if f.default != "" else ""
+            name = f"`{flag(f.name)}`" + (f" / `--no-{f.name.replace('_', '-')}`" if f.type == "bool" else f" {metavar(f)}")
+            lines.append(f"| {group} | {name} | {default} | {in_flags(k.help)} |")
+    options = {k: o for spec in MODELS.values() for k, o in spec.options.items()}
+    for key, option in options.items():
+        lines.append(f"| model option | `{flag(key)}` / `--no-{key.replace('_', '-')}` | {'on' if option.default else 'off'} | "
+                     f"{option.help} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(fields_markdown())

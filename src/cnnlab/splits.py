@@ -3,12 +3,12 @@ and group-aware hold-outs, and the count-or-fraction values that ask for them.""
 
 from __future__ import annotations
 
-import math
 import re
 
 import torch
 
 from .errors import UsageError
+from .recipe import count_or_fraction
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -23,23 +23,6 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float,
     mean = total / n
     std = (total_sq / n - mean * mean).clamp_min(0).sqrt()
     return tuple(round(float(v) / 255, 4) for v in mean), tuple(round(float(v) / 255, 4) for v in std)
-
-
-def count_or_fraction(value: str | float | int | None, what: str) -> int | float:
-    """A count written in digits ('5000'), or a fraction of what there is, written with a decimal point
-    ('0.1', strictly between 0 and 1); '', 0 and None mean none (0). Anything else is a UsageError."""
-    text = "" if value is None else str(value).strip()
-    if text in ("", "0", "0.0"):
-        return 0
-    if re.fullmatch(r"[0-9]+", text):
-        return int(text)
-    try:
-        number = float(text)
-    except ValueError:
-        number = math.nan
-    if not (math.isfinite(number) and 0 < number < 1):
-        raise UsageError(f"{what} {value!r} is neither a count (5000) nor a fraction between 0 and 1 (0.1)")
-    return number
 
 
 def parse_count(value: str | float | int | None, total: int, what: str) -> int:

@@ -65,8 +65,8 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
     if recipe.muon_lr:  # the convolution filters take Muon steps (cnnlab.muon): their own rate, no decay
         groups = _own_group(groups, lambda p: p.ndim == 4, lr_scale=recipe.muon_lr / recipe.lr, weight_decay=0.0,
                             momentum=0.0, muon_momentum=recipe.muon_momentum)
-    whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
-    if recipe.whiten_bias_epochs and whiten_bias is not None:  # its rate drops to 0 after whiten_bias_epochs
+    if recipe.whiten_bias_epochs:  # a speedrun model (validated): the whitening bias's rate drops to 0 after it
+        whiten_bias = model.whitening_bias()
         groups = _own_group(groups, lambda p: p is whiten_bias, trains_until_epoch=recipe.whiten_bias_epochs)
     for group in groups:
         group["lr"] = recipe.lr * group["lr_scale"]
@@ -296,7 +296,7 @@ def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, pl
     normalize = Normalizer(mean, std)
 
     cl = recipe.channels_last and device.type != "mps"
-    model = build_model(recipe.model, data.num_classes, whiten=recipe.whiten, identity_init=recipe.identity_init)
+    model = build_model(recipe.model, data.num_classes, **recipe.model_options)
     if hasattr(model, "initialise_from_data") and not recipe.weights and resume_from is None:
         model.initialise_from_data(normalize(train_images[:WHITENING_IMAGES]))  # data-dependent first layer
     notes = load_weights(model, recipe.weights) if recipe.weights and resume_from is None else []

@@ -44,5 +44,8 @@ class ResNet18(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(in_ch, num_classes)
 
+    def stage_sequence(self) -> nn.Sequential:
+        return self.features
+
     def forward(self, x):
         return self.classifier(self.pool(self.features(x)).flatten(1))

@@ -25,6 +25,9 @@ class SmallCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(128, num_classes)
 
+    def stage_sequence(self) -> nn.Sequential:
+        return self.features
+
     def forward(self, x):
         x = self.features(x)
         return self.classifier(self.pool(x).flatten(1))

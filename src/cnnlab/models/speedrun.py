@@ -81,6 +81,13 @@ class SpeedrunNet(nn.Module):
         filters = filters.view(-1, 3, WHITEN_KERNEL, WHITEN_KERNEL)
         self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
 
+    def stage_sequence(self) -> nn.Sequential:
+        return self.stages  # the frozen whitening layer runs before them
+
+    def whitening_bias(self) -> nn.Parameter:
+        """The one parameter of the whitening layer that trains (a recipe may stop it: whiten_bias_epochs)."""
+        return self.whiten.bias
+
     def forward(self, x):
         x = self.stages(self.whiten(x))
         x = F.adaptive_max_pool2d(x, 1).flatten(1)

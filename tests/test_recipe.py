@@ -1,0 +1,61 @@
+"""Recipes: each field declared once (checks, flags, README), model options, and shortened recipes that keep
+their shape."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from cnnlab.errors import CnnlabWarning, UsageError
+from cnnlab.recipe import Recipe, load_recipe, recipe_from_dict, rescaled
+
+
+def test_every_field_is_declared_and_checked_by_its_declaration():
+    from dataclasses import fields
+
+    from cnnlab.recipe import declaration
+
+    for f in fields(Recipe):
+        knob = declaration(f)
+        assert knob.help and knob.group
+    for field_name, bad in (("momentum", 1.0), ("batch_size", 0), ("schedule", "fast"), ("val_split", "2.5"),
+                            ("lr", float("nan")), ("seed", -3), ("image_size", 4)):
+        with pytest.raises(UsageError) as caught:
+            load_recipe("seed", {field_name: bad})
+        assert caught.value.parameters == (field_name,) and field_name in str(caught.value)
+
+
+def test_model_options_exist_only_for_the_models_that_take_them():
+    assert load_recipe("seed").model_options == {}  # SmallCNN has none, and its config shows none
+    speedrun = load_recipe("speedrun-cpu", {"model_options": {"whiten": False}})
+    assert speedrun.model_options == {"whiten": False, "identity_init": True}
+    with pytest.raises(UsageError, match="model smallcnn has no option whiten"):
+        load_recipe("seed", {"model_options": {"whiten": False}})
+    with pytest.raises(UsageError, match="applies to the speedrun models only"):
+        load_recipe("seed", {"whiten_bias_epochs": 2.0})
+    # A recipe saved by an older cnnlab kept the speedrun switches on every model: still readable.
+    old = {**Recipe().to_dict(), "whiten": True, "identity_init": True}
+    del old["model_options"]
+    assert recipe_from_dict(old).model_options == {}
+    old_speedrun = {**old, "model": "speedrun-small", "whiten": False}
+    assert recipe_from_dict(old_speedrun).model_options == {"whiten": False, "identity_init": True}
+
+
+def test_a_shortened_recipe_keeps_its_shape_and_says_so():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        short = load_recipe("speedrun", {"epochs": 1})
+    assert short.epochs == 1 and short.warmup_epochs == pytest.approx(0.23)
+    assert len(caught) == 1 and issubclass(caught[0].category, CnnlabWarning) and "warmup_epochs 2.3 -> 0.23" in str(
+        caught[0].message)
+    kept = load_recipe("speedrun", {"epochs": 5, "warmup_epochs": 1.0})
+    assert kept.warmup_epochs == 1.0  # given too: not scaled
+    with pytest.warns(CnnlabWarning):
+        longer = load_recipe("speedrun-cpu", {"epochs": 30})
+    assert longer.warmup_epochs == pytest.approx(7.0)
+    cropped = load_recipe("speedrun-cpu", {"early_crop": 24, "early_crop_epochs": 6})
+    assert (cropped.early_crop, cropped.early_crop_epochs) == (24, 6)
+    with pytest.warns(CnnlabWarning, match="early_crop off"):
+        one = recipe_from_dict(rescaled(cropped.to_dict(), 1))
+    assert (one.early_crop, one.early_crop_epochs) == (0, 0)  # no epoch left for early crops: off, and said
