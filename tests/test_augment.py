@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnlab.augment import random_crop_flip
+from cnnlab.augment import Augmentation, random_crop_flip
 from cnnlab.loader import Loader, Normalizer
 
 
@@ -82,7 +82,7 @@ def test_evaluation_loader_is_never_augmented_and_keeps_order():
     x = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8)
     y = torch.arange(50) % 10
     norm = Normalizer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    loader = Loader(x, y, 16, norm, device="cpu", train=False)
+    loader = Loader(x, y, 16, norm, device="cpu")
     xs, ys = zip(*loader)
     assert torch.equal(torch.cat(ys), y)
     assert torch.allclose(torch.cat(xs), norm(x))
@@ -92,7 +92,7 @@ def test_evaluation_loader_is_never_augmented_and_keeps_order():
 def test_training_loader_shuffles_every_image_once_per_epoch():
     x = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 4, 4).contiguous()
     y = torch.arange(100)
-    loader = Loader(x, y, 32, Normalizer((0, 0, 0), (1, 1, 1)), device="cpu", train=True, crop_padding=0, flip=False)
+    loader = Loader(x, y, 32, Normalizer((0, 0, 0), (1, 1, 1)), device="cpu", augment=Augmentation())
     first = torch.cat([b for _, b in loader])
     second = torch.cat([b for _, b in loader])
     assert sorted(first.tolist()) == list(range(100)) and not torch.equal(first, second)
@@ -120,7 +120,7 @@ def test_early_crops_are_windows_of_the_padded_image_covering_every_offset():
 
 def test_the_loader_crops_small_for_the_early_epochs_only():
     x = torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8)
-    loader = Loader(x, torch.arange(40) % 10, 16, Normalizer((0, 0, 0), (1, 1, 1)), device="cpu", train=True,
-                    crop_padding=1, early_crop=8, early_crop_epochs=2)
+    loader = Loader(x, torch.arange(40) % 10, 16, Normalizer((0, 0, 0), (1, 1, 1)), device="cpu",
+                    augment=Augmentation(crop_padding=1, early_crop=8, early_crop_epochs=2))
     sides = [[tuple(b.shape[-2:]) for b, _ in loader] for _ in range(3)]
     assert sides == [[(8, 8)] * 3, [(8, 8)] * 3, [(12, 12)] * 3]

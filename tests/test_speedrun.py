@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab.augment import random_crop_flip
+from cnnlab.augment import Augmentation, random_crop_flip
 from cnnlab.errors import CnnlabWarning
 from cnnlab.loader import Loader, Normalizer
 from cnnlab.lookahead import Lookahead
@@ -76,7 +76,7 @@ def test_reflect_translation_equals_cropping_a_reflect_padded_image():
 def test_alternating_flip_mirrors_every_image_in_exactly_one_of_two_epochs():
     images = torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8)
     identity = Normalizer((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))
-    loader = Loader(images, torch.arange(100), 32, identity, device="cpu", train=True, crop_padding=0, alternate_flip=True)
+    loader = Loader(images, torch.arange(100), 32, identity, device="cpu", augment=Augmentation(flip=True, alternate_flip=True))
 
     def mirrored_per_image():
         flags = {}

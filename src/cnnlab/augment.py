@@ -1,13 +1,62 @@
 """Batched, per-sample augmentation on the device that holds the batch.
 
-Each function takes a uint8 batch [B, C, H, W] and a torch.Generator, and returns a new batch;
-every image gets its own random draw, with no per-image Python.
+`Augmentation` is the whole description, a frozen value built from a recipe; the loader applies it
+to each batch in pixel space (`Augmentation.apply`), then normalises once. Each function takes a
+batch [B, C, H, W] and a torch.Generator and returns a new batch: every image gets its own random
+draw, with no per-image Python. Geometry (crop, flip) works on the uint8 pixels; colour and
+occlusion on the same pixels scaled to [0, 1].
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How the training images are varied (every field as in the recipe; evaluation has none)."""
+
+    crop_padding: int = 0       # random crops of the image padded by this many pixels
+    reflect: bool = False       # the padding mirrors the edge instead of being black
+    flip: bool = False          # random horizontal mirror
+    alternate_flip: bool = False  # each image mirrored in every other epoch instead of by chance
+    cutout: int = 0             # side of the square hidden per image
+    random_erasing: float = 0.0  # probability of a box of noise per image
+    color_jitter: float = 0.0   # brightness, contrast and saturation strength
+    early_crop: int = 0         # the first early_crop_epochs epochs train on crops of this side
+    early_crop_epochs: int = 0
+
+    @staticmethod
+    def of(recipe) -> "Augmentation":
+        return Augmentation(recipe.crop_padding, recipe.pad_mode == "reflect", recipe.flip, recipe.alternate_flip,
+                            recipe.cutout, recipe.random_erasing, recipe.color_jitter, recipe.early_crop,
+                            recipe.early_crop_epochs)
+
+    def crop_size(self, epochs_done: int) -> int:
+        """The side of this epoch's training crops; 0 = whole images."""
+        return self.early_crop if epochs_done < self.early_crop_epochs else 0
+
+    def apply(self, images: torch.Tensor, generator: torch.Generator, normalize, epochs_done: int,
+              mirrored: torch.Tensor | None = None, channels_last: bool = False) -> torch.Tensor:
+        """A uint8 batch varied as described, then normalised: the float batch a training step takes.
+
+        `mirrored` (a bool per image) fixes which images are flipped (alternate_flip)."""
+        x = random_crop_flip(images, self.crop_padding, self.flip, generator, reflect=self.reflect, mirrored=mirrored,
+                             size=self.crop_size(epochs_done))
+        if not (self.color_jitter or self.cutout or self.random_erasing):
+            return normalize(x, channels_last)  # the common case: one multiply-add from uint8
+        x = x.float() / 255.0
+        if self.color_jitter:
+            x = color_jitter(x, self.color_jitter, generator)
+        mean, std = normalize.constants(x.device)
+        if self.cutout:
+            x = cutout(x, self.cutout, generator, fill=mean)
+        if self.random_erasing:
+            x = random_erasing(x, self.random_erasing, generator, mean=mean, std=std)
+        return normalize.from_unit(x, channels_last)
 
 
 def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator, *,
@@ -53,8 +102,7 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
-# Beyond the chapter: the regularizers of a modern recipe. These act on the normalised float batch
-# (where 0 is the mean colour), except colour jitter, which needs pixel values in [0, 1].
+# Beyond the chapter: the regularizers of a modern recipe, on pixels in [0, 1].
 
 
 def _boxes(b: int, h: int, w: int, box_h: torch.Tensor, box_w: torch.Tensor, generator, device) -> torch.Tensor:
@@ -67,18 +115,19 @@ def _boxes(b: int, h: int, w: int, box_h: torch.Tensor, box_w: torch.Tensor, gen
     return (inside_y[:, :, None] & inside_x[:, None, :])[:, None]
 
 
-def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """DeVries & Taylor (2017): one size x size square per image set to the mean colour (0 once normalised).
-    The square lies fully inside the image, so every image loses the same area."""
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator, fill: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """DeVries & Taylor (2017): one size x size square per image set to `fill`, the mean colour (so that
+    it is 0 once normalised). The square lies fully inside the image, so every image loses the same area."""
     b, _, h, w = x.shape
     side = torch.full((b,), min(size, h, w), device=x.device, dtype=torch.long)
-    return x.masked_fill(_boxes(b, h, w, side, side, generator, x.device), 0.0)
+    return torch.where(_boxes(b, h, w, side, side, generator, x.device), torch.as_tensor(fill, dtype=x.dtype), x)
 
 
-def random_erasing(x: torch.Tensor, probability: float, generator: torch.Generator,
+def random_erasing(x: torch.Tensor, probability: float, generator: torch.Generator, mean=0.0, std=1.0,
                    area=(0.02, 0.33), log_ratio=(-1.2040, 1.2040)) -> torch.Tensor:
     """Zhong et al. (2017): with `probability`, a box of random area (2-33%) and aspect (0.3-3.3)
-    per image, filled with normal noise (timm's 'pixel' mode)."""
+    per image, filled with normal noise of the data's `mean` and `std` (standard normal once
+    normalised: timm's 'pixel' mode)."""
     b, c, h, w = x.shape
     rand = lambda: torch.rand(b, generator=generator, device=x.device)
     share = area[0] + (area[1] - area[0]) * rand()
@@ -86,7 +135,7 @@ def random_erasing(x: torch.Tensor, probability: float, generator: torch.Generat
     box_h = (share * h * w * ratio).sqrt().round().long().clamp(1, h)
     box_w = (share * h * w / ratio).sqrt().round().long().clamp(1, w)
     mask = _boxes(b, h, w, box_h, box_w, generator, x.device) & (rand() < probability)[:, None, None, None]
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * std + mean
     return torch.where(mask, noise, x)
 
 

@@ -185,13 +185,13 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
         seconds = time.perf_counter() - start
         del batches
     else:
+        from .augment import Augmentation
         from .device import autocast
         from .lookahead import Lookahead
 
         make_loader = lambda k: Loader(images[:k * batch_size], labels[:k * batch_size], batch_size,
-                                       Normalizer(mean, std), device=device, train=True, seed=seed,
-                                       channels_last=variant.channels_last, crop_padding=recipe.crop_padding,
-                                       reflect=recipe.pad_mode == "reflect", alternate_flip=recipe.alternate_flip)
+                                       Normalizer(mean, std), device=device, augment=Augmentation.of(recipe), seed=seed,
+                                       channels_last=variant.channels_last)
         state = TrainState(recipe, model, optimizer, make_loader(warmup), data.classes, mean, std, device, precision,
                            compiled(model, variant.compile))
         if recipe.lookahead:

@@ -1,5 +1,6 @@
 """The in-memory loader: the whole split lives on the device as uint8; batches are sliced,
-augmented and normalized there. This replaces the chapter's per-image PIL + DataLoader path."""
+augmented (augment.Augmentation) and normalized there. This replaces the chapter's per-image PIL +
+DataLoader path."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .augment import color_jitter, cutout, random_crop_flip, random_erasing
+from .augment import Augmentation
 
 
 @dataclass
@@ -26,6 +27,11 @@ class Normalizer:
             self._constants[device] = (1.0 / (255.0 * std), 1.0 / std, -mean / std)
         return self._constants[device]
 
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) per channel as [1, C, 1, 1] tensors on `device`, in [0, 1] units."""
+        _, scale, shift = self._for(device)
+        return -shift / scale, 1.0 / scale
+
     def __call__(self, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         scale, _, shift = self._for(images.device)
         if channels_last:
@@ -40,28 +46,24 @@ class Normalizer:
 
 
 class Loader:
-    """Batches of one split. Training order and augmentation draw from their own generators,
-    so each is reproducible from the seed and can be saved and restored mid-run, even mid-epoch:
-    `position` counts the batches handed out this epoch, and `epoch_start` is the order generator's
-    state before this epoch's shuffle, so a resumed epoch re-draws the same order and skips ahead.
+    """Batches of one split: in order and unaltered for evaluation, or, given an `augment`, shuffled and
+    varied for training. Training order and augmentation draw from their own generators, so each is
+    reproducible from the seed and can be saved and restored mid-run, even mid-epoch: `position`
+    counts the batches handed out this epoch, and `epoch_start` is the order generator's state before
+    this epoch's shuffle, so a resumed epoch re-draws the same order and skips ahead. `epochs_done`
+    counts finished epochs (alternate flips and early crops depend on it).
 
-    With `alternate_flip`, a seeded random half of the images is mirrored in even epochs and the
-    other half in odd ones, so every image is seen both ways every two epochs (`epochs_done` counts).
-    With `early_crop` > 0, the first `early_crop_epochs` epochs hand out random early_crop x early_crop
-    windows instead of whole images (progressive resizing by cropping: cheaper steps early on)."""
+    With alternate_flip, a seeded random half of the images is mirrored in even epochs and the other
+    half in odd ones, so every image is seen both ways every two epochs."""
 
-    def __init__(self, images, labels, batch_size, normalize: Normalizer, *, device, train=False,
-                 crop_padding=4, flip=True, seed=0, channels_last=False, cutout=0, random_erasing=0.0, color_jitter=0.0,
-                 reflect=False, alternate_flip=False, early_crop=0, early_crop_epochs=0, rank=0, world_size=1):
+    def __init__(self, images, labels, batch_size, normalize: Normalizer, *, device, augment: Augmentation | None = None,
+                 seed=0, channels_last=False, rank=0, world_size=1):
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
         self.normalize = normalize
-        self.train = train
-        self.crop_padding = crop_padding
-        self.flip = flip
+        self.augment = augment
         self.channels_last = channels_last
-        self.cutout, self.random_erasing, self.color_jitter = cutout, random_erasing, color_jitter
         # Data-parallel: every rank draws the same order (same seed) and takes its slice of each global
         # batch; augmentation draws are the rank's own (rank 0's stream is the single-process one).
         self.rank, self.world_size = rank, world_size
@@ -69,20 +71,22 @@ class Loader:
         self.augment_generator = torch.Generator(device=self.images.device).manual_seed(seed + 1 + 100_003 * rank)
         self.position = 0
         self.epoch_start = self.order_generator.get_state()
-        self.reflect = reflect
-        self.early_crop, self.early_crop_epochs = early_crop, early_crop_epochs
         self.epochs_done = 0
         self.flip_first = None
-        if alternate_flip:  # fixed by the seed, so it needs no saving
+        if augment is not None and augment.alternate_flip:  # fixed by the seed, so it needs no saving
             flips = torch.Generator(device=self.images.device).manual_seed(seed + 2)
             self.flip_first = torch.rand(len(self.labels), generator=flips, device=self.images.device) < 0.5
+
+    @property
+    def train(self) -> bool:
+        return self.augment is not None
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
 
     def __iter__(self):
         n = len(self.labels)
-        if not self.train:  # evaluation: clean images, in order
+        if self.augment is None:  # evaluation: clean images, in order
             for start in range(0, n, self.batch_size):
                 images = self.images[start:start + self.batch_size]
                 yield self.normalize(images, self.channels_last), self.labels[start:start + self.batch_size]
@@ -99,28 +103,15 @@ class Loader:
                 n_batch = len(index)
                 index = index[n_batch * self.rank // self.world_size:n_batch * (self.rank + 1) // self.world_size]
             mirrored = None if self.flip_first is None else self.flip_first[index] ^ bool(self.epochs_done % 2)
-            x = random_crop_flip(self.images[index], self.crop_padding, self.flip, self.augment_generator,
-                                 reflect=self.reflect, mirrored=mirrored, size=self.crop_size())
-            yield self._regularize(x), self.labels[index]
+            x = self.augment.apply(self.images[index], self.augment_generator, self.normalize, self.epochs_done, mirrored,
+                                   self.channels_last)
+            yield x, self.labels[index]
         self.position = 0
         self.epochs_done += 1
 
     def crop_size(self) -> int:
         """The side of this epoch's training crops; 0 = whole images."""
-        return self.early_crop if self.epochs_done < self.early_crop_epochs else 0
-
-    def _regularize(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise a cropped, flipped uint8 batch, with the recipe's further augmentations if any."""
-        gen = self.augment_generator
-        if self.color_jitter:
-            x = self.normalize.from_unit(color_jitter(x.float() / 255.0, self.color_jitter, gen), self.channels_last)
-        else:
-            x = self.normalize(x, self.channels_last)
-        if self.cutout:
-            x = cutout(x, self.cutout, gen)
-        if self.random_erasing:
-            x = random_erasing(x, self.random_erasing, gen)
-        return x
+        return self.augment.crop_size(self.epochs_done) if self.augment is not None else 0
 
     def state_dict(self) -> dict:
         return {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state(),

@@ -26,7 +26,7 @@ from .device import autocast, resolve_device, resolve_precision, tune_cpu_alloca
 from . import distributed
 from .distributed import Cluster
 from .errors import CnnlabError, brief
-from .augment import mix
+from .augment import Augmentation, mix
 from .evaluate import evaluate
 from .finetune import load_weights, parameter_groups
 from .loader import Loader, Normalizer
@@ -307,11 +307,8 @@ def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, pl
         model = distributed.synchronize_batch_norm(model, device)  # same parameters and state-dict names
     optimizer = make_optimizer(model, recipe)
     train_loader = Loader(train_images, all_labels[train_index], recipe.batch_size, normalize, device=device,
-                          train=True, crop_padding=recipe.crop_padding, flip=recipe.flip, seed=recipe.seed,
-                          channels_last=cl, cutout=recipe.cutout, random_erasing=recipe.random_erasing,
-                          color_jitter=recipe.color_jitter, reflect=recipe.pad_mode == "reflect",
-                          alternate_flip=recipe.alternate_flip, early_crop=recipe.early_crop,
-                          early_crop_epochs=recipe.early_crop_epochs, rank=cluster.rank, world_size=cluster.world_size)
+                          augment=Augmentation.of(recipe), seed=recipe.seed, channels_last=cl, rank=cluster.rank,
+                          world_size=cluster.world_size)
     eval_loaders = {"test": Loader(data.test_images, data.test_labels, recipe.eval_batch_size, normalize,
                                    device=device, channels_last=cl)}
     if val_count:
