@@ -39,7 +39,7 @@ def spread(values) -> str:
 def batch_sizes(repeats: int = 3) -> None:
     from cnnlab.models import build_model
     from cnnlab.recipe import load_recipe
-    from cnnlab.train import make_optimizer
+    from cnnlab.optim import make_optimizer
 
     tune_cpu_allocator()
     recipe = load_recipe("speedrun-cpu")
@@ -110,7 +110,7 @@ def conv_backend(repeats: int = 5) -> None:
     from cnnlab.device import resolve_precision
     from cnnlab.models import build_model
     from cnnlab.recipe import load_recipe
-    from cnnlab.train import make_optimizer
+    from cnnlab.optim import make_optimizer
 
     tune_cpu_allocator()
     precision = resolve_precision("auto", torch.device("cpu"))

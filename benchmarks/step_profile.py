@@ -19,7 +19,7 @@ from torch.profiler import profile
 from cnnlab.device import autocast, resolve_precision, tune_cpu_allocator
 from cnnlab.models import build_model
 from cnnlab.recipe import load_recipe
-from cnnlab.train import make_optimizer
+from cnnlab.optim import make_optimizer
 
 GROUPS = {"convolution": ("convolution",), "batch norm": ("batch_norm",), "ReLU": ("threshold", "clamp_min", "relu")}
 

@@ -14,7 +14,8 @@ from cnnlab.finetune import load_weights, parameter_groups
 from cnnlab.models import build_model, count_parameters
 from cnnlab.recipe import load_recipe, shipped_recipes
 from cnnlab.runfiles import load_checkpoint
-from cnnlab.train import learning_rate, train
+from cnnlab.schedule import learning_rate
+from cnnlab.train import train
 from test_train import synthetic_dataset
 
 

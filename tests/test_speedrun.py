@@ -16,7 +16,8 @@ from cnnlab.loader import Loader, Normalizer
 from cnnlab.lookahead import Lookahead
 from cnnlab.models import build_model
 from cnnlab.recipe import load_recipe
-from cnnlab.train import learning_rate, make_optimizer
+from cnnlab.optim import make_optimizer
+from cnnlab.schedule import learning_rate
 
 
 def correlated_images(n=200, size=16, seed=0):
@@ -249,7 +250,7 @@ def test_muon_groups_hold_the_filters_keep_their_norm_and_the_rest_is_plain_sgd(
 
 
 def test_the_whitening_bias_trains_for_its_epochs_then_stays():
-    from cnnlab.train import set_learning_rate
+    from cnnlab.schedule import set_learning_rate
 
     recipe = load_recipe("speedrun-cpu", {"whiten_bias_epochs": 1.5})
     torch.manual_seed(0)

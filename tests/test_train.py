@@ -10,7 +10,8 @@ import torch
 
 from cnnlab.data import Dataset
 from cnnlab.recipe import load_recipe
-from cnnlab.train import learning_rate, train
+from cnnlab.schedule import learning_rate
+from cnnlab.train import train
 from conftest import class_images
 
 TIMING = {"seconds", "images_per_s"}

@@ -29,37 +29,40 @@ from .errors import UsageError
 
 @dataclass(frozen=True)
 class Variant:
+    """A training configuration to time: a recipe with overrides, exactly as `cnnlab train` would run it
+    (prepare.py builds both), plus the process settings that are not recipe fields."""
+
     name: str
     description: str
+    recipe: str = "seed"            # whose model, optimizer, augmentation and batch size
+    overrides: tuple = ()           # (field, value) pairs on top of the recipe
     loader: str = "memory"          # memory: cnnlab's loader; dataloader: the chapter's per-sample path
-    precision: str = "fp32"
-    channels_last: bool = True
     tune_allocator: bool = True
     threads: int | None = None      # None: PyTorch's default (one per core)
-    recipe: str = "seed"            # whose model, optimizer, augmentation and batch size
     loop: str = "cnnlab"            # cnnlab: train_one_epoch; minimal: a hand-written loop doing the same maths
-    compile: str = "off"            # torch.compile mode for the training forward (compiled during warm-up)
 
 
+FP32, NCHW = ("precision", "fp32"), ("channels_last", False)
 VARIANTS = {v.name: v for v in [
     Variant("seed-literal", "chapter's data path: per-image PIL crop/flip, DataLoader(2 workers), NCHW fp32",
-            loader="dataloader", channels_last=False, tune_allocator=False),
-    Variant("cnnlab-nchw-fp32", "in-memory batched loader, NCHW fp32, default allocator",
-            channels_last=False, tune_allocator=False),
-    Variant("cnnlab-cl-fp32", "+ channels-last", tune_allocator=False),
-    Variant("cnnlab-cl-fp32-alloc", "+ allocator keeps freed memory (no page faults per step)"),
-    Variant("cnnlab-cl-bf16", "channels-last, bf16 autocast, default allocator", precision="bf16", tune_allocator=False),
+            overrides=(FP32, NCHW), loader="dataloader", tune_allocator=False),
+    Variant("cnnlab-nchw-fp32", "in-memory batched loader, NCHW fp32, default allocator", overrides=(FP32, NCHW),
+            tune_allocator=False),
+    Variant("cnnlab-cl-fp32", "+ channels-last", overrides=(FP32,), tune_allocator=False),
+    Variant("cnnlab-cl-fp32-alloc", "+ allocator keeps freed memory (no page faults per step)", overrides=(FP32,)),
+    Variant("cnnlab-cl-bf16", "channels-last, bf16 autocast, default allocator", overrides=(("precision", "bf16"),),
+            tune_allocator=False),
     Variant("cnnlab", "cnnlab's default CPU path: channels-last, tuned allocator, precision auto "
-            "(bf16 autocast where the CPU has native bf16, else fp32)", precision="auto"),
+            "(bf16 autocast where the CPU has native bf16, else fp32)"),
     Variant("cnnlab-compile", "cnnlab + torch.compile (inductor fuses batch norm, ReLU and pooling)",
-            precision="auto", compile="default"),
+            overrides=(("compile", "default"),)),
     # The speedrun recipe through cnnlab's general loop against the few lines a speedrun script would write.
     Variant("speedrun-minimal", "speedrun-cpu recipe, a hand-written loop: rate, forward, backward, step, lookahead",
-            precision="auto", recipe="speedrun-cpu", loop="minimal"),
+            recipe="speedrun-cpu", loop="minimal"),
     Variant("speedrun-cnnlab", "speedrun-cpu recipe through cnnlab's train_one_epoch (metrics, checks, resume state)",
-            precision="auto", recipe="speedrun-cpu"),
+            recipe="speedrun-cpu"),
     Variant("speedrun-compile", "speedrun-cpu recipe through train_one_epoch, torch.compile'd forward",
-            precision="auto", recipe="speedrun-cpu", compile="default"),
+            recipe="speedrun-cpu", overrides=(("compile", "default"),)),
 ]}
 DEFAULT_VARIANTS = ["seed-literal", "cnnlab-nchw-fp32", "cnnlab-cl-fp32", "cnnlab-cl-fp32-alloc", "cnnlab-cl-bf16", "cnnlab"]
 
@@ -136,93 +139,90 @@ def peak_flops(precision: str, cores: int, native_bf16: bool) -> float:
 
 
 def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_size: int, seed: int) -> dict:
-    from .data import KNOWN_STATS, load_dataset
-    from .device import resolve_precision, tune_cpu_allocator
-    from .loader import Loader, Normalizer
-    from .models import build_model
-    from .recipe import load_recipe
-    from .train import (WHITENING_IMAGES, TrainState, compiled, learning_rate, make_optimizer, set_learning_rate,
-                        train_one_epoch)
-
-    if variant.tune_allocator:
-        tune_cpu_allocator()
-    if variant.threads:
-        torch.set_num_threads(variant.threads)
-    torch.manual_seed(seed)
-    data = load_dataset(data_source, progress=False)
-    precision = resolve_precision(variant.precision, torch.device("cpu"))
-    recipe = load_recipe(variant.recipe, {"precision": precision, "channels_last": variant.channels_last})
-    batch_size = batch_size if variant.recipe == "seed" else recipe.batch_size
-    n = (warmup + steps) * batch_size
-    images, labels = data.train_images[:n], data.train_labels[:n]
-    mean, std = KNOWN_STATS["cifar10"]
-    model = build_model(recipe.model, data.num_classes)
-    if hasattr(model, "initialise_from_data"):
-        model.initialise_from_data(Normalizer(mean, std)(images[:WHITENING_IMAGES]))
-    if variant.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, recipe)
-    device = torch.device("cpu")
-
+    """Images per second of `warmup` untimed and `steps` timed training steps of `variant`, set up by
+    prepare() as `cnnlab train` sets up a run (the seed recipe at `batch_size`, the others at their own)."""
+    import dataclasses
     import resource
 
+    from .data import load_dataset
+    from .prepare import prepare
+    from .recipe import load_recipe
+
+    if variant.threads:
+        torch.set_num_threads(variant.threads)
+    overrides = {**dict(variant.overrides), "seed": seed, **({"batch_size": batch_size} if variant.recipe == "seed" else {})}
+    recipe = load_recipe(variant.recipe, overrides)
+    data = load_dataset(data_source, progress=False)
+    n = (warmup + steps) * recipe.batch_size
+    data = dataclasses.replace(data, train_images=data.train_images[:n], train_labels=data.train_labels[:n],
+                               train_files=None)
+    setup = prepare(recipe, data, tune_allocator=variant.tune_allocator)
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    if variant.loader == "dataloader":
-        loader = torch.utils.data.DataLoader(ChapterDataset(images, labels, mean, std), batch_size=batch_size,
-                                             shuffle=True, num_workers=2)
-        criterion = torch.nn.CrossEntropyLoss()
-        model.train()
-        batches = iter(loader)
-        for i in range(warmup + steps):
-            if i == warmup:
-                start = time.perf_counter()
-            x, y = next(batches)
-            optimizer.zero_grad()
-            loss = criterion(model(x.to(device)), y.to(device))
-            loss.backward()
-            optimizer.step()
-            loss.item()  # the chapter's `running += loss.item()`
-        seconds = time.perf_counter() - start
-        del batches
-    else:
-        from .augment import Augmentation
-        from .device import autocast
-        from .lookahead import Lookahead
-
-        make_loader = lambda k: Loader(images[:k * batch_size], labels[:k * batch_size], batch_size,
-                                       Normalizer(mean, std), device=device, augment=Augmentation.of(recipe), seed=seed,
-                                       channels_last=variant.channels_last)
-        state = TrainState(recipe, model, optimizer, make_loader(warmup), data.classes, mean, std, device, precision,
-                           compiled(model, variant.compile))
-        if recipe.lookahead:
-            state.lookahead = Lookahead(model, recipe.lookahead)
-        if variant.loop == "minimal":
-            def epoch(loader, epoch_index):
-                model.train()
-                for step, (x, y) in enumerate(loader):
-                    set_learning_rate(optimizer, learning_rate(recipe, epoch_index, step, len(loader)))
-                    with autocast(device, precision):
-                        loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    if state.lookahead is not None:
-                        state.lookahead.after_step(model, epoch_index * len(loader) + step + 1, recipe.epochs * len(loader))
-
-            epoch(make_loader(warmup), 0)
-            loader = make_loader(steps)
-            start = time.perf_counter()
-            epoch(loader, 1)
-            seconds = time.perf_counter() - start
-        else:
-            train_one_epoch(state, False, 0)  # warm-up: one short epoch
-            state.train_loader = make_loader(steps)
-            _, _, seconds, _ = train_one_epoch(state, False, 1)
-    throughput = steps * batch_size / seconds
+    timing = {"dataloader": _chapter_loop, "memory": _minimal_loop if variant.loop == "minimal" else _cnnlab_loop}
+    seconds = timing[variant.loader](setup.state, warmup, steps)
     # Minor page faults of this process per training step (warm-up included; DataLoader workers not counted).
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / (warmup + steps)
-    return {"variant": variant.name, "images_per_s": throughput, "seconds": seconds, "steps": steps,
-            "page_faults_per_step": faults, "model": recipe.model, "batch_size": batch_size, "precision": precision}
+    return {"variant": variant.name, "images_per_s": steps * recipe.batch_size / seconds, "seconds": seconds,
+            "steps": steps, "page_faults_per_step": faults, "model": recipe.model, "batch_size": recipe.batch_size,
+            "precision": setup.state.precision}
+
+
+def _cnnlab_loop(state, warmup: int, steps: int) -> float:
+    """cnnlab's own train_one_epoch: a short epoch to warm up (and compile), then the timed one."""
+    from .train import train_one_epoch
+
+    loader, split = state.train_loader, warmup * state.recipe.batch_size
+    state.train_loader = loader.part(0, split)
+    train_one_epoch(state, False, 0)
+    state.train_loader = loader.part(split, None)
+    return train_one_epoch(state, False, 1)[2]
+
+
+def _minimal_loop(state, warmup: int, steps: int) -> float:
+    """The few lines a speedrun script writes for the same maths: rate, forward, backward, step, lookahead."""
+    from .device import autocast
+    from .schedule import learning_rate, set_learning_rate
+
+    recipe, model, optimizer, net = state.recipe, state.net.model, state.optimizer, state.net
+
+    def epoch(loader, index: int) -> None:
+        model.train()
+        for step, (x, y) in enumerate(loader):
+            set_learning_rate(optimizer, learning_rate(recipe, index, step, len(loader)))
+            with autocast(state.device, state.precision):
+                loss = torch.nn.functional.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if net.lookahead is not None:
+                net.lookahead.after_step(model, index * len(loader) + step + 1, recipe.epochs * len(loader))
+
+    split = warmup * recipe.batch_size
+    epoch(state.train_loader.part(0, split), 0)
+    start = time.perf_counter()
+    epoch(state.train_loader.part(split, None), 1)
+    return time.perf_counter() - start
+
+
+def _chapter_loop(state, warmup: int, steps: int) -> float:
+    """What a user copying the chapter runs: a DataLoader over per-image transforms, `loss.item()` every step."""
+    loader = torch.utils.data.DataLoader(ChapterDataset(state.train_loader.images, state.train_loader.labels, state.mean,
+                                                        state.std), batch_size=state.recipe.batch_size, shuffle=True,
+                                         num_workers=2)
+    model, optimizer, criterion = state.net.model.train(), state.optimizer, torch.nn.CrossEntropyLoss()
+    batches = iter(loader)
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        x, y = next(batches)
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        loss.item()  # the chapter's `running += loss.item()`
+    seconds = time.perf_counter() - start
+    del batches
+    return seconds
 
 
 # ---------------------------------------------------------------------------------------------

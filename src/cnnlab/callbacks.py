@@ -31,7 +31,7 @@ class ConsolePrinter:
         r = state.recipe
         world = state.cluster.world_size
         ranks = f" x {world} processes (DDP, global batch {r.batch_size})" if world > 1 else ""
-        self.log(f"training {r.model} ({count_parameters(state.model):,} parameters) with recipe '{r.name}' "
+        self.log(f"training {r.model} ({count_parameters(state.net.model):,} parameters) with recipe '{r.name}' "
                  f"on {state.device} ({state.precision}){ranks}, {len(state.train_loader.labels)} images, {r.epochs} epochs")
         for note in state.notes:
             self.log(note)
@@ -68,14 +68,14 @@ class RunWriter:
             # The checkpoint is the truth: metrics rewritten from it (a kill may have come between the
             # two writes), best.pt re-saved if the kill came before it was, and the resume noted.
             self.folder.remove_stale_temporaries()
-            self.folder.write_metrics(state.rows)
-            if state.best_epoch == state.epoch and state.partial is None and state.rows:
+            self.folder.write_metrics(state.progress.rows)
+            if state.progress.best_epoch == state.progress.epoch and state.progress.partial is None and state.progress.rows:
                 best = self.folder.path / "best.pt"
-                if not best.is_file() or load_checkpoint(best).get("epoch") != state.epoch:
+                if not best.is_file() or load_checkpoint(best).get("epoch") != state.progress.epoch:
                     self.folder.save_checkpoint("best.pt", state.checkpoint())
             config_path = self.folder.path / "config.json"
             config = read_json(config_path)
-            config.setdefault("resumed", []).append({"at_epoch": state.epoch, "at_step": state.train_loader.position,
+            config.setdefault("resumed", []).append({"at_epoch": state.progress.epoch, "at_step": state.train_loader.position,
                                                      "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv})
             self.folder.write_config(config)
             return
@@ -85,7 +85,7 @@ class RunWriter:
                      "mean": list(state.mean), "std": list(state.std)},
             "device": str(state.device),
             "precision": state.precision,
-            "parameters": count_parameters(state.model),
+            "parameters": count_parameters(state.net.model),
             "versions": {"cnnlab": __version__, "torch": torch.__version__, "numpy": np.__version__,
                          "python": platform.python_version()},
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -97,11 +97,11 @@ class RunWriter:
     def on_epoch_end(self, state, row: dict) -> None:
         checkpoint = state.checkpoint()
         self.folder.save_checkpoint("last.pt", checkpoint)  # first: resuming trusts it over the metrics files
-        if state.best_epoch == row["epoch"]:
+        if state.progress.best_epoch == row["epoch"]:
             self.folder.save_checkpoint("best.pt", checkpoint)
-        if state.ema is not None:
+        if state.net.ema is not None:
             self.folder.save_checkpoint("ema.pt", state.ema_checkpoint())
-        self.folder.write_metrics(state.rows)
+        self.folder.write_metrics(state.progress.rows)
 
     def on_interrupt(self, state) -> None:
         self.folder.save_checkpoint("last.pt", state.checkpoint())

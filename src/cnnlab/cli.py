@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        from .train import Interrupted
+        from .stopping import Interrupted
 
         if not isinstance(e, Interrupted):
             raise

@@ -66,7 +66,7 @@ class Loader:
         self.channels_last = channels_last
         # Data-parallel: every rank draws the same order (same seed) and takes its slice of each global
         # batch; augmentation draws are the rank's own (rank 0's stream is the single-process one).
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
         self.order_generator = torch.Generator(device=self.images.device).manual_seed(seed)
         self.augment_generator = torch.Generator(device=self.images.device).manual_seed(seed + 1 + 100_003 * rank)
         self.position = 0
@@ -108,6 +108,12 @@ class Loader:
             yield x, self.labels[index]
         self.position = 0
         self.epochs_done += 1
+
+    def part(self, start: int, stop: int | None) -> "Loader":
+        """A fresh loader of the same kind over images[start:stop] (the bench's warm-up and timed steps)."""
+        return Loader(self.images[start:stop], self.labels[start:stop], self.batch_size, self.normalize,
+                      device=self.images.device, augment=self.augment, seed=self.seed, channels_last=self.channels_last,
+                      rank=self.rank, world_size=self.world_size)
 
     def crop_size(self) -> int:
         """The side of this epoch's training crops; 0 = whole images."""

@@ -201,7 +201,7 @@ class PlotWriter:
     def on_train_end(self, state, summary: dict) -> None:
         from .analysis import predict_test_split, read_run
 
-        predictions = predict_test_split(state.model, self.data, state.mean, state.std, state.device)
+        predictions = predict_test_split(state.net.model, self.data, state.mean, state.std, state.device)
         make_run_plots(read_run(self.run_dir), predictions)
 
 

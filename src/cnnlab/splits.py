@@ -33,7 +33,7 @@ def parse_count(value: str | float | int | None, total: int, what: str) -> int:
     count = spec if isinstance(spec, int) else round(spec * total)
     if not 0 < count < total:
         raise UsageError(f"{what} {value} does not fit the {total} training images; give a count from 1 to {total - 1} "
-                         "or a fraction between 0 and 1")
+                         "or a fraction between 0 and 1", parameters=(what,))
     return count
 
 
@@ -51,6 +51,9 @@ def group_of(path: str, pattern: str) -> str | None:
     return match.group(1) if match.re.groups else match.group(0)
 
 
+G = ("val_groups",)
+
+
 def group_take(files: list[str] | None, labels: torch.Tensor, count: int, pattern: str, seed: int,
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hold out whole groups (sessions, patients, scenes): every image of a group lands on one side.
@@ -60,21 +63,22 @@ def group_take(files: list[str] | None, labels: torch.Tensor, count: int, patter
     several classes stays together). Returns (taken, rest), both sorted.
     """
     if not files:
-        raise UsageError("--val-groups needs an image-folder source (it groups images by their file paths); "
-                         "this source has no file paths")
+        raise UsageError("val_groups needs an image-folder source (it groups images by their file paths); "
+                         "this source has no file paths", parameters=G)
     try:
         re.compile(pattern)
     except re.error as e:
-        raise UsageError(f"--val-groups {pattern!r} is not a valid regular expression ({e})") from None
+        raise UsageError(f"val_groups {pattern!r} is not a valid regular expression ({e})", parameters=G) from None
     groups = [group_of(f, pattern) for f in files]
     unmatched = [f for f, g in zip(files, groups) if g is None]
     if unmatched:
         how = "has no subfolder inside its class folder" if pattern == "folder" else f"does not match {pattern!r}"
-        raise UsageError(f"--val-groups: {len(unmatched)} training images have no group ({unmatched[0]} {how}); "
-                         "every image needs one")
+        raise UsageError(f"val_groups: {len(unmatched)} training images have no group ({unmatched[0]} {how}); "
+                         "every image needs one", parameters=G)
     names = sorted(set(groups))
     if len(names) < 2:
-        raise UsageError(f"--val-groups {pattern!r} puts every image in one group ({names[0]}); a split needs at least two")
+        raise UsageError(f"val_groups {pattern!r} puts every image in one group ({names[0]}); a split needs at least two",
+                         parameters=G)
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
     members: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
@@ -85,7 +89,8 @@ def group_take(files: list[str] | None, labels: torch.Tensor, count: int, patter
             break
         taken.extend(members[names[k]])
     if len(taken) >= len(labels):
-        raise UsageError(f"--val-groups: holding out {count} images takes every group; ask for fewer with --val-split")
+        raise UsageError(f"val_groups: holding out {count} images takes every group; ask for fewer with val_split",
+                         parameters=("val_groups", "val_split"))
     taken_t = torch.tensor(sorted(taken), dtype=torch.long)
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[taken_t] = False

@@ -1,0 +1,133 @@
+"""From (recipe, dataset, cluster) to everything a run needs: which images train and which validate, the
+normalisation, the model on its device, the optimizer, the loaders and the wrappers (compile, DDP, EMA,
+lookahead, gradient scaling). `train` runs what this makes and `bench` times it, so a bench variant is
+exactly a training configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import distributed
+from .augment import Augmentation
+from .data import Dataset
+from .device import resolve_device, resolve_precision, tune_cpu_allocator, warn_if_emulated
+from .distributed import Cluster
+from .finetune import load_weights
+from .loader import Loader, Normalizer
+from .lookahead import Lookahead
+from .models import build_model
+from .optim import make_optimizer
+from .recipe import Recipe
+from .splits import channel_stats, group_take, parse_count, stratified_take
+from .state import Network, Progress, TrainState
+
+WHITENING_IMAGES = 5000  # training images whose patches set a whitening first layer
+
+
+@dataclass
+class Setup:
+    state: TrainState                 # the model, optimizer, training loader and progress (fresh)
+    eval_loaders: dict[str, Loader]   # "test", and "val" when images are held out
+    train_count: int
+    val_count: int
+
+
+def split_images(recipe: Recipe, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices trained on, indices held out for validation) of the training split: seeded, stratified by
+    class, or by whole groups with val_groups; then the train_subset of what is left."""
+    labels = data.train_labels
+    val_count = parse_count(recipe.val_split, len(labels), "val_split")
+    if recipe.val_groups:  # whole groups (sessions, scenes) on one side: no near-twins across the split
+        val_index, train_index = group_take(data.train_files, labels, val_count, recipe.val_groups, recipe.seed)
+    else:
+        val_index, train_index = stratified_take(labels, val_count, recipe.seed)
+    subset_count = parse_count(recipe.train_subset, len(train_index), "train_subset")
+    if subset_count:
+        picked, _ = stratified_take(labels[train_index], subset_count, recipe.seed + 1)
+        train_index = train_index[picked]
+    return train_index, val_index
+
+
+def compiled(module: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """The module itself for mode "off", else its torch.compile'd form (sharing its parameters)."""
+    return module if mode == "off" else torch.compile(module, mode=None if mode == "default" else mode)
+
+
+def prepare(recipe: Recipe, data: Dataset, cluster: Cluster | None = None, *, fresh: bool = True,
+            tune_allocator: bool = True) -> Setup:
+    """Everything `recipe` needs on `data`. `fresh` (not a resume) sets data-dependent layers and loads
+    the recipe's starting weights; a resume restores its checkpoint over the result instead."""
+    cluster = cluster or Cluster.single()
+    device = resolve_device(recipe.device)
+    if cluster.backend == "nccl":
+        device = torch.device("cuda", cluster.local_rank)  # one GPU per process
+    precision = resolve_precision(recipe.precision, device)
+    if cluster.is_main:
+        warn_if_emulated(precision, device)
+    if device.type == "cpu" and tune_allocator:
+        tune_cpu_allocator()
+    torch.manual_seed(recipe.seed)
+
+    train_index, val_index = split_images(recipe, data)
+    # Every training image (no hold-out, no subset): the dataset's own tensor, not a 150 MB copy of it.
+    everything = len(train_index) == len(data.train_labels)
+    train_images = data.train_images if everything else data.train_images[train_index]
+    mean, std = data.known_stats or channel_stats(train_images)
+    normalize = Normalizer(mean, std)
+    cl = recipe.channels_last and device.type != "mps"
+    sample = (lambda: normalize(train_images[:WHITENING_IMAGES])) if fresh else None
+    model, notes = _model(recipe, data, sample, device, cl)
+    if recipe.sync_bn and cluster.distributed:
+        model = distributed.synchronize_batch_norm(model, device)  # same parameters and state-dict names
+
+    train_loader = Loader(train_images, data.train_labels[train_index], recipe.batch_size, normalize, device=device,
+                          augment=Augmentation.of(recipe), seed=recipe.seed, channels_last=cl, rank=cluster.rank,
+                          world_size=cluster.world_size)
+    evaluation = lambda images, labels: Loader(images, labels, recipe.eval_batch_size, normalize, device=device,
+                                               channels_last=cl)
+    eval_loaders = {"test": evaluation(data.test_images, data.test_labels)}
+    if len(val_index):
+        eval_loaders["val"] = evaluation(data.train_images[val_index], data.train_labels[val_index])
+
+    state = TrainState(recipe, _network(recipe, model, device, precision, cluster), make_optimizer(model, recipe),
+                       train_loader, list(data.classes), mean, std, device, precision, cluster,
+                       Progress(best_metric="val_acc" if len(val_index) else "test_acc"), notes)
+    return Setup(state, eval_loaders, len(train_index), len(val_index))
+
+
+def _model(recipe: Recipe, data: Dataset, sample, device, channels_last: bool):
+    """The recipe's network on `device`: on a fresh start (`sample` given: it returns normalised training
+    images), its data-dependent layers set and its starting weights loaded; with the notes loading wrote."""
+    model = build_model(recipe.model, data.num_classes, **recipe.model_options)
+    notes = []
+    if sample is not None:
+        if hasattr(model, "initialise_from_data") and not recipe.weights:
+            model.initialise_from_data(sample())  # the speedrun network's whitening layer
+        if recipe.weights:
+            notes = load_weights(model, recipe.weights)
+    model = model.to(device)
+    return (model.to(memory_format=torch.channels_last) if channels_last else model), notes
+
+
+def _network(recipe: Recipe, model: torch.nn.Module, device, precision: str, cluster: Cluster) -> Network:
+    # The compiled module shares the model's parameters; the plain one is what checkpoints hold.
+    net = Network(model, compiled(model, recipe.compile))
+    if cluster.distributed:  # gradients averaged over the ranks; evaluation uses the plain model on every rank
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP sends rank 0's buffers (batch-norm running statistics) before every forward; the loop sends
+        # them once more at the end of each epoch, so every rank evaluates exactly rank 0's model.
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net.ddp = compiled(ddp, recipe.compile)
+    if recipe.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        net.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
+    if precision == "fp16" and device.type == "cuda":
+        net.scaler = torch.amp.GradScaler("cuda")
+    if recipe.lookahead:
+        net.lookahead = Lookahead(model, recipe.lookahead)
+    return net
