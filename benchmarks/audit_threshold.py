@@ -42,12 +42,11 @@ def main(source: str, run: str | None = None) -> None:
     data = load_dataset(source, progress=False)
     spaces = {"pixels": pixel_features}
     if run:
-        from cnnlab.runfiles import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+        from cnnlab.openrun import load_run
 
-        path = resolve_checkpoint(run, "last.pt")
-        payload = load_checkpoint(path)
-        model = model_from_checkpoint(payload, path)
-        spaces["model"] = lambda images: model_features(model, images, payload["mean"], payload["std"])
+        opened = load_run(run, weights="last")
+        spaces["model"] = lambda images: model_features(opened.model, images, opened.checkpoint["mean"],
+                                                        opened.checkpoint["std"])
     sample = data.train_images[torch.randperm(len(data.train_images), generator=torch.Generator().manual_seed(0))[:2000]]
     for space, features in spaces.items():
         print(f"{space} features")

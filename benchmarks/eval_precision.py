@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from cnnlab.analysis import load_run_model, read_run
+from cnnlab.openrun import load_run
 from cnnlab.data import load_dataset
 from cnnlab.device import autocast, tune_cpu_allocator
 from cnnlab.evaluate import evaluate
-from cnnlab.loader import Loader, Normalizer
+from cnnlab.loader import Loader
 
 
 def main(data_source: str, runs: list[str], repeats: int, tta: bool) -> None:
@@ -26,12 +26,12 @@ def main(data_source: str, runs: list[str], repeats: int, tta: bool) -> None:
     cpu = torch.device("cpu")
     print("run | model | eval batch | precision | seconds, median (min-max) | test acc | test loss")
     for path in runs:
-        run = read_run(path)
-        model, checkpoint, _ = load_run_model(run, data)
-        model = model.to(memory_format=torch.channels_last)
-        recipe = run.config["recipe"]
-        loader = Loader(data.test_images, data.test_labels, recipe["eval_batch_size"],
-                        Normalizer(checkpoint["mean"], checkpoint["std"]), device=cpu, channels_last=True)
+        run = load_run(path, weights="last")
+        run.dataset(data)  # the classes must fit
+        model = run.model.to(memory_format=torch.channels_last)
+        recipe = run.checkpoint["recipe"]
+        loader = Loader(data.test_images, data.test_labels, recipe["eval_batch_size"], run.normalizer, device=cpu,
+                        channels_last=True)
         seconds = {"fp32": [], "bf16": []}
         for _ in range(repeats):  # interleaved, so a noisy moment slows both alike
             for precision in ("fp32", "bf16"):

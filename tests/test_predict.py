@@ -49,7 +49,8 @@ def test_predict_table_folders_and_any_size(tiny_run, tmp_path):
     (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
     result = run_cli("predict", str(tiny_run), str(folder), "--top-k", "2")
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    weights, *lines = result.stdout.splitlines()
+    assert weights.startswith("weights: ") and "best.pt (epoch 4, chosen on val_acc)" in weights  # said first
     assert len(lines) == 3 and all(l.count("%") == 2 for l in lines)
     assert {l.split("  ")[0].split("/")[-1] for l in lines} == {"big.jpg", "grey.png", "alpha.webp"}
 

@@ -92,29 +92,3 @@ def predict_test_split(model: torch.nn.Module, data, mean, std, device: torch.de
     loader = Loader(data.test_images, data.test_labels, EVAL_BATCH_SIZE, Normalizer(tuple(mean), tuple(std)), device=device)
     result = evaluate(model, loader)
     return Predictions(list(data.classes), data.test_images, data.test_labels, result["probabilities"])
-
-
-def run_predictions(run: RunRecord, data=None, checkpoint: str = "last.pt", device="cpu") -> Predictions:
-    """The predictions of a run's final model (last.pt: the model behind final_test_acc).
-
-    `data` defaults to the source recorded in the run's config, loaded through the decode cache.
-    """
-    model, payload, data = load_run_model(run, data, checkpoint, device)
-    return predict_test_split(model, data, payload["mean"], payload["std"], device)
-
-
-def load_run_model(run: RunRecord, data=None, checkpoint: str = "last.pt", device="cpu"):
-    """(model in eval mode, its checkpoint, the data it is to be judged on): the run's own data unless
-    `data` is given, which must have the classes the model was trained on."""
-    from .data import load_dataset
-    from .runfiles import load_checkpoint, model_from_checkpoint, recorded_source, resolve_checkpoint
-
-    path = resolve_checkpoint(run.path, checkpoint)
-    payload = load_checkpoint(path)
-    if data is None:
-        data = load_dataset(recorded_source(run.path), image_size=payload["image_size"], progress=False)
-    if list(data.classes) != list(payload["classes"]):
-        raise CnnlabError(f"{path} was trained on classes {payload['classes']}, but the data has {data.classes}; "
-                          "pass the data the run was trained on with --data")
-    model = model_from_checkpoint(payload, path).to(device).eval()
-    return model, payload, data

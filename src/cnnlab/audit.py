@@ -164,7 +164,7 @@ def audit(data: Dataset, space: str = "pixels", threshold: float | None = None, 
 GALLERY_PAIRS = 32
 
 
-def save_audit(result: Audit, data: Dataset, folder, model_run: str | None = None) -> dict:
+def save_audit(result: Audit, data: Dataset, folder, model_run: str | None = None, model_weights: str | None = None) -> dict:
     """Write audit.json (counts, settings, leaked test indices), pairs.csv (every pair at the threshold,
     most similar first), nearest_train.csv (each test image's closest training image, to re-threshold
     by hand), gallery.png (the closest test/train pairs) and gallery_threshold.png (pairs either side of
@@ -215,6 +215,7 @@ def save_audit(result: Audit, data: Dataset, folder, model_run: str | None = Non
         "checksum": data.checksum,
         "space": result.space,
         "model_run": model_run,
+        "model_weights": model_weights,
         "threshold": result.threshold,
         "counts": result.counts,
         "pairs": len(result.pairs),

@@ -50,9 +50,12 @@ class ConsolePrinter:
             self.log(f"stopped early after epoch {summary['epochs']}: val acc has not improved for "
                      f"{state.recipe.early_stop} epochs (best at epoch {summary['best_epoch']}, kept in best.pt)")
         tta = f" ({summary['final_tta_test_acc']:.2f}% with TTA)" if "final_tta_test_acc" in summary else ""
+        reported = summary["reported"]
+        reports = (f"; the run reports {reported['weights']}: test acc {reported['test_acc']:.2f}%"
+                   if reported["weights"].startswith("best") else "")
         self.log(f"final test acc {summary['final_test_acc']:.2f}%{tta} after {summary['epochs']} epochs in "
                  f"{summary['wall_seconds']:.0f}s (best {summary['best_metric']} {summary['best_value']:.2f}% "
-                 f"at epoch {summary['best_epoch']}){where}")
+                 f"at epoch {summary['best_epoch']}{reports}){where}")
 
 
 class RunWriter:

@@ -45,6 +45,10 @@ class Dataset:
     train_files: list[str] | None = field(default=None, repr=False)
     test_files: list[str] | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        return (f"Dataset({self.source!r}: {self.num_classes} classes, {len(self.train_labels):,} train and "
+                f"{len(self.test_labels):,} test images of {self.image_size}x{self.image_size})")
+
     def image_name(self, split: str, index: int) -> str:
         """How a person finds the image: its file path in an image folder, else split and index."""
         files = self.train_files if split == "train" else self.test_files

@@ -90,3 +90,29 @@ def most_confused(matrix: torch.Tensor, k: int = 5) -> list[dict]:
                 pairs.append({"a": a, "b": b, "total": ab + ba, "a_as_b": ab, "b_as_a": ba})
     pairs.sort(key=lambda p: (-p["total"], p["a"], p["b"]))
     return pairs[:k]
+
+
+def evaluation_report(run, data, tta: bool = False, audit=None) -> dict:
+    """What `cnnlab evaluate --json` prints for `run` (openrun.Run) on `data`'s test split: accuracy, loss,
+    per-class accuracy and the weights used; with `audit` (an audit folder of the same data), also the
+    accuracy without the test images it found duplicated in train, and on those alone."""
+    leaked = None
+    if audit is not None:  # checked before the evaluation: an audit of other data fails fast
+        from .audit import load_audit
+
+        leaked = load_audit(audit, data)["leaked_test"]
+    device = next(run.model.parameters()).device
+    loader = Loader(data.test_images, data.test_labels, EVAL_BATCH_SIZE, run.normalizer, device=device)
+    result = evaluate(run.model, loader, tta=tta)
+    report = {"checkpoint": str(run.weights.file), "weights": run.weights.to_dict(), "data": data.source, "tta": tta,
+              "test_images": int(result["labels"].numel()), "test_acc": result["acc"], "test_loss": result["loss"],
+              "per_class_acc": dict(zip(data.classes, per_class_accuracy(result["predictions"], result["labels"],
+                                                                          data.num_classes)))}
+    if leaked is not None:
+        keep = torch.ones(len(result["labels"]), dtype=torch.bool)
+        keep[leaked] = False
+        right = result["predictions"] == result["labels"]
+        share = lambda mask: 100.0 * float(right[mask].double().mean()) if mask.any() else float("nan")
+        report["duplicate_free"] = {"audit": str(audit), "excluded": int((~keep).sum()), "test_images": int(keep.sum()),
+                                    "test_acc": share(keep), "acc_on_excluded": share(~keep)}
+    return report

@@ -39,13 +39,16 @@ class WithNormalization(nn.Module):
         return logits, logits.softmax(dim=1)
 
 
-def metadata(checkpoint: dict, input_type: str | None) -> dict:
+def metadata(run, input_type: str | None) -> dict:
+    checkpoint = run.checkpoint
     return {"classes": checkpoint["classes"], "image_size": checkpoint["image_size"], "model": checkpoint["model"],
             "input": input_type or "uint8 (0-255) or float (0-1)", "layout": "NCHW, RGB", "mean": checkpoint["mean"],
-            "std": checkpoint["std"]}
+            "std": checkpoint["std"], "weights": run.weights.describe()}
 
 
-def export_model(model: nn.Module, checkpoint: dict, fmt: str, out: Path, input_type: str = "uint8") -> Path:
+def export_model(run, fmt: str, out: Path, input_type: str = "uint8") -> Path:
+    """Write `run`'s model (openrun.Run) as `fmt` to `out`, atomically."""
+    checkpoint, model = run.checkpoint, run.model
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format '{fmt}': choose onnx or torchscript")
     if input_type not in INPUT_TYPES:
@@ -60,12 +63,12 @@ def export_model(model: nn.Module, checkpoint: dict, fmt: str, out: Path, input_
         raise UsageError(f"--out {out} is a folder; give a file name such as {out / ('model' + FORMATS[fmt])}")
     if not out.parent.is_dir():
         raise CnnlabError(f"cannot write {out}: the folder {out.parent} does not exist")
-    data = _onnx_bytes(wrapped, example, checkpoint, input_type) if fmt == "onnx" else _torchscript_bytes(wrapped, example, checkpoint)
+    data = _onnx_bytes(wrapped, example, run, input_type) if fmt == "onnx" else _torchscript_bytes(wrapped, example, run)
     atomic_write_bytes(out, data)
     return out
 
 
-def _onnx_bytes(wrapped: nn.Module, example: torch.Tensor, checkpoint: dict, input_type: str) -> bytes:
+def _onnx_bytes(wrapped: nn.Module, example: torch.Tensor, run, input_type: str) -> bytes:
     try:
         import onnx
     except ImportError:
@@ -79,14 +82,14 @@ def _onnx_bytes(wrapped: nn.Module, example: torch.Tensor, checkpoint: dict, inp
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
                           opset_version=17, dynamo=False)
     proto = onnx.load_from_string(buffer.getvalue())
-    for key, value in metadata(checkpoint, input_type).items():
+    for key, value in metadata(run, input_type).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
 
 
-def _torchscript_bytes(wrapped: nn.Module, example: torch.Tensor, checkpoint: dict) -> bytes:
+def _torchscript_bytes(wrapped: nn.Module, example: torch.Tensor, run) -> bytes:
     import io
 
     # The network is traced (its control flow is fixed); the wrapper is scripted, so its dtype branch survives.
@@ -94,8 +97,18 @@ def _torchscript_bytes(wrapped: nn.Module, example: torch.Tensor, checkpoint: di
     wrapped.model = traced
     scripted = torch.jit.script(wrapped)
     buffer = io.BytesIO()
-    torch.jit.save(scripted, buffer, _extra_files={"cnnlab.json": json.dumps(metadata(checkpoint, None))})
+    torch.jit.save(scripted, buffer, _extra_files={"cnnlab.json": json.dumps(metadata(run, None))})
     return buffer.getvalue()
+
+
+def check_export(run, out: Path, input_type: str) -> float | None:
+    """Max |logit difference| between the exported ONNX file under ONNX Runtime and PyTorch, on 8 random
+    images (None without onnxruntime)."""
+    size = run.image_size
+    images = torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = WithNormalization(run.model.cpu(), run.checkpoint["mean"], run.checkpoint["std"]).eval()(images)[0]
+    return check_onnx(out, images if input_type == "uint8" else images.float() / 255, reference)
 
 
 def check_onnx(path: Path, images: torch.Tensor, reference: torch.Tensor) -> float | None:

@@ -65,6 +65,14 @@ def _bit_depth(image: Image.Image) -> int:
     return 16 if image.format == "PNG" else 31  # mode "I" holds signed 32-bit integers
 
 
+def picture_array(image: Image.Image, size: int) -> np.ndarray:
+    """A decoded picture as the model sees it: RGB, resized to size x size, uint8 [size, size, 3]."""
+    rgb = to_rgb(image)
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
 def decode_image(data: bytes | Path, name: str, size: int) -> np.ndarray:
     """Decode `data` (bytes or a path) to a uint8 array [size, size, 3].
 
@@ -84,10 +92,7 @@ def decode_image(data: bytes | Path, name: str, size: int) -> np.ndarray:
                     )
                 image.seek(0)
                 image.load()
-                rgb = to_rgb(ImageOps.exif_transpose(image))
-                if rgb.size != (size, size):
-                    rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-                return np.asarray(rgb, dtype=np.uint8)
+                return picture_array(ImageOps.exif_transpose(image), size)
     except CnnlabError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):

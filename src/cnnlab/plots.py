@@ -174,35 +174,42 @@ def plot_comparison(runs: dict[str, list[dict]], path: Path, title: str, metric:
     return _save(fig, path)
 
 
-def make_run_plots(run: RunRecord, predictions: Predictions) -> list[Path]:
-    """All four run figures into the run folder, and confusion.json (the matrix as numbers, for reports)."""
+def make_run_plots(run: RunRecord, predictions: Predictions, weights=None) -> list[Path]:
+    """All four run figures into the run folder, and confusion.json (the matrix as numbers, for reports),
+    from `predictions` of the model whose `weights` (openrun.Weights) they name."""
     from .evaluate import most_confused
     from .runs import atomic_write_json
 
     matrix = predictions.confusion()
+    named = f" ({weights.describe()})" if weights is not None else ""
     atomic_write_json(run.path / "confusion.json", {
         "classes": predictions.classes, "matrix": matrix.tolist(), "accuracy": predictions.accuracy,
         "per_class_acc": predictions.per_class_accuracy(), "most_confused": most_confused(matrix, 5),
+        "weights": weights.describe() if weights is not None else None,
     })
+    right = f"{predictions.accuracy:.2f}% of {len(predictions.labels)} test images right"
     return [
         plot_curves(run, run.path / "curves.png"),
-        plot_confusion(predictions, run.path / "confusion.png"),
-        plot_errors(predictions, run.path / "errors.png"),
+        plot_confusion(predictions, run.path / "confusion.png", title=f"Confusion matrix{named}: {right}"),
+        plot_errors(predictions, run.path / "errors.png",
+                    title=f"The most confident mistakes on the test split{named}"),
         plot_per_class(predictions, run.path / "per_class.png"),
     ]
 
 
 class PlotWriter:
-    """A training callback: the four run figures, drawn from the final model once training ends."""
+    """A training callback: the four run figures, drawn once training ends from the weights the run reports
+    (openrun: best.pt when chosen on a validation split, else the last)."""
 
     def __init__(self, run_dir: Path, data):
         self.run_dir, self.data = Path(run_dir), data
 
     def on_train_end(self, state, summary: dict) -> None:
-        from .analysis import predict_test_split, read_run
+        from .analysis import read_run
+        from .openrun import load_run
 
-        predictions = predict_test_split(state.net.model, self.data, state.mean, state.std, state.device)
-        make_run_plots(read_run(self.run_dir), predictions)
+        run = load_run(self.run_dir, device=state.device)
+        make_run_plots(read_run(self.run_dir), run.test_predictions(self.data), run.weights)
 
 
 def plot_filters(weight: torch.Tensor, kinds: list[str], path: Path) -> Path:

@@ -86,29 +86,26 @@ def load_images(files: list[Path], image_size: int) -> tuple[torch.Tensor, list[
 
 
 @torch.no_grad()
-def predict_images(model: torch.nn.Module, images: torch.Tensor, checkpoint: dict, top_k: int = 3,
-                   tta: bool = False, batch_size: int = 256, device="cpu") -> list[list[tuple[str, float]]]:
+def predict_images(run, images: torch.Tensor, top_k: int = 3, tta: bool = False,
+                   batch_size: int = 256) -> list[list[tuple[str, float]]]:
+    """The top-k (class, probability) of each uint8 image [N, 3, S, S], by `run`'s model (openrun.Run)."""
     from .evaluate import tta_logits
-    from .loader import Normalizer
 
-    classes = checkpoint["classes"]
     if top_k < 1:
-        raise UsageError(f"--top-k must be at least 1 (got {top_k})")
-    k = min(top_k, len(classes))
-    normalize = Normalizer(tuple(checkpoint["mean"]), tuple(checkpoint["std"]))
-    model = model.eval().to(device)
+        raise UsageError(f"top_k must be at least 1 (got {top_k})", parameters=("top_k",))
+    classes, k = run.classes, min(top_k, len(run.classes))
+    device = next(run.model.parameters()).device
     results = []
     for start in range(0, len(images), batch_size):
-        x = normalize(images[start:start + batch_size].to(device))
-        logits = tta_logits(model, x) if tta else model(x).float()
+        x = run.normalizer(images[start:start + batch_size].to(device))
+        logits = tta_logits(run.model, x) if tta else run.model(x).float()
         probabilities, index = logits.softmax(dim=1).topk(k, dim=1)
         for p_row, i_row in zip(probabilities.tolist(), index.tolist()):
             results.append([(classes[i], p) for i, p in zip(i_row, p_row)])
     return results
 
 
-def predict_files(model: torch.nn.Module, checkpoint: dict, paths: list[str | Path], top_k: int = 3,
-                  tta: bool = False, device="cpu") -> list[Prediction]:
+def predict_files(run, paths: list[str | Path], top_k: int = 3, tta: bool = False) -> list[Prediction]:
     """A Prediction for every path given, in order (folders expanded in sorted order): the top classes, or
     why the file could not be read (an error) or was left out (skipped)."""
     found = collect_images(paths)
@@ -116,8 +113,58 @@ def predict_files(model: torch.nn.Module, checkpoint: dict, paths: list[str | Pa
     if not wanted and not any(p.error for p in found):
         raise CnnlabError(f"no image files found in {', '.join(shown(p) for p in paths)}; give image files or folders "
                           f"holding {', '.join(IMAGE_EXTENSIONS)} files")
-    images, kept, failed = load_images(wanted, checkpoint["image_size"])
-    tops = predict_images(model, images, checkpoint, top_k, tta, device=device) if kept else []
+    images, kept, failed = load_images(wanted, run.image_size)
+    tops = predict_images(run, images, top_k, tta) if kept else []
     done = {str(f): Prediction(str(f), top) for f, top in zip(kept, tops)}
     done.update({p.image: p for p in failed})
     return [p if p.error or p.skipped else done[p.image] for p in found]
+
+
+def predict_any(run, images, top_k: int = 3, tta: bool = False) -> list[Prediction]:
+    """run.predict: file paths, PIL images, uint8 arrays or a uint8 tensor [N, 3, H, W], preprocessed as
+    `cnnlab predict` preprocesses files (the same resize, the same normalisation). A file that cannot be
+    read gets its error in its Prediction; the others are predicted."""
+    from PIL import Image
+
+    if isinstance(images, torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise UsageError(f"a tensor of images must be uint8 [N, 3, H, W], got {images.dtype} {list(images.shape)}")
+        images = [im.permute(1, 2, 0).numpy() for im in images]
+    elif isinstance(images, (str, Path, Image.Image, np.ndarray)):
+        images = [images]
+    answers, arrays, slots = [], [], []
+    for k, item in enumerate(images):
+        name = str(item) if isinstance(item, (str, Path)) else f"image {k}"
+        try:
+            arrays.append(_picture(item, k, run.image_size))
+            slots.append(len(answers))
+            answers.append(Prediction(name))
+        except CnnlabError as e:
+            if isinstance(e, UsageError):
+                raise
+            answers.append(Prediction(name, error=str(e)))
+    if arrays:
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        for slot, top in zip(slots, predict_images(run, batch, top_k, tta)):
+            answers[slot].top = top
+    return answers
+
+
+def _picture(item, k: int, size: int) -> np.ndarray:
+    """One image of any accepted kind as uint8 [size, size, 3], exactly as `cnnlab predict` reads files."""
+    from PIL import Image
+
+    from .images import picture_array
+
+    if isinstance(item, (str, Path)):
+        arrays, _, failed = load_images([Path(item)], size)
+        if failed:
+            raise CnnlabError(failed[0].error)
+        return arrays[0].permute(1, 2, 0).numpy()
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (3, 4)):
+            raise UsageError(f"image {k}: an array must be uint8 [H, W] or [H, W, 3], got {item.dtype} {item.shape}")
+        item = Image.fromarray(np.ascontiguousarray(item))
+    if not isinstance(item, Image.Image):
+        raise UsageError(f"image {k} is a {type(item).__name__}: give file paths, PIL images or uint8 arrays")
+    return picture_array(item, size)

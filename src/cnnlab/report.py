@@ -43,14 +43,18 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
 """
 
 
-def write_report(runs: list[str | Path], out: str | Path | None = None, data=None) -> Path:
-    """Write the report and return its path. `data(image_size)` may supply the test data for runs lacking figures."""
+def write_report(runs: list[str | Path], out: str | Path | None = None, data=None, weights: str = "auto") -> Path:
+    """Write the report and return its path. Each run is shown with its `weights` (openrun: auto, best, last
+    or ema); `data(image_size)` may supply the test data for runs whose figures must be drawn."""
+    from .openrun import load_run
+
     records = [read_run(r) for r in runs]
+    opened = [load_run(r.path, weights) for r in records]
     names = [r.name for r in records]
     if len(set(names)) != len(names):
         names = [str(r.path) for r in records]  # same folder names from different parents: use paths
-    for record in records:
-        _ensure_figures(record, data)
+    for record, run in zip(records, opened):
+        _ensure_figures(record, run, data)
     if out is None:
         out = records[0].path / "report.html" if len(records) == 1 else Path("report.html")
     out = Path(out)
@@ -61,27 +65,29 @@ def write_report(runs: list[str | Path], out: str | Path | None = None, data=Non
              f"<style>{STYLE}</style></head><body>", f"<h1>{_e(title)}</h1>",
              f"<p class='meta'>written {time.strftime('%Y-%m-%d %H:%M')} by cnnlab {__version__}</p>"]
     if len(records) > 1:
-        parts.append(_comparison(records, names))
-    for record, name in zip(records, names):
-        parts.append(_run_section(record, name, level=2 if len(records) > 1 else None))
+        parts.append(_comparison(records, opened, names))
+    for record, run, name in zip(records, opened, names):
+        parts.append(_run_section(record, run, name, level=2 if len(records) > 1 else None))
     parts.append("</body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, "\n".join(parts).encode("utf-8"))
     return out
 
 
-def _ensure_figures(record: RunRecord, data) -> None:
+def _ensure_figures(record: RunRecord, run, data) -> None:
+    """The run's figures, drawn from `run`'s weights when missing, damaged or drawn from other weights."""
     from .plots import RUN_PLOTS, make_run_plots
 
-    if all((record.path / f).is_file() for f in RUN_PLOTS) and _confusion(record) is not None:
+    confusion = _confusion(record)
+    if all((record.path / f).is_file() for f in RUN_PLOTS) and confusion and confusion.get("weights") == run.weights.describe():
         return
-    from .analysis import run_predictions
-    from .runfiles import load_checkpoint, resolve_checkpoint
+    make_run_plots(record, run.test_predictions(data(run.image_size) if data is not None else None), run.weights)
 
-    dataset = None
-    if data is not None:
-        dataset = data(load_checkpoint(resolve_checkpoint(record.path, "last.pt"))["image_size"])
-    make_run_plots(record, run_predictions(record, dataset))
+
+def _weights_accuracy(record: RunRecord, run) -> float:
+    """The test accuracy of the weights shown: their epoch's row (the moving average's own column for ema.pt)."""
+    row = record.rows[min(run.weights.epoch, len(record.rows)) - 1]
+    return row.get("ema_test_acc", row["test_acc"]) if run.weights.file.name == "ema.pt" else row["test_acc"]
 
 
 def _confusion(record: RunRecord) -> dict | None:
@@ -124,17 +130,18 @@ def _figure_png(fig_maker) -> str:
     return f"<img alt='comparison' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}'>"
 
 
-def _comparison(records: list[RunRecord], names: list[str]) -> str:
+def _comparison(records: list[RunRecord], opened: list, names: list[str]) -> str:
     rows = ["<h2>Comparison</h2><table><tr><th>run</th><th>model</th><th>recipe</th><th>epochs</th>"
-            "<th>final test acc</th><th>best held-out acc (epoch)</th><th>train-held-out gap</th><th>verdict</th>"
+            "<th>test acc (weights)</th><th>best held-out acc (epoch)</th><th>train-held-out gap</th><th>verdict</th>"
             "<th>train time</th></tr>"]
-    for record, name in zip(records, names):
+    for record, run, name in zip(records, opened, names):
         recipe = record.config.get("recipe", {})
         d = diagnose(record)
         last = record.rows[-1]
         seconds = sum(r.get("seconds", 0) for r in record.rows)
         rows.append(f"<tr><td>{_e(name)}</td><td>{_e(recipe.get('model', '?'))}</td><td>{_e(recipe.get('name', '?'))}</td>"
-                    f"<td class='num'>{last['epoch']}</td><td class='num'>{last['test_acc']:.2f}%</td>"
+                    f"<td class='num'>{last['epoch']}</td><td class='num'>{_weights_accuracy(record, run):.2f}% "
+                    f"({_e(run.weights.describe())})</td>"
                     f"<td class='num'>{d.numbers['best_eval_acc']:.2f}% ({d.numbers['best_epoch']})</td>"
                     f"<td class='num'>{d.numbers['gap']:+.2f}</td><td>{_e(d.verdict)}</td><td class='num'>{seconds:.0f} s</td></tr>")
     rows.append("</table>")
@@ -158,7 +165,7 @@ def _comparison(records: list[RunRecord], names: list[str]) -> str:
     return "\n".join(rows)
 
 
-def _run_section(record: RunRecord, name: str, level: int | None) -> str:
+def _run_section(record: RunRecord, run, name: str, level: int | None) -> str:
     h = (lambda text: f"<h{level}>{_e(text)}</h{level}>") if level else (lambda text: "")
     sub = (lambda text: f"<h{(level or 1) + 1}>{_e(text)}</h{(level or 1) + 1}>")
     config, summary, last = record.config, record.summary, record.rows[-1]
@@ -168,7 +175,7 @@ def _run_section(record: RunRecord, name: str, level: int | None) -> str:
     if not summary:
         out.append("<p><b>This run has not finished</b>: the numbers below are from its last completed epoch.</p>")
 
-    cards = [("final test accuracy", f"{last['test_acc']:.2f}%"),
+    cards = [(f"test accuracy, {run.weights.describe()}", f"{_weights_accuracy(record, run):.2f}%"),
              (f"best {d.numbers['split']} accuracy", f"{d.numbers['best_eval_acc']:.2f}% (epoch {d.numbers['best_epoch']})"),
              ("epochs", f"{last['epoch']}" + (" (stopped early)" if summary.get("stopped_early") else "")),
              ("training time", f"{sum(r.get('seconds', 0) for r in record.rows):.0f} s"),

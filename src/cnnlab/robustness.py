@@ -156,3 +156,28 @@ def format_table(result: dict) -> str:
     lines.append(f"clean accuracy {result['clean_acc']:.2f}%, mean corruption accuracy {result['mean_corruption_acc']:.2f}% "
                  f"(generated corruptions, seed {result['seed']}; not the published CIFAR-10-C files)")
     return "\n".join(lines)
+
+
+def measure_robustness(run, data, names: list[str] | None = None, seed: int = 0, progress=None) -> dict:
+    """The robustness table of `run` (openrun.Run) on `data`'s test split, written into the run folder as
+    robustness.json and robustness.png (the report shows them), with the weights used."""
+    import json
+
+    from .device import tune_cpu_allocator
+    from .evaluate import EVAL_BATCH_SIZE, evaluate
+    from .loader import Loader
+    from .plots import plot_robustness
+    from .runs import atomic_write_bytes
+
+    device = next(run.model.parameters()).device
+    if device.type == "cpu":
+        tune_cpu_allocator()  # 46 passes over the test set: keep freed batches in the heap
+
+    def accuracy_of(model, images, labels):
+        return evaluate(model, Loader(images, labels, EVAL_BATCH_SIZE, run.normalizer, device=device))["acc"]
+
+    result = robustness_table(run.model, data.test_images, data.test_labels, accuracy_of, names, seed, progress)
+    result["data"], result["weights"] = data.source, run.weights.describe()
+    atomic_write_bytes(run.folder / "robustness.json", json.dumps(result, indent=1).encode())
+    plot_robustness(result, run.folder / "robustness.png")
+    return result

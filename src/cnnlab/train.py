@@ -30,6 +30,7 @@ from .errors import CnnlabError
 from .evaluate import evaluate
 from .models import count_parameters
 from .names import shown
+from .openrun import reported_weights
 from .prepare import prepare
 from .recipe import Recipe
 from .runfiles import load_checkpoint, recorded_source, resolve_checkpoint
@@ -156,6 +157,8 @@ def _summary(state: TrainState, wall_seconds: float, run_dir: Path | None) -> di
         "run_dir": str(run_dir) if run_dir else None,
         "world_size": state.cluster.world_size,
     }
+    reported = reported_weights(p.best_metric, p.best_epoch, p.epoch)
+    summary["reported"] = {"weights": reported.describe(), "test_acc": p.rows[reported.epoch - 1]["test_acc"]}
     if "val_acc" in last:
         summary["final_val_acc"] = last["val_acc"]
     if "tta_test_acc" in last:

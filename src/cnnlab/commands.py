@@ -1,0 +1,168 @@
+"""The commands that make things: train, ablate, audit, data, bench, recipes, models. Each calls the
+library and prints; cli.py parses their flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import CnnlabError, UsageError
+
+
+def _recipe(args):
+    """The recipe the flags ask for: --recipe with every field flag given on top."""
+    from .recipe import Recipe, load_recipe
+
+    fields = Recipe.__dataclass_fields__
+    overrides = {k: v for k, v in vars(args).items() if k in fields and k != "name" and v is not None}
+    options = {k[len("model_option_"):]: v for k, v in vars(args).items() if k.startswith("model_option_") and v is not None}
+    if options:
+        overrides["model_options"] = options
+    return load_recipe(args.recipe or "seed", overrides)
+
+
+def cmd_train(args) -> int:
+    if args.resume:
+        from .recipe import Recipe, flag
+        from .train import resume
+
+        given = [flag(k.removeprefix("model_option_")) for k, v in vars(args).items() if v is not None and (
+                 k in Recipe.__dataclass_fields__ or k.startswith("model_option_") or k in ("recipe", "name"))]
+        if given:
+            raise UsageError(f"--resume continues the run with its own recipe; drop {', '.join(given)}")
+        resume(args.resume, args.data, data_root=args.data_root, progress=not args.no_progress, plots=not args.no_plots,
+               tensorboard=args.tensorboard)
+        return 0
+    args.data = args.data or "cifar10"
+    if args.name is not None:
+        from .runs import check_run_name
+
+        check_run_name(args.name)  # before any time is spent on the data
+    recipe = _recipe(args)
+    from .device import resolve_device
+    from .train import train
+
+    resolve_device(recipe.device)  # a --device this machine lacks fails before the data is loaded
+    if args.tensorboard:
+        from .tensorboard import require_tensorboard
+
+        require_tensorboard()
+    train(recipe, _load(args, recipe.image_size), runs_dir=args.runs_dir, name=args.name, progress=not args.no_progress,
+          plots=not args.no_plots, tensorboard=args.tensorboard)
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from .ablate import ABLATIONS, format_table, run_ablation
+
+    args.recipe = args.recipe or ABLATIONS[args.ablation].recipe
+    recipe = _recipe(args)
+    comparison = run_ablation(args.ablation, recipe, _load(args, recipe.image_size), epochs=args.epochs,
+                              runs_dir=args.runs_dir, progress=not args.no_progress)
+    print(format_table(comparison))
+    print(f"runs, table (ablation.md, ablation.json) and plot (ablation.png) in {comparison['folder']}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from pathlib import Path
+
+    from .audit import audit, format_audit, model_features, save_audit
+    from .runs import claim_run_folder
+
+    if args.threshold is not None and not -1 <= args.threshold <= 1:
+        raise UsageError(f"--threshold {args.threshold} is not a cosine similarity; give a number between -1 and 1")
+    if args.out and Path(args.out).exists():
+        raise CnnlabError(f"{args.out} already exists; choose another --out (audits are never overwritten)")
+    space, features, weights = "pixels", None, None
+    if args.model_run:
+        from .openrun import load_run
+
+        run = load_run(args.model_run, weights=args.weights)
+        args.image_size = args.image_size or run.image_size
+        space, weights = "model", run.weights.describe()
+        features = lambda images: model_features(run.model, images, run.checkpoint["mean"], run.checkpoint["std"])
+    data = _load(args, args.image_size or 32)
+    result = audit(data, space, args.threshold, features)
+    stem = Path(str(args.data).rstrip("/")).name.split(".")[0] + ("-model" if args.model_run else "")
+    out = claim_run_folder(Path(args.out).parent, Path(args.out).name, stem) if args.out else claim_run_folder("audits", None, stem)
+    summary = save_audit(result, data, out, model_run=args.model_run, model_weights=weights)
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "leaked_test"} | {"folder": str(out)}))
+    else:
+        print(format_audit(summary))
+        print(f"pairs (pairs.csv, nearest_train.csv), galleries (gallery.png, gallery_threshold.png) and audit.json in {out}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .splits import channel_stats
+    from .download import CIFAR_ARCHIVES, ensure_cifar
+
+    if args.action == "download":
+        if args.data not in CIFAR_ARCHIVES:
+            raise UsageError(f"'cnnlab data download' fetches {' or '.join(CIFAR_ARCHIVES)}; '{args.data}' is not one of them")
+        folder = ensure_cifar(args.data, Path(args.data_root), mirror=args.mirror, md5=args.md5)
+        print(f"{args.data} is ready in {folder}")
+        return 0
+    data = _load(args, args.image_size or 32)
+    if args.action == "info":
+        info = data.summary()
+        counts = lambda labels: [int(c) for c in labels.bincount(minlength=data.num_classes)]
+        print(f"source      {info['source']}\nchecksum    {info['checksum']}\nimage size  {info['image_size']}x{info['image_size']}")
+        print(f"train       {info['train']} images\ntest        {info['test']} images\nclasses     {data.num_classes}")
+        width = max(len(c) for c in data.classes)
+        for cls, tr, te in zip(data.classes, counts(data.train_labels), counts(data.test_labels)):
+            print(f"  {cls:<{width}}  train {tr:6d}  test {te:6d}")
+    else:
+        mean, std = channel_stats(data.train_images)
+        print(f"training split of {data.source}: {len(data.train_labels)} images")
+        print(f"mean  ({', '.join(f'{v:.4f}' for v in mean)})\nstd   ({', '.join(f'{v:.4f}' for v in std)})")
+        if data.known_stats:
+            kmean, kstd = data.known_stats
+            print(f"published constants used for training: mean {kmean}, std {kstd}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import DEFAULT_VARIANTS, VARIANTS, format_table, run_bench
+    from .runs import atomic_write_json
+
+    if args.list:
+        for v in VARIANTS.values():
+            print(f"{v.name:<22} {v.description}")
+        return 0
+    variants = args.variants.split(",") if args.variants else DEFAULT_VARIANTS
+    result = run_bench(variants, args.data, repeats=args.repeats, steps=args.steps, warmup=args.warmup)
+    print(format_table(result))
+    if args.json_out:
+        atomic_write_json(Path(args.json_out), result)
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from .recipe import load_recipe, shipped_recipes
+
+    for name in sorted(shipped_recipes()):
+        print(f"{name:<14} {load_recipe(name).description}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import MODELS, build_model, count_parameters
+
+    options = lambda spec: (f"; options: {', '.join(f'{k} ({o.default})' for k, o in spec.options.items())}"
+                            if spec.options else "")
+    for name, spec in sorted(MODELS.items()):
+        print(f"{name:<17} {spec.description}{options(spec)}")
+    example = "speedrun-48-192-192"
+    print(f"{'speedrun-W1-W2-W3':<17} the speedrun net with these stage widths "
+          f"({example}: {count_parameters(build_model(example, 10)):,} parameters){options(MODELS['speedrun'])}")
+    print(f"{'tv:NAME':<17} a torchvision model by name (needs an importable torchvision)")
+    return 0
+
+
+def _load(args, image_size: int):
+    from .data import load_dataset
+
+    return load_dataset(args.data, root=args.data_root, image_size=image_size, mirror=args.mirror)
