@@ -19,15 +19,17 @@ def main(runs: list[str]) -> None:
     print(f"{len(runs)} runs: {', '.join(Path(r).name for r in runs)}")
     print(f"{'epoch':>5} {'train s (median, cumulative)':>29} {'test acc mean':>14} {'min-max':>14}")
     for e in range(epochs):
-        seconds = statistics.median(sum(row["seconds"] for row in h[:e + 1]) for h in histories)
+        seconds = statistics.median(sum(row["seconds"] for row in h[: e + 1]) for h in histories)
         accs = [h[e]["test_acc"] for h in histories]
         print(f"{e + 1:5d} {seconds:29.0f} {statistics.mean(accs):14.2f} {min(accs):7.2f}-{max(accs):<6.2f}")
     tta = [s["final_tta_test_acc"] for s in summaries if "final_tta_test_acc" in s]
     final = [s["final_test_acc"] for s in summaries]
     spread = lambda xs: f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.2f}"
     print(f"final test acc {spread(final)}" + (f"; with TTA {spread(tta)}" if tta else ""))
-    print(f"median wall (train() call, data from the cache): {statistics.median(s['wall_seconds'] for s in summaries):.0f} s; "
-          f"median training time {statistics.median(s['train_seconds'] for s in summaries):.0f} s")
+    print(
+        f"median wall (train() call, data from the cache): {statistics.median(s['wall_seconds'] for s in summaries):.0f} s; "
+        f"median training time {statistics.median(s['train_seconds'] for s in summaries):.0f} s"
+    )
 
 
 if __name__ == "__main__":

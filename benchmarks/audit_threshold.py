@@ -45,9 +45,12 @@ def main(source: str, run: str | None = None) -> None:
         from cnnlab.openrun import load_run
 
         opened = load_run(run, weights="last")
-        spaces["model"] = lambda images: model_features(opened.model, images, opened.checkpoint["mean"],
-                                                        opened.checkpoint["std"])
-    sample = data.train_images[torch.randperm(len(data.train_images), generator=torch.Generator().manual_seed(0))[:2000]]
+        spaces["model"] = lambda images: model_features(
+            opened.model, images, opened.checkpoint["mean"], opened.checkpoint["std"]
+        )
+    sample = data.train_images[
+        torch.randperm(len(data.train_images), generator=torch.Generator().manual_seed(0))[:2000]
+    ]
     for space, features in spaces.items():
         print(f"{space} features")
         train = features(data.train_images)
@@ -62,7 +65,9 @@ def main(source: str, run: str | None = None) -> None:
         q = torch.quantile(cross, torch.tensor([0.5, 0.9, 0.99]))
         print(f"  test image vs nearest train image: median {q[0]:.4f}, 90th percentile {q[1]:.4f}, 99th {q[2]:.4f}")
         for t in (0.90, 0.93, 0.95, 0.97, 0.99):
-            print(f"    at >= {t}: {int((cross >= t).sum())} test images ({100 * float((cross >= t).double().mean()):.2f}%)")
+            print(
+                f"    at >= {t}: {int((cross >= t).sum())} test images ({100 * float((cross >= t).double().mean()):.2f}%)"
+            )
 
 
 if __name__ == "__main__":

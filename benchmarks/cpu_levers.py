@@ -38,8 +38,8 @@ def spread(values) -> str:
 
 def batch_sizes(repeats: int = 3) -> None:
     from cnnlab.models import build_model
-    from cnnlab.recipe import load_recipe
     from cnnlab.optim import make_optimizer
+    from cnnlab.recipe import load_recipe
 
     tune_cpu_allocator()
     recipe = load_recipe("speedrun-cpu")
@@ -69,7 +69,13 @@ def conv_backward(repeats: int = 5) -> None:
     """SmallCNN's convolutions in bf16 channels-last: one convolution_backward for both gradients, or two."""
     tune_cpu_allocator()
     backward = torch.ops.aten.convolution_backward
-    for cin, cout, size, stride in [(32, 32, 32, 2), (32, 64, 16, 1), (64, 64, 16, 2), (64, 128, 8, 1), (128, 128, 8, 2)]:
+    for cin, cout, size, stride in [
+        (32, 32, 32, 2),
+        (32, 64, 16, 1),
+        (64, 64, 16, 2),
+        (64, 128, 8, 1),
+        (128, 128, 8, 2),
+    ]:
         x = torch.randn(128, cin, size, size, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
         w = torch.randn(cout, cin, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
         g = torch.randn_like(F.conv2d(x, w, stride=stride, padding=1))
@@ -78,8 +84,10 @@ def conv_backward(repeats: int = 5) -> None:
         for _ in range(repeats):
             together.append(1000 / rate(lambda: call([True, True, False]), 1, 20))  # ms per call
             apart.append(1000 / rate(lambda: (call([True, False, False]), call([False, True, False])), 1, 20))
-        print(f"conv {cin}->{cout} at {size}x{size}, stride {stride}: together {statistics.median(together):.2f} ms, "
-              f"apart {statistics.median(apart):.2f} ms (medians of {repeats})")
+        print(
+            f"conv {cin}->{cout} at {size}x{size}, stride {stride}: together {statistics.median(together):.2f} ms, "
+            f"apart {statistics.median(apart):.2f} ms (medians of {repeats})"
+        )
 
 
 def first_conv_padding(repeats: int = 5) -> None:
@@ -100,8 +108,10 @@ def first_conv_padding(repeats: int = 5) -> None:
         for channels, values in times.items():
             values.append(1000 / rate(lambda: step(channels), 1, 20))  # ms per step
     for channels, values in times.items():
-        print(f"first conv with {channels:2d} input channels: {statistics.median(values):.2f} ms "
-              f"({min(values):.2f}-{max(values):.2f}, {repeats} repeats)")
+        print(
+            f"first conv with {channels:2d} input channels: {statistics.median(values):.2f} ms "
+            f"({min(values):.2f}-{max(values):.2f}, {repeats} repeats)"
+        )
 
 
 def conv_backend(repeats: int = 5) -> None:
@@ -109,8 +119,8 @@ def conv_backend(repeats: int = 5) -> None:
     in oneDNN (PyTorch's default on x86) or in PyTorch's own im2col + BLAS kernels, in NCHW and channels-last."""
     from cnnlab.device import resolve_precision
     from cnnlab.models import build_model
-    from cnnlab.recipe import load_recipe
     from cnnlab.optim import make_optimizer
+    from cnnlab.recipe import load_recipe
 
     tune_cpu_allocator()
     precision = resolve_precision("auto", torch.device("cpu"))
@@ -137,7 +147,9 @@ def conv_backend(repeats: int = 5) -> None:
             with torch.backends.mkldnn.flags(enabled=backend == "oneDNN"):
                 results[(layout, backend)].append(rate(step, 128, 10))
     for (layout, backend), values in results.items():
-        print(f"SmallCNN {precision} {layout:13s} {backend:6s} convolutions: {spread(values)} images/s ({repeats} repeats)")
+        print(
+            f"SmallCNN {precision} {layout:13s} {backend:6s} convolutions: {spread(values)} images/s ({repeats} repeats)"
+        )
 
 
 def newton_schulz(repeats: int = 5) -> None:
@@ -146,14 +158,20 @@ def newton_schulz(repeats: int = 5) -> None:
     from cnnlab.models import build_model
     from cnnlab.muon import iteration_dtype, orthogonalize
 
-    filters = [p.detach().flatten(1) for p in build_model("speedrun-small", 10).parameters() if p.dim() == 4 and p.requires_grad]
+    filters = [
+        p.detach().flatten(1)
+        for p in build_model("speedrun-small", 10).parameters()
+        if p.dim() == 4 and p.requires_grad
+    ]
     times = {torch.bfloat16: [], torch.float32: []}
     for _ in range(repeats):
         for dtype, values in times.items():
             values.append(1000 / rate(lambda: [orthogonalize(f, dtype=dtype) for f in filters], 1, 5))  # ms per step
     for dtype, values in times.items():
-        print(f"Newton-Schulz in {str(dtype).removeprefix('torch.'):8s}: {statistics.median(values):.1f} ms per step "
-              f"({min(values):.1f}-{max(values):.1f}, {repeats} repeats, {len(filters)} filter tensors)")
+        print(
+            f"Newton-Schulz in {str(dtype).removeprefix('torch.'):8s}: {statistics.median(values):.1f} ms per step "
+            f"({min(values):.1f}-{max(values):.1f}, {repeats} repeats, {len(filters)} filter tensors)"
+        )
     print(f"iteration_dtype on this CPU: {iteration_dtype(torch.device('cpu'))}")
 
 
@@ -162,13 +180,19 @@ def no_mmap(data: str, repeats: int = 2) -> None:
     for _ in range(repeats):
         for mode in ("tuned", "no-mmap"):
             for variant, steps in (("speedrun-cnnlab", 16), ("cnnlab", 40)):
-                out = subprocess.run([sys.executable, __file__, "_measure", mode, variant, data, str(steps)],
-                                     capture_output=True, text=True, check=True).stdout
+                out = subprocess.run(
+                    [sys.executable, __file__, "_measure", mode, variant, data, str(steps)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
                 r = json.loads(out.strip().splitlines()[-1])
                 results.setdefault((variant, mode), []).append(r)
     for (variant, mode), rs in results.items():
-        print(f"{variant:16s} {mode:8s} {spread([r['images_per_s'] for r in rs])} images/s, "
-              f"page faults per step {statistics.median(r['page_faults_per_step'] for r in rs):,.0f}")
+        print(
+            f"{variant:16s} {mode:8s} {spread([r['images_per_s'] for r in rs])} images/s, "
+            f"page faults per step {statistics.median(r['page_faults_per_step'] for r in rs):,.0f}"
+        )
 
 
 def _measure(mode: str, variant: str, data: str, steps: str) -> None:
@@ -181,7 +205,12 @@ def _measure(mode: str, variant: str, data: str, steps: str) -> None:
 
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    {"batch": lambda: batch_sizes(), "conv-backward": conv_backward, "first-conv-padding": first_conv_padding,
-     "no-mmap": lambda: no_mmap(args[0]), "conv-backend": conv_backend,
-     "newton-schulz": newton_schulz,
-     "_measure": lambda: _measure(*args)}[command]()
+    {
+        "batch": lambda: batch_sizes(),
+        "conv-backward": conv_backward,
+        "first-conv-padding": first_conv_padding,
+        "no-mmap": lambda: no_mmap(args[0]),
+        "conv-backend": conv_backend,
+        "newton-schulz": newton_schulz,
+        "_measure": lambda: _measure(*args),
+    }[command]()

@@ -33,8 +33,10 @@ def main() -> None:
     data = load_dataset(args.data, progress=False)
     normalize = Normalizer((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
     cpu = torch.device("cpu")
-    print(f"cpu: {cpu_description()['name']}; seconds per evaluation of {len(data.test_labels)} images, "
-          f"median of {args.repeats} (min-max)")
+    print(
+        f"cpu: {cpu_description()['name']}; seconds per evaluation of {len(data.test_labels)} images, "
+        f"median of {args.repeats} (min-max)"
+    )
     for name in args.models.split(","):
         model = build_model(name, data.num_classes).to(memory_format=torch.channels_last).eval()
         for precision in ("bf16", "fp32"):
@@ -46,7 +48,9 @@ def main() -> None:
                     with autocast(cpu, precision):
                         evaluate(model, loader)
                     times[size].append(time.perf_counter() - start)
-            cells = "  ".join(f"batch {b}: {statistics.median(t):.2f} s ({min(t):.2f}-{max(t):.2f})" for b, t in times.items())
+            cells = "  ".join(
+                f"batch {b}: {statistics.median(t):.2f} s ({min(t):.2f}-{max(t):.2f})" for b, t in times.items()
+            )
             print(f"{name:<15} {precision}  {cells}")
 
 

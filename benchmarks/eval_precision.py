@@ -13,11 +13,11 @@ import time
 
 import torch
 
-from cnnlab.openrun import load_run
 from cnnlab.data import load_dataset
 from cnnlab.device import autocast, tune_cpu_allocator
 from cnnlab.evaluate import evaluate
 from cnnlab.loader import Loader
+from cnnlab.openrun import load_run
 
 
 def main(data_source: str, runs: list[str], repeats: int, tta: bool) -> None:
@@ -30,8 +30,14 @@ def main(data_source: str, runs: list[str], repeats: int, tta: bool) -> None:
         run.dataset(data)  # the classes must fit
         model = run.model.to(memory_format=torch.channels_last)
         recipe = run.checkpoint["recipe"]
-        loader = Loader(data.test_images, data.test_labels, recipe["eval_batch_size"], run.normalizer, device=cpu,
-                        channels_last=True)
+        loader = Loader(
+            data.test_images,
+            data.test_labels,
+            recipe["eval_batch_size"],
+            run.normalizer,
+            device=cpu,
+            channels_last=True,
+        )
         seconds = {"fp32": [], "bf16": []}
         for _ in range(repeats):  # interleaved, so a noisy moment slows both alike
             for precision in ("fp32", "bf16"):
@@ -42,15 +48,20 @@ def main(data_source: str, runs: list[str], repeats: int, tta: bool) -> None:
                 seconds[precision + " result"] = result
         for precision in ("fp32", "bf16"):
             s, result = seconds[precision], seconds[precision + " result"]
-            print(f"{path} | {recipe['model']} | {recipe['eval_batch_size']} | {precision} | "
-                  f"{statistics.median(s):.2f} ({min(s):.2f}-{max(s):.2f}) | {result['acc']:.2f}% | {result['loss']:.4f}")
+            print(
+                f"{path} | {recipe['model']} | {recipe['eval_batch_size']} | {precision} | "
+                f"{statistics.median(s):.2f} ({min(s):.2f}-{max(s):.2f}) | {result['acc']:.2f}% | {result['loss']:.4f}"
+            )
         if tta:  # once per precision: the views cost 10 evaluations each
             for precision in ("fp32", "bf16"):
                 start = time.perf_counter()
                 with autocast(cpu, precision):
                     result = evaluate(model, loader, tta=True)
-                print(f"{path} | {recipe['model']} | {recipe['eval_batch_size']} | {precision}, 10-view TTA | "
-                      f"{time.perf_counter() - start:.2f} (once) | {result['acc']:.2f}% | {result['loss']:.4f}", flush=True)
+                print(
+                    f"{path} | {recipe['model']} | {recipe['eval_batch_size']} | {precision}, 10-view TTA | "
+                    f"{time.perf_counter() - start:.2f} (once) | {result['acc']:.2f}% | {result['loss']:.4f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
@@ -58,6 +69,8 @@ if __name__ == "__main__":
     parser.add_argument("data")
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--tta", action="store_true", help="also time the 10-view TTA evaluation, once in float32 and once in bf16")
+    parser.add_argument(
+        "--tta", action="store_true", help="also time the 10-view TTA evaluation, once in float32 and once in bf16"
+    )
     args = parser.parse_args()
     main(args.data, args.runs, args.repeats, args.tta)

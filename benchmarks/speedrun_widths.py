@@ -21,8 +21,9 @@ from cnnlab.models.speedrun import SpeedrunNet
 def images_per_second(widths: tuple[int, int, int], size: int, batch: int, steps: int) -> float:
     torch.manual_seed(0)
     model = SpeedrunNet(10, widths).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
-                                nesterov=True, foreach=True)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9, nesterov=True, foreach=True
+    )
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
 

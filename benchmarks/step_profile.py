@@ -18,8 +18,8 @@ from torch.profiler import profile
 
 from cnnlab.device import autocast, resolve_precision, tune_cpu_allocator
 from cnnlab.models import build_model
-from cnnlab.recipe import load_recipe
 from cnnlab.optim import make_optimizer
+from cnnlab.recipe import load_recipe
 
 GROUPS = {"convolution": ("convolution",), "batch norm": ("batch_norm",), "ReLU": ("threshold", "clamp_min", "relu")}
 
@@ -53,7 +53,9 @@ def main(steps: int, by_shape: bool, precision: str) -> None:
     for e in events:
         group = next((g for g, keys in GROUPS.items() if any(k in e.key for k in keys)), "everything else")
         shares[group] += e.self_cpu_time_total
-    print(f"{precision}: {total / steps / 1000:.1f} ms per step ({128 * steps / (total / 1e6):,.0f} images/s on the operators alone)")
+    print(
+        f"{precision}: {total / steps / 1000:.1f} ms per step ({128 * steps / (total / 1e6):,.0f} images/s on the operators alone)"
+    )
     for name, t in shares.items():
         print(f"  {name:16s} {100 * t / total:5.1f}%  {t / steps / 1000:5.1f} ms")
     if by_shape:
@@ -65,7 +67,9 @@ def main(steps: int, by_shape: bool, precision: str) -> None:
                 per_shape[shape] = per_shape.get(shape, 0.0) + e.self_cpu_time_total
         for shape, t in sorted(per_shape.items(), key=lambda item: -item[1]):
             elements = torch.Size(shape).numel() if shape else 0
-            print(f"  {str(list(shape)):22s} {t / steps / 1000:5.2f} ms  {t / steps / max(elements, 1) * 1e3:6.2f} ns per element")
+            print(
+                f"  {str(list(shape)):22s} {t / steps / 1000:5.2f} ms  {t / steps / max(elements, 1) * 1e3:6.2f} ns per element"
+            )
 
 
 if __name__ == "__main__":

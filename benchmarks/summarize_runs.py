@@ -14,10 +14,14 @@ from pathlib import Path
 
 
 def main(runs_dir: str, prefixes: list[str]) -> None:
-    print(f"{'group':<16} {'n':>2} {'final test acc (mean ± std)':>28} {'min':>7} {'max':>7} {'with TTA':>15} "
-          f"{'train s/epoch':>14} {'train s':>8} {'wall s':>7}")
+    print(
+        f"{'group':<16} {'n':>2} {'final test acc (mean ± std)':>28} {'min':>7} {'max':>7} {'with TTA':>15} "
+        f"{'train s/epoch':>14} {'train s':>8} {'wall s':>7}"
+    )
     for prefix in prefixes:
-        runs = sorted(p for p in Path(runs_dir).iterdir() if p.name.startswith(prefix) and (p / "summary.json").is_file())
+        runs = sorted(
+            p for p in Path(runs_dir).iterdir() if p.name.startswith(prefix) and (p / "summary.json").is_file()
+        )
         if not runs:
             print(f"{prefix:<16} no finished runs")
             continue
@@ -27,9 +31,11 @@ def main(runs_dir: str, prefixes: list[str]) -> None:
         tta = [s["final_tta_test_acc"] for s in summaries if "final_tta_test_acc" in s]
         std = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
         tta_text = f"{statistics.mean(tta):.2f} ± {std(tta):.2f}" if tta else "-"
-        print(f"{prefix:<16} {len(accs):>2} {statistics.mean(accs):>20.2f} ± {std(accs):<5.2f} {min(accs):7.2f} {max(accs):7.2f} "
-              f"{tta_text:>15} {statistics.median(per_epoch):14.1f} {statistics.median(s['train_seconds'] for s in summaries):8.0f} "
-              f"{statistics.median(s['wall_seconds'] for s in summaries):7.0f}")
+        print(
+            f"{prefix:<16} {len(accs):>2} {statistics.mean(accs):>20.2f} ± {std(accs):<5.2f} {min(accs):7.2f} {max(accs):7.2f} "
+            f"{tta_text:>15} {statistics.median(per_epoch):14.1f} {statistics.median(s['train_seconds'] for s in summaries):8.0f} "
+            f"{statistics.median(s['wall_seconds'] for s in summaries):7.0f}"
+        )
 
 
 if __name__ == "__main__":

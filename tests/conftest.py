@@ -33,7 +33,9 @@ def real_data() -> Path:
     return REAL_DATA
 
 
-def class_images(n_per_class: int, num_classes: int = 10, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def class_images(
+    n_per_class: int, num_classes: int = 10, size: int = 32, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Learnable synthetic images: each class has its own colour and stripe direction, plus noise."""
     rng = np.random.default_rng(seed)
     images, labels = [], []
@@ -48,8 +50,13 @@ def class_images(n_per_class: int, num_classes: int = 10, size: int = 32, seed: 
     return np.stack(images), np.array(labels)
 
 
-def write_cifar_archive(path: Path, n_train_per_class: int = 20, n_test_per_class: int = 5,
-                        folder: str = "cifar-10-batches-py", conflicting_test_pair: bool = False) -> Path:
+def write_cifar_archive(
+    path: Path,
+    n_train_per_class: int = 20,
+    n_test_per_class: int = 5,
+    folder: str = "cifar-10-batches-py",
+    conflicting_test_pair: bool = False,
+) -> Path:
     """A python-format CIFAR-10 archive with the canonical layout and pickled batches.
 
     With `conflicting_test_pair`, the last automobile test image is replaced by a copy of the first
@@ -75,8 +82,14 @@ def write_cifar_archive(path: Path, n_train_per_class: int = 20, n_test_per_clas
     return path
 
 
-def write_image_folder(root: Path, n_train_per_class: int = 12, n_test_per_class: int = 4, classes=CLASSES[:4],
-                       size: int = 32, fmt: str = "png") -> Path:
+def write_image_folder(
+    root: Path,
+    n_train_per_class: int = 12,
+    n_test_per_class: int = 4,
+    classes=CLASSES[:4],
+    size: int = 32,
+    fmt: str = "png",
+) -> Path:
     for split, n, seed in (("train", n_train_per_class, 1), ("test", n_test_per_class, 2)):
         x, y = class_images(n, num_classes=len(classes), size=size, seed=seed)
         for i, (img, label) in enumerate(zip(x, y)):
@@ -137,11 +150,14 @@ def http_server():
     server.server_close()
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """The real `cnnlab` CLI in a subprocess (as `python -m cnnlab`, so it uses this interpreter)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "cnnlab", *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cnnlab", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def files_under(path: Path) -> set[str]:
@@ -152,8 +168,12 @@ def files_under(path: Path) -> set[str]:
 def archive(tmp_path_factory):
     """A small python-format CIFAR-10 archive (30 training and 10 test images per class). Its test split
     holds one picture twice, labelled airplane and automobile, so any model trained on it makes a mistake."""
-    return write_cifar_archive(tmp_path_factory.mktemp("data") / "cifar.tar.gz", n_train_per_class=30, n_test_per_class=10,
-                               conflicting_test_pair=True)
+    return write_cifar_archive(
+        tmp_path_factory.mktemp("data") / "cifar.tar.gz",
+        n_train_per_class=30,
+        n_test_per_class=10,
+        conflicting_test_pair=True,
+    )
 
 
 @pytest.fixture(scope="session")

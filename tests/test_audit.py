@@ -9,9 +9,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
 from cnnlab.audit import audit, nearest, pixel_features, unit_rows
 from cnnlab.data import load_dataset
 from cnnlab.splits import group_take, stratified_take
@@ -59,8 +59,11 @@ def test_audit_finds_exactly_the_planted_duplicates(leaky_folder):
     data = load_dataset(str(leaky_folder), progress=False)
     result = audit(data)
     names = {(data.image_name(p.split_a, p.index_a), data.image_name(p.split_b, p.index_b)): p for p in result.pairs}
-    assert set(names) == {("test/ant/te000.png", "train/ant/tr003.png"), ("test/bee/te000.png", "train/bee/tr005.png"),
-                          ("train/cow/tr007.png", "train/cow/tr019.png")}
+    assert set(names) == {
+        ("test/ant/te000.png", "train/ant/tr003.png"),
+        ("test/bee/te000.png", "train/bee/tr005.png"),
+        ("train/cow/tr007.png", "train/cow/tr019.png"),
+    }
     assert names[("test/ant/te000.png", "train/ant/tr003.png")].exact
     assert not names[("test/bee/te000.png", "train/bee/tr005.png")].exact
     assert result.counts["test_with_exact_train_duplicate"] == 1
@@ -88,8 +91,23 @@ def test_audit_cli_writes_ranked_pairs_galleries_and_evaluate_excludes_the_leaks
     assert again.returncode != 0 and "exists" in again.stderr
 
     runs = tmp_path / "runs"
-    trained = run_cli("train", "--data", str(leaky_folder), "--epochs", "1", "--batch-size", "16", "--runs-dir", str(runs),
-                      "--name", "r", "--no-progress", "--no-plots", "--precision", "fp32")
+    trained = run_cli(
+        "train",
+        "--data",
+        str(leaky_folder),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "r",
+        "--no-progress",
+        "--no-plots",
+        "--precision",
+        "fp32",
+    )
     assert trained.returncode == 0, trained.stderr
     evaluated = run_cli("evaluate", str(runs / "r"), "--exclude-duplicates", str(out), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
@@ -112,10 +130,27 @@ def test_evaluate_refuses_an_audit_of_other_data(leaky_folder, tiny_run, tmp_pat
 
 def test_model_features_audit_uses_the_runs_penultimate_layer(leaky_folder, tmp_path):
     runs = tmp_path / "runs"
-    assert run_cli("train", "--data", str(leaky_folder), "--epochs", "1", "--batch-size", "16", "--runs-dir", str(runs),
-                   "--name", "r", "--no-progress", "--no-plots").returncode == 0
-    result = run_cli("audit", "--data", str(leaky_folder), "--model-run", str(runs / "r"), "--out", str(tmp_path / "a"),
-                     "--json")
+    assert (
+        run_cli(
+            "train",
+            "--data",
+            str(leaky_folder),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--runs-dir",
+            str(runs),
+            "--name",
+            "r",
+            "--no-progress",
+            "--no-plots",
+        ).returncode
+        == 0
+    )
+    result = run_cli(
+        "audit", "--data", str(leaky_folder), "--model-run", str(runs / "r"), "--out", str(tmp_path / "a"), "--json"
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["space"] == "model" and summary["threshold"] == 0.99
@@ -166,13 +201,36 @@ def test_random_split_leaks_sessions_and_group_split_does_not(session_folder):
 
 def test_group_split_from_the_cli_records_the_split_and_refuses_bad_patterns(session_folder, tmp_path, archive):
     runs = tmp_path / "runs"
-    ok = run_cli("train", "--data", str(session_folder), "--epochs", "1", "--batch-size", "16", "--val-split", "0.2",
-                 "--val-groups", "folder", "--runs-dir", str(runs), "--name", "g", "--no-progress", "--no-plots")
+    ok = run_cli(
+        "train",
+        "--data",
+        str(session_folder),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--val-split",
+        "0.2",
+        "--val-groups",
+        "folder",
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "g",
+        "--no-progress",
+        "--no-plots",
+    )
     assert ok.returncode == 0, ok.stderr
     config = json.loads((runs / "g" / "config.json").read_text())
-    assert config["recipe"]["val_groups"] == "folder" and "val_acc" in json.loads((runs / "g" / "metrics.jsonl").read_text().splitlines()[0])
+    assert config["recipe"]["val_groups"] == "folder" and "val_acc" in json.loads(
+        (runs / "g" / "metrics.jsonl").read_text().splitlines()[0]
+    )
     cases = [
-        (["--data", str(session_folder), "--val-split", "0.2", "--val-groups", "(unclosed"], 2, "not a valid regular expression"),
+        (
+            ["--data", str(session_folder), "--val-split", "0.2", "--val-groups", "(unclosed"],
+            2,
+            "not a valid regular expression",
+        ),
         (["--data", str(session_folder), "--val-split", "0.2", "--val-groups", "nomatch"], 2, "have no group"),
         (["--data", str(session_folder), "--val-groups", "folder"], 2, "add --val-split"),
         (["--data", str(archive), "--val-split", "0.2", "--val-groups", "folder"], 2, "needs an image-folder source"),

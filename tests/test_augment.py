@@ -28,7 +28,7 @@ def test_every_crop_is_a_window_of_the_padded_frame():
     windows = []
     for dy in range(2 * padding + 1):
         for dx in range(2 * padding + 1):
-            w = padded[:, dy:dy + size, dx:dx + size]
+            w = padded[:, dy : dy + size, dx : dx + size]
             windows += [((dy, dx, False), w), ((dy, dx, True), w.flip(-1))]
     seen = set()
     for img in out:
@@ -108,7 +108,7 @@ def test_early_crops_are_windows_of_the_padded_image_covering_every_offset():
     windows = {}
     for dy in range(room + 1):
         for dx in range(room + 1):
-            w = padded[:, dy:dy + crop, dx:dx + crop]
+            w = padded[:, dy : dy + crop, dx : dx + crop]
             windows[(dy, dx, False)], windows[(dy, dx, True)] = w, w.flip(-1)
     seen = set()
     for img in out:
@@ -120,7 +120,13 @@ def test_early_crops_are_windows_of_the_padded_image_covering_every_offset():
 
 def test_the_loader_crops_small_for_the_early_epochs_only():
     x = torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8)
-    loader = Loader(x, torch.arange(40) % 10, 16, Normalizer((0, 0, 0), (1, 1, 1)), device="cpu",
-                    augment=Augmentation(crop_padding=1, early_crop=8, early_crop_epochs=2))
+    loader = Loader(
+        x,
+        torch.arange(40) % 10,
+        16,
+        Normalizer((0, 0, 0), (1, 1, 1)),
+        device="cpu",
+        augment=Augmentation(crop_padding=1, early_crop=8, early_crop_epochs=2),
+    )
     sides = [[tuple(b.shape[-2:]) for b, _ in loader] for _ in range(3)]
     assert sides == [[(8, 8)] * 3, [(8, 8)] * 3, [(12, 12)] * 3]

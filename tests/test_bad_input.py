@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli, write_cifar_archive
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -22,7 +23,6 @@ from PIL import Image
 from cnnlab.data import load_dataset
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import load_recipe
-from conftest import run_cli, write_cifar_archive
 
 
 def png_bytes(size=8, colour=(10, 200, 30)) -> bytes:
@@ -47,16 +47,19 @@ def _tree(root: Path, files: dict[str, bytes]) -> Path:
 
 def _checkpoint(root: Path, mutate) -> Path:
     """A real cnnlab checkpoint (from a 1-epoch run), changed by `mutate`."""
+    from conftest import class_images
+
     from cnnlab.data import Dataset
     from cnnlab.recipe import load_recipe as recipe
     from cnnlab.runfiles import load_checkpoint
     from cnnlab.train import train
-    from conftest import class_images
 
     x, y = class_images(4)
     t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     data = Dataset("synthetic", [f"c{i}" for i in range(10)], t, torch.from_numpy(y), t, torch.from_numpy(y), "s")
-    run = train(recipe("seed", {"epochs": 1, "batch_size": 8}), data, runs_dir=root, name="ck", progress=False, plots=False).run_dir
+    run = train(
+        recipe("seed", {"epochs": 1, "batch_size": 8}), data, runs_dir=root, name="ck", progress=False, plots=False
+    ).run_dir
     payload = mutate(load_checkpoint(run / "last.pt"))
     torch.save(payload, root / "changed.pt")
     return root / "changed.pt"
@@ -66,8 +69,12 @@ def setup_cases():
     """name -> (setup(tmp) -> argv, expected exit code, words the one line must contain)."""
     recipe = lambda text: lambda tmp: (tmp / "r.toml").write_text(text) and ["train", "--recipe", str(tmp / "r.toml")]
     tree = lambda files: lambda tmp: ["data", "info", "--data", str(_tree(tmp / "tree", files))]
-    good_tree = {"train/cat/a.png": png_bytes(), "train/dog/b.png": png_bytes(), "test/cat/c.png": png_bytes(),
-                 "test/dog/d.png": png_bytes()}
+    good_tree = {
+        "train/cat/a.png": png_bytes(),
+        "train/dog/b.png": png_bytes(),
+        "test/cat/c.png": png_bytes(),
+        "test/dog/d.png": png_bytes(),
+    }
 
     def archive_with(member: str):
         def setup(tmp):
@@ -76,6 +83,7 @@ def setup_cases():
                 zf.writestr(member, png_bytes())
                 zf.writestr("train/cat/ok.png", png_bytes())
             return ["data", "info", "--data", str(path)]
+
         return setup
 
     def truncated_cifar(tmp):
@@ -89,12 +97,14 @@ def setup_cases():
             checkpoint = _checkpoint(tmp, lambda p: p)
             (tmp / name).write_bytes(data)
             return ["predict", str(checkpoint), str(tmp / name)]
+
         return setup
 
     def evaluate_checkpoint(make):
         def setup(tmp):
             make(tmp / "model.pt", tmp)
             return ["evaluate", str(tmp / "model.pt"), "--data", "nowhere"]
+
         return setup
 
     def other_classes(tmp):
@@ -111,13 +121,23 @@ def setup_cases():
         # data sources
         "missing data path": (lambda tmp: ["train", "--data", str(tmp / "nope.tar.gz")], 2, ["no such file"]),
         "unknown dataset name": (lambda tmp: ["train", "--data", "cifar11"], 2, ["unknown dataset", "cifar10"]),
-        "random bytes as .tar.gz": (lambda tmp: (tmp / "x.tar.gz").write_bytes(b"\x1f\x8bnot really") and
-                                    ["data", "info", "--data", str(tmp / "x.tar.gz")], 1, ["x.tar.gz"]),
+        "random bytes as .tar.gz": (
+            lambda tmp: (
+                (tmp / "x.tar.gz").write_bytes(b"\x1f\x8bnot really")
+                and ["data", "info", "--data", str(tmp / "x.tar.gz")]
+            ),
+            1,
+            ["x.tar.gz"],
+        ),
         "truncated CIFAR archive": (truncated_cifar, 1, ["cut.tar.gz"]),
         "non-image in a class folder": (tree({**good_tree, "train/cat/notes.txt": b"hi"}), 1, ["notes.txt"]),
         "0-byte image in a tree": (tree({**good_tree, "train/dog/empty.png": b""}), 1, ["empty.png"]),
         "train and test classes differ": (tree({**good_tree, "test/bird/e.png": png_bytes()}), 1, ["bird"]),
-        "empty folder": (lambda tmp: (tmp / "empty").mkdir() or ["data", "info", "--data", str(tmp / "empty")], 1, ["empty"]),
+        "empty folder": (
+            lambda tmp: (tmp / "empty").mkdir() or ["data", "info", "--data", str(tmp / "empty")],
+            1,
+            ["empty"],
+        ),
         "zip member escaping its folder": (archive_with("../escape.png"), 1, ["escape.png"]),
         "zip member with an absolute path": (archive_with("/etc/evil.png"), 1, ["evil.png"]),
         # command-line values
@@ -125,16 +145,26 @@ def setup_cases():
         "negative learning rate": (lambda tmp: ["train", "--lr", "-1"], 2, ["--lr", "above 0"]),
         "batch size not a number": (lambda tmp: ["train", "--batch-size", "abc"], 2, ["--batch-size"]),
         "unknown model": (lambda tmp: ["train", "--model", "resnet99"], 2, ["unknown --model", "smallcnn"]),
-        "validation split over the data": (lambda tmp: ["train", "--data", str(write_cifar_archive(tmp / "c.tar.gz")),
-                                                        "--val-split", "5000"], 2, ["--val-split"]),
+        "validation split over the data": (
+            lambda tmp: ["train", "--data", str(write_cifar_archive(tmp / "c.tar.gz")), "--val-split", "5000"],
+            2,
+            ["--val-split"],
+        ),
         "unknown device": (lambda tmp: ["train", "--device", "tpu"], 2, ["unknown --device"]),
         "unknown precision": (lambda tmp: ["train", "--precision", "fp8"], 2, ["unknown --precision"]),
         "early stop without validation": (lambda tmp: ["train", "--early-stop", "3"], 2, ["--val-split"]),
         "unknown schedule": (lambda tmp: ["train", "--schedule", "exponential"], 2, ["unknown --schedule"]),
         "early crop without its epochs": (lambda tmp: ["train", "--early-crop", "24"], 2, ["--early-crop-epochs"]),
-        "early crop as large as the image": (lambda tmp: ["train", "--early-crop", "32", "--early-crop-epochs", "4"], 2,
-                                             ["smaller than the image size 32"]),
-        "unknown TTA precision": (lambda tmp: ["train", "--tta-precision", "bf16"], 2, ["unknown --tta-precision", "auto"]),
+        "early crop as large as the image": (
+            lambda tmp: ["train", "--early-crop", "32", "--early-crop-epochs", "4"],
+            2,
+            ["smaller than the image size 32"],
+        ),
+        "unknown TTA precision": (
+            lambda tmp: ["train", "--tta-precision", "bf16"],
+            2,
+            ["unknown --tta-precision", "auto"],
+        ),
         "unknown command": (lambda tmp: ["fly"], 2, ["invalid choice"]),
         "resume with overrides": (lambda tmp: ["train", "--resume", str(tmp), "--epochs", "3"], 2, ["drop --epochs"]),
         # recipe files
@@ -147,16 +177,29 @@ def setup_cases():
         "predict on a 0-byte file": (predict_on(b"", "zero.png"), 1, ["zero.png", "0 bytes"]),
         "predict on a truncated PNG": (predict_on(png_bytes(64)[:60], "cut.png"), 1, ["cut.png"]),
         # checkpoints
-        "checkpoint that is text": (evaluate_checkpoint(lambda p, tmp: p.write_text("weights")), 1, ["model.pt", "not a readable"]),
-        "checkpoint with a pickled payload": (evaluate_checkpoint(lambda p, tmp: torch.save({"x": Evil()}, p)), 1,
-                                              ["pickled Python objects"]),
-        "plain state dict, not cnnlab's": (evaluate_checkpoint(lambda p, tmp: torch.save({"w": torch.zeros(2)}, p)), 1,
-                                           ["not a cnnlab checkpoint"]),
+        "checkpoint that is text": (
+            evaluate_checkpoint(lambda p, tmp: p.write_text("weights")),
+            1,
+            ["model.pt", "not a readable"],
+        ),
+        "checkpoint with a pickled payload": (
+            evaluate_checkpoint(lambda p, tmp: torch.save({"x": Evil()}, p)),
+            1,
+            ["pickled Python objects"],
+        ),
+        "plain state dict, not cnnlab's": (
+            evaluate_checkpoint(lambda p, tmp: torch.save({"w": torch.zeros(2)}, p)),
+            1,
+            ["not a cnnlab checkpoint"],
+        ),
         "checkpoint of another class count": (other_classes, 1, ["4 classes"]),
         "checkpoint of another architecture": (other_architecture, 1, ["smallcnn-nobn"]),
         "run folder without checkpoints": (lambda tmp: ["evaluate", str(tmp)], 1, ["no best.pt or last.pt"]),
-        "resume a run with no checkpoint": (lambda tmp: (tmp / "r").mkdir() or ["train", "--resume", str(tmp / "r")], 1,
-                                            ["no checkpoint yet"]),
+        "resume a run with no checkpoint": (
+            lambda tmp: (tmp / "r").mkdir() or ["train", "--resume", str(tmp / "r")],
+            1,
+            ["no checkpoint yet"],
+        ),
         "diagnose a folder that is not a run": (lambda tmp: ["diagnose", str(tmp)], 1, ["no metrics.jsonl"]),
         **hostile_cases(),
     }
@@ -165,17 +208,19 @@ def setup_cases():
 @functools.cache
 def _template_run() -> Path:
     """A real finished 1-epoch run folder, made once; cases copy it and damage the copy."""
+    from conftest import CLASSES, class_images
+
     from cnnlab.data import Dataset
     from cnnlab.recipe import load_recipe as recipe
     from cnnlab.train import train
-    from conftest import CLASSES, class_images
 
     x, y = class_images(4)
     t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     data = Dataset("synthetic", list(CLASSES), t, torch.from_numpy(y), t, torch.from_numpy(y), "s")
     root = Path(tempfile.mkdtemp(prefix="cnnlab-template-"))
-    return train(recipe("seed", {"epochs": 1, "batch_size": 8}), data, runs_dir=root, name="run", progress=False,
-                 plots=False).run_dir
+    return train(
+        recipe("seed", {"epochs": 1, "batch_size": 8}), data, runs_dir=root, name="run", progress=False, plots=False
+    ).run_dir
 
 
 def _run_copy(tmp: Path, unfinished: bool = False) -> Path:
@@ -188,8 +233,12 @@ def _run_copy(tmp: Path, unfinished: bool = False) -> Path:
 def hostile_cases():
     """The families of issue 18: odd files, archives, damaged run files, non-finite numbers, names."""
     tree = lambda files: lambda tmp: ["data", "info", "--data", str(_tree(tmp / "tree", files))]
-    good = {"train/cat/a.png": png_bytes(), "train/dog/b.png": png_bytes(), "test/cat/c.png": png_bytes(),
-            "test/dog/d.png": png_bytes()}
+    good = {
+        "train/cat/a.png": png_bytes(),
+        "train/dog/b.png": png_bytes(),
+        "test/cat/c.png": png_bytes(),
+        "test/dog/d.png": png_bytes(),
+    }
 
     def with_fifo(relative: str, argv):
         def setup(tmp):
@@ -197,6 +246,7 @@ def hostile_cases():
             (root / relative).parent.mkdir(parents=True, exist_ok=True)
             os.mkfifo(root / relative)
             return argv(tmp, root)
+
         return setup
 
     def broken_link(tmp):
@@ -230,6 +280,7 @@ def hostile_cases():
                     tf.addfile(info, io.BytesIO(good["train/cat/a.png"]))
                     tf.addfile(info, io.BytesIO(good["train/cat/a.png"]))
             return ["data", "info", "--data", str(path)]
+
         return setup
 
     def damaged(file: str, content: bytes | None, argv, unfinished=False):
@@ -242,10 +293,12 @@ def hostile_cases():
             else:
                 target.write_bytes(content(target.read_bytes()) if callable(content) else content)
             return argv(run)
+
         return setup
 
-    def checkpoint_changed(mutate, argv=lambda run: ["evaluate", str(run / "last.pt"), "--data", "nowhere"],
-                           unfinished=False):
+    def checkpoint_changed(
+        mutate, argv=lambda run: ["evaluate", str(run / "last.pt"), "--data", "nowhere"], unfinished=False
+    ):
         def setup(tmp):
             from cnnlab.runfiles import load_checkpoint
 
@@ -253,6 +306,7 @@ def hostile_cases():
             payload = load_checkpoint(run / "last.pt")
             torch.save(mutate(payload), run / "last.pt")
             return argv(run)
+
         return setup
 
     def predict_on(name: str, make):
@@ -260,6 +314,7 @@ def hostile_cases():
             run = _run_copy(tmp)
             target = make(tmp, name)
             return ["predict", str(run), str(target)]
+
         return setup
 
     half = lambda data: data[: len(data) // 2]
@@ -267,42 +322,106 @@ def hostile_cases():
     train = lambda *flags: lambda tmp: ["train", "--runs-dir", str(tmp / "runs"), *flags]
     return {
         # odd files in folders
-        "FIFO named .jpg in a class folder": (with_fifo("train/cat/pipe.jpg", lambda tmp, root: ["data", "info", "--data", str(root)]),
-                                              1, ["pipe.jpg", "FIFO"]),
-        "FIFO given as the data": (lambda tmp: os.mkfifo(tmp / "data.tar.gz") or ["data", "info", "--data", str(tmp / "data.tar.gz")],
-                                   2, ["data.tar.gz", "FIFO"]),
+        "FIFO named .jpg in a class folder": (
+            with_fifo("train/cat/pipe.jpg", lambda tmp, root: ["data", "info", "--data", str(root)]),
+            1,
+            ["pipe.jpg", "FIFO"],
+        ),
+        "FIFO given as the data": (
+            lambda tmp: os.mkfifo(tmp / "data.tar.gz") or ["data", "info", "--data", str(tmp / "data.tar.gz")],
+            2,
+            ["data.tar.gz", "FIFO"],
+        ),
         "broken link in a class folder": (broken_link, 1, ["gone.png", "broken link"]),
         "non-UTF-8 name of a non-image": (tree({**good, "train/cat/\udcffnotes.txt": b"x"}), 1, ["\\xffnotes.txt"]),
-        "newline in the name of a non-image": (tree({**good, "train/cat/two\nlines.txt": b"x"}), 1, ["two\\nlines.txt"]),
+        "newline in the name of a non-image": (
+            tree({**good, "train/cat/two\nlines.txt": b"x"}),
+            1,
+            ["two\\nlines.txt"],
+        ),
         # archives
         "zip member inflating past the cap": (zip_bomb, 1, ["huge.png", "256 MiB"]),
         "tar with a link member": (tar_with("link"), 1, ["odd.png", "link"]),
         "tar with a member twice": (tar_with("twice"), 1, ["odd.png", "twice"]),
         # damaged run files
-        "truncated config.json on resume": (damaged("config.json", half, lambda run: ["train", "--resume", str(run)], True), 1,
-                                            ["config.json", "damaged"]),
-        "truncated metrics.jsonl on diagnose": (damaged("metrics.jsonl", half, lambda run: ["diagnose", str(run)]), 1,
-                                                ["metrics.jsonl", "damaged"]),
-        "NaN in metrics.jsonl": (damaged("metrics.jsonl", nan_metrics, lambda run: ["diagnose", str(run)]), 1,
-                                 ["metrics.jsonl", "damaged"]),
-        "summary.json that is a list": (damaged("summary.json", b"[1, 2]", lambda run: ["diagnose", str(run)]), 1,
-                                        ["summary.json", "not a JSON object"]),
-        "config.json that is a FIFO": (damaged("config.json", None, lambda run: ["diagnose", str(run)]), 1,
-                                       ["config.json", "FIFO"]),
-        "truncated last.pt on evaluate": (damaged("last.pt", half, lambda run: ["evaluate", str(run / "last.pt"), "--data", "x"]),
-                                          1, ["last.pt", "not a readable"]),
-        "checkpoint with only its header": (checkpoint_changed(lambda p: {"format": p["format"]}), 1,
-                                            ["last.pt", "damaged", "'model'"]),
-        "checkpoint with NaN weights": (checkpoint_changed(lambda p: {**p, "state_dict": {
-            k: v.float() * math.nan if v.is_floating_point() else v for k, v in p["state_dict"].items()}}), 1, ["not finite"]),
-        "checkpoint whose classes do not fit": (checkpoint_changed(lambda p: {**p, "classes": ["a"]}), 1, ["'classes'"]),
-        "checkpoint without its resume state": (checkpoint_changed(lambda p: {k: v for k, v in p.items() if k != "optimizer"},
-                                                                   lambda run: ["train", "--resume", str(run)], True),
-                                                1, ["cannot be resumed", "optimizer"]),
-        "audit.json that is damaged": (lambda tmp: _run_copy(tmp) and (tmp / "audit").mkdir() or
-                                       (tmp / "audit" / "audit.json").write_text('{"leaked_test": 3}') and
-                                       ["evaluate", str(tmp / "run"), "--exclude-duplicates", str(tmp / "audit"), "--data",
-                                        str(write_cifar_archive(tmp / "c.tar.gz"))], 1, ["audit.json", "damaged"]),
+        "truncated config.json on resume": (
+            damaged("config.json", half, lambda run: ["train", "--resume", str(run)], True),
+            1,
+            ["config.json", "damaged"],
+        ),
+        "truncated metrics.jsonl on diagnose": (
+            damaged("metrics.jsonl", half, lambda run: ["diagnose", str(run)]),
+            1,
+            ["metrics.jsonl", "damaged"],
+        ),
+        "NaN in metrics.jsonl": (
+            damaged("metrics.jsonl", nan_metrics, lambda run: ["diagnose", str(run)]),
+            1,
+            ["metrics.jsonl", "damaged"],
+        ),
+        "summary.json that is a list": (
+            damaged("summary.json", b"[1, 2]", lambda run: ["diagnose", str(run)]),
+            1,
+            ["summary.json", "not a JSON object"],
+        ),
+        "config.json that is a FIFO": (
+            damaged("config.json", None, lambda run: ["diagnose", str(run)]),
+            1,
+            ["config.json", "FIFO"],
+        ),
+        "truncated last.pt on evaluate": (
+            damaged("last.pt", half, lambda run: ["evaluate", str(run / "last.pt"), "--data", "x"]),
+            1,
+            ["last.pt", "not a readable"],
+        ),
+        "checkpoint with only its header": (
+            checkpoint_changed(lambda p: {"format": p["format"]}),
+            1,
+            ["last.pt", "damaged", "'model'"],
+        ),
+        "checkpoint with NaN weights": (
+            checkpoint_changed(
+                lambda p: {
+                    **p,
+                    "state_dict": {
+                        k: v.float() * math.nan if v.is_floating_point() else v for k, v in p["state_dict"].items()
+                    },
+                }
+            ),
+            1,
+            ["not finite"],
+        ),
+        "checkpoint whose classes do not fit": (
+            checkpoint_changed(lambda p: {**p, "classes": ["a"]}),
+            1,
+            ["'classes'"],
+        ),
+        "checkpoint without its resume state": (
+            checkpoint_changed(
+                lambda p: {k: v for k, v in p.items() if k != "optimizer"},
+                lambda run: ["train", "--resume", str(run)],
+                True,
+            ),
+            1,
+            ["cannot be resumed", "optimizer"],
+        ),
+        "audit.json that is damaged": (
+            lambda tmp: (
+                _run_copy(tmp)
+                and (tmp / "audit").mkdir()
+                or (tmp / "audit" / "audit.json").write_text('{"leaked_test": 3}')
+                and [
+                    "evaluate",
+                    str(tmp / "run"),
+                    "--exclude-duplicates",
+                    str(tmp / "audit"),
+                    "--data",
+                    str(write_cifar_archive(tmp / "c.tar.gz")),
+                ]
+            ),
+            1,
+            ["audit.json", "damaged"],
+        ),
         # non-finite and out-of-range numbers
         "--val-split nan": (train("--val-split", "nan"), 2, ["--val-split", "nan"]),
         "--val-split inf": (train("--val-split", "inf"), 2, ["--val-split"]),
@@ -311,14 +430,24 @@ def hostile_cases():
         "--weight-decay inf": (train("--weight-decay", "inf"), 2, ["--weight-decay", "finite"]),
         "--mixup inf": (train("--mixup", "inf"), 2, ["--mixup", "finite"]),
         "--label-smoothing nan": (train("--label-smoothing", "nan"), 2, ["--label-smoothing"]),
-        "recipe with lr = inf": (lambda tmp: (tmp / "r.toml").write_text("lr = inf") and
-                                 ["train", "--recipe", str(tmp / "r.toml"), "--runs-dir", str(tmp / "runs")], 2, ["finite"]),
+        "recipe with lr = inf": (
+            lambda tmp: (
+                (tmp / "r.toml").write_text("lr = inf")
+                and ["train", "--recipe", str(tmp / "r.toml"), "--runs-dir", str(tmp / "runs")]
+            ),
+            2,
+            ["finite"],
+        ),
         "--seed out of range": (train("--seed", "-1"), 2, ["seed"]),
         "--threshold nan": (lambda tmp: ["audit", "--data", "x", "--threshold", "nan"], 2, ["--threshold"]),
         "--name ../escape": (train("--name", "../escape"), 2, ["--name", "usable"]),
         "--name with a newline": (train("--name", "a\nb"), 2, ["--name"]),
         # output
-        "predict on a URL": (predict_on("x", lambda tmp, name: "https://example.com/cat.jpg"), 1, ["URLs are not fetched"]),
+        "predict on a URL": (
+            predict_on("x", lambda tmp, name: "https://example.com/cat.jpg"),
+            1,
+            ["URLs are not fetched"],
+        ),
         "predict on a FIFO": (predict_on("p.png", lambda tmp, name: os.mkfifo(tmp / name) or tmp / name), 1, ["FIFO"]),
     }
 
@@ -370,8 +499,20 @@ def test_random_bytes_as_an_archive(tmp_path_factory, data, suffix):
         pass
 
 
-names = st.sampled_from(["train/a/1.png", "train/b/2.png", "test/a/3.png", "test/b/4.png", "train/a/x.jpg",
-                         "test/c/5.png", "train/.hidden", "README", "train/b/sub/6.png", "test/a/7.webp"])
+names = st.sampled_from(
+    [
+        "train/a/1.png",
+        "train/b/2.png",
+        "test/a/3.png",
+        "test/b/4.png",
+        "train/a/x.jpg",
+        "test/c/5.png",
+        "train/.hidden",
+        "README",
+        "train/b/sub/6.png",
+        "test/a/7.webp",
+    ]
+)
 contents = st.one_of(st.binary(max_size=200), st.just(png_bytes()), st.just(png_bytes(40, (0, 0, 255))))
 
 
@@ -394,10 +535,31 @@ def test_random_small_trees(tmp_path_factory, files, as_zip):
     assert len(data.classes) >= 1 and len(data.train_labels) == len(data.train_images)
 
 
-toml_values = st.one_of(st.integers(-5, 500), st.floats(allow_nan=True), st.booleans(), st.text(max_size=8),
-                        st.lists(st.integers(), max_size=2))
-fields = st.sampled_from(["epochs", "lr", "batch_size", "model", "schedule", "flip", "crop_padding", "weight_decay",
-                          "momentum", "val_split", "precision", "bogus", "early_stop", "label_smoothing"])
+toml_values = st.one_of(
+    st.integers(-5, 500),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+)
+fields = st.sampled_from(
+    [
+        "epochs",
+        "lr",
+        "batch_size",
+        "model",
+        "schedule",
+        "flip",
+        "crop_padding",
+        "weight_decay",
+        "momentum",
+        "val_split",
+        "precision",
+        "bogus",
+        "early_stop",
+        "label_smoothing",
+    ]
+)
 
 
 @FAST
@@ -426,8 +588,12 @@ def test_a_zip_bomb_is_refused_in_bounded_memory(tmp_path):
             for _ in range(1024):
                 member.write(bytes(1 << 20))
     assert bomb.stat().st_size < 2 << 20
-    process = subprocess.Popen([sys.executable, "-m", "cnnlab", "data", "info", "--data", str(bomb)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", "data", "info", "--data", str(bomb)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _, status, usage = os.wait4(process.pid, 0)
     stderr = process.stderr.read()
     assert os.waitstatus_to_exitcode(status) == 1 and "huge.png" in stderr and len(stderr.strip().splitlines()) == 1
@@ -439,7 +605,7 @@ def test_a_zip_bomb_is_refused_in_bounded_memory(tmp_path):
 
 
 @FAST
-@given(offsets=st.lists(st.integers(0, 10 ** 9), min_size=1, max_size=4), cut=st.booleans())
+@given(offsets=st.lists(st.integers(0, 10**9), min_size=1, max_size=4), cut=st.booleans())
 def test_a_damaged_cache_never_gives_other_data(tmp_path_factory, offsets, cut):
     import warnings
 
@@ -456,15 +622,21 @@ def test_a_damaged_cache_never_gives_other_data(tmp_path_factory, offsets, cut):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         again = load_dataset(str(tree), cache_dir=root / "cache", progress=False)
-    for a, b in ((again.train_images, truth.train_images), (again.train_labels, truth.train_labels),
-                 (again.test_images, truth.test_images), (again.test_labels, truth.test_labels)):
+    for a, b in (
+        (again.train_images, truth.train_images),
+        (again.train_labels, truth.train_labels),
+        (again.test_images, truth.test_images),
+        (again.test_labels, truth.test_labels),
+    ):
         assert torch.equal(a, b)
     assert again.classes == truth.classes and again.train_files == truth.train_files
 
 
 RUN_FILES = ["config.json", "metrics.jsonl", "summary.json", "last.pt", "best.pt"]
-garbling = st.one_of(st.binary(max_size=64), st.sampled_from([b"", b"{", b"[]", b"null", b'{"data": 3}', b"NaN",
-                                                              b'{"epoch": 1}\n', b"\x00" * 10]))
+garbling = st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from([b"", b"{", b"[]", b"null", b'{"data": 3}', b"NaN", b'{"epoch": 1}\n', b"\x00" * 10]),
+)
 
 
 @FAST
@@ -478,8 +650,11 @@ def test_garbled_run_files_give_one_of_our_errors(tmp_path_factory, file, keep, 
     run = _run_copy(tmp_path_factory.mktemp("garbled"), unfinished=file != "summary.json")
     original = (run / file).read_bytes()
     (run / file).write_bytes(original[: int(len(original) * keep)] + junk)
-    for use in (lambda: diagnose(read_run(run)), lambda: model_from_checkpoint(load_checkpoint(run / file)),
-                lambda: resume(run, progress=False, plots=False)):
+    for use in (
+        lambda: diagnose(read_run(run)),
+        lambda: model_from_checkpoint(load_checkpoint(run / file)),
+        lambda: resume(run, progress=False, plots=False),
+    ):
         try:
             use()
         except CnnlabError:
@@ -495,7 +670,9 @@ def _numeric_flags() -> list[str]:
 
 
 @FAST
-@given(flag=st.sampled_from(_numeric_flags()), value=st.sampled_from(["nan", "inf", "-inf", "NaN", "Infinity", "1e999"]))
+@given(
+    flag=st.sampled_from(_numeric_flags()), value=st.sampled_from(["nan", "inf", "-inf", "NaN", "Infinity", "1e999"])
+)
 def test_non_finite_numbers_are_refused_before_anything_is_written(tmp_path_factory, capsys, flag, value):
     from cnnlab.cli import main
 
@@ -509,10 +686,14 @@ def test_non_finite_numbers_are_refused_before_anything_is_written(tmp_path_fact
     assert len(err) == 1 and "Traceback" not in err[0]
 
 
-entry_names = st.one_of(st.sampled_from(["train/a/1.png", "train/b/2.png", "test/a/3.png", "test/b/4.png"]),
-                        st.builds(lambda split, raw: f"{split}/{raw}", st.sampled_from(["train/a", "test/b", "train"]),
-                                  st.binary(min_size=1, max_size=6).map(lambda b: os.fsdecode(b.replace(b"/", b"_")
-                                                                                                .replace(b"\0", b"_")))))
+entry_names = st.one_of(
+    st.sampled_from(["train/a/1.png", "train/b/2.png", "test/a/3.png", "test/b/4.png"]),
+    st.builds(
+        lambda split, raw: f"{split}/{raw}",
+        st.sampled_from(["train/a", "test/b", "train"]),
+        st.binary(min_size=1, max_size=6).map(lambda b: os.fsdecode(b.replace(b"/", b"_").replace(b"\0", b"_"))),
+    ),
+)
 kinds = st.sampled_from(["png", "bytes", "fifo", "socket", "link", "dir-link"])
 
 

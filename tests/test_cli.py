@@ -7,15 +7,40 @@ import json
 
 from conftest import files_under, run_cli, write_image_folder
 
-RUN_FILES = {".lock", "config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "summary.json",
-             "curves.png", "confusion.png", "errors.png", "per_class.png", "confusion.json"}
+RUN_FILES = {
+    ".lock",
+    "config.json",
+    "metrics.jsonl",
+    "metrics.csv",
+    "last.pt",
+    "best.pt",
+    "summary.json",
+    "curves.png",
+    "confusion.png",
+    "errors.png",
+    "per_class.png",
+    "confusion.json",
+}
 
 
 def test_train_then_evaluate(tmp_path):
     data = write_image_folder(tmp_path / "tree", n_train_per_class=16, n_test_per_class=6)
     runs = tmp_path / "runs"
-    result = run_cli("train", "--data", str(data), "--epochs", "2", "--batch-size", "16", "--val-split", "8",
-                     "--runs-dir", str(runs), "--name", "tiny")
+    result = run_cli(
+        "train",
+        "--data",
+        str(data),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--val-split",
+        "8",
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "tiny",
+    )
     assert result.returncode == 0, result.stderr
     lines = [l for l in result.stdout.splitlines() if l.startswith("epoch")]
     assert len(lines) == 2 and "loss" in lines[0] and "test acc" in lines[0] and "img/s" in lines[0]
@@ -25,9 +50,22 @@ def test_train_then_evaluate(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     with open(run / "metrics.csv") as f:
         csv_rows = list(csv.DictReader(f))
-    assert list(csv_rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
-                                 "test_acc", "seconds", "images_per_s", "ema_val_acc", "ema_test_acc", "tta_test_acc",
-                                 "tta_test_loss"]
+    assert list(csv_rows[0]) == [
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+        "seconds",
+        "images_per_s",
+        "ema_val_acc",
+        "ema_test_acc",
+        "tta_test_acc",
+        "tta_test_loss",
+    ]
     config = json.loads((run / "config.json").read_text())
     assert config["recipe"]["epochs"] == 2 and config["data"]["checksum"] and config["versions"]["torch"]
     summary = json.loads((run / "summary.json").read_text())
@@ -91,8 +129,22 @@ def test_emulated_bf16_is_one_warning_line_and_the_run_records_its_cpu(tmp_path)
     from cnnlab.device import cpu_has_native_bf16
 
     data = write_image_folder(tmp_path / "tree", n_train_per_class=8, n_test_per_class=2)
-    result = run_cli("train", "--data", str(data), "--epochs", "1", "--batch-size", "16", "--precision", "bf16",
-                     "--no-plots", "--runs-dir", str(tmp_path / "runs"), "--name", "bf16")
+    result = run_cli(
+        "train",
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--precision",
+        "bf16",
+        "--no-plots",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--name",
+        "bf16",
+    )
     assert result.returncode == 0, result.stderr
     warned = [l for l in result.stderr.splitlines() if "warning" in l]
     if cpu_has_native_bf16():  # the fast path: nothing to warn about
@@ -108,7 +160,9 @@ def test_a_closed_pipe_ends_quietly():
     import subprocess
     import sys
 
-    process = subprocess.Popen([sys.executable, "-m", "cnnlab", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     process.stdout.close()  # the reader is gone before a byte is written, like `cnnlab models | head -0`
     assert process.wait(timeout=60) == 0
     assert process.stderr.read() == b""
@@ -130,6 +184,8 @@ def test_names_of_any_bytes_print_under_a_strict_utf8_locale(tiny_run, tmp_path)
     lines = text.stdout.splitlines()[1:]  # after the line naming the weights
     assert len(lines) == 2 and any("caf\\xe9.png" in l for l in lines) and any("two\\nlines.png" in l for l in lines)
     assert "notes.txt" in text.stderr and "Traceback" not in text.stderr
-    records = [json.loads(l) for l in run_cli("predict", str(tiny_run), str(folder), "--json", env=env).stdout.splitlines()]
+    records = [
+        json.loads(l) for l in run_cli("predict", str(tiny_run), str(folder), "--json", env=env).stdout.splitlines()
+    ]
     assert [r.get("skipped", "")[:20] for r in records].count("not an image file (c") == 1  # notes.txt, with its reason
     assert sum("predicted" in r for r in records) == 2

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from test_train import TIMING, synthetic_dataset
 
 from cnnlab.recipe import load_recipe
 from cnnlab.train import train
-from test_train import TIMING, synthetic_dataset
 
 
 @pytest.mark.slow

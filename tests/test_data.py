@@ -11,12 +11,12 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSES, real_data, write_image_folder
 from PIL import Image
 
 from cnnlab.data import load_dataset
-from cnnlab.splits import channel_stats, parse_count, stratified_take
 from cnnlab.errors import CnnlabError, UsageError
-from conftest import CLASSES, real_data, write_image_folder
+from cnnlab.splits import channel_stats, parse_count, stratified_take
 
 
 def test_image_folder_loads_sorted_classes(tmp_path):
@@ -158,13 +158,18 @@ def test_a_damaged_cache_is_rebuilt_with_one_warning_and_never_used(tmp_path, mo
     truth = load_dataset(str(root))
     (made,) = cache.glob("*.npz")
     pixels = made.read_bytes().index(truth.train_images.numpy().tobytes()[:64])
-    for damage in (lambda: _flip(made, pixels + 100), lambda: made.write_bytes(made.read_bytes()[:500]),
-                   lambda: made.write_bytes(b"")):
+    for damage in (
+        lambda: _flip(made, pixels + 100),
+        lambda: made.write_bytes(made.read_bytes()[:500]),
+        lambda: made.write_bytes(b""),
+    ):
         damage()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             again = load_dataset(str(root))
-        assert [str(w.message) for w in caught if issubclass(w.category, CnnlabWarning)][0].startswith("the decode cache")
+        assert [str(w.message) for w in caught if issubclass(w.category, CnnlabWarning)][0].startswith(
+            "the decode cache"
+        )
         assert len(caught) == 1 and torch.equal(again.train_images, truth.train_images)
         assert again.checksum == truth.checksum and len(list(cache.glob("*.npz"))) == 1
 

@@ -13,8 +13,10 @@ def curves(train_acc, held_out, loss=None, split="val", lr=None):
     """Metric rows from per-epoch lists; training loss falls like 1/epoch and the rate is constant unless given."""
     loss = loss or [2.0 / (1 + e) for e in range(len(train_acc))]
     lr = lr or [0.1] * len(train_acc)
-    return [{"epoch": e + 1, "train_acc": t, f"{split}_acc": v, "train_loss": l, "lr": r}
-            for e, (t, v, l, r) in enumerate(zip(train_acc, held_out, loss, lr))]
+    return [
+        {"epoch": e + 1, "train_acc": t, f"{split}_acc": v, "train_loss": l, "lr": r}
+        for e, (t, v, l, r) in enumerate(zip(train_acc, held_out, loss, lr))
+    ]
 
 
 def cosine(n, peak=0.1):
@@ -28,15 +30,21 @@ def rising(start, end, n, power=0.5):
 # The last epochs of the real 30-epoch seed run (BENCHMARKS.md, fp32, seed 0): test accuracy still climbs
 # 0.8 points and the loss 10% as the cosine rate anneals to zero. That is the schedule finishing.
 REAL_SEED_RUN_TAIL = {  # epoch: (train loss, train acc, test acc)
-    25: (0.378, 86.92, 83.44), 26: (0.355, 87.74, 83.79), 27: (0.342, 88.28, 84.08),
-    28: (0.323, 89.03, 84.64), 29: (0.315, 89.29, 85.02), 30: (0.308, 89.48, 84.88),
+    25: (0.378, 86.92, 83.44),
+    26: (0.355, 87.74, 83.79),
+    27: (0.342, 88.28, 84.08),
+    28: (0.323, 89.03, 84.64),
+    29: (0.315, 89.29, 85.02),
+    30: (0.308, 89.48, 84.88),
 }
 
 
 def test_the_real_seed_run_is_a_good_fit_although_its_last_epochs_climb():
     lr = cosine(30)[24:]
-    rows = [{"epoch": e, "train_loss": l, "train_acc": t, "test_acc": v, "lr": r}
-            for (e, (l, t, v)), r in zip(REAL_SEED_RUN_TAIL.items(), lr)]
+    rows = [
+        {"epoch": e, "train_loss": l, "train_acc": t, "test_acc": v, "lr": r}
+        for (e, (l, t, v)), r in zip(REAL_SEED_RUN_TAIL.items(), lr)
+    ]
     d = diagnose_rows(rows)
     assert d.verdict == "good fit", d.format()
     assert d.numbers["schedule_annealed"] and d.numbers["loss_still_falling"]
@@ -111,5 +119,12 @@ def test_noise_below_the_threshold_is_not_called_a_decline():
 
 def test_format_names_every_number():
     text = diagnose_rows(curves(rising(40, 90, 10), rising(40, 86, 10))).format()
-    for needle in ("verdict:", "train-val gap", "best val accuracy", "decline since the peak", "last 3 epochs", "remedies"):
+    for needle in (
+        "verdict:",
+        "train-val gap",
+        "best val accuracy",
+        "decline since the peak",
+        "last 3 epochs",
+        "remedies",
+    ):
         assert needle in text

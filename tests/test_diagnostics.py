@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import CLASSES, files_under, run_cli
 from PIL import Image
 
 from cnnlab.ablate import ABLATIONS, variant_recipes
@@ -14,7 +15,6 @@ from cnnlab.evaluate import confusion_matrix, most_confused
 from cnnlab.recipe import load_recipe
 from cnnlab.runfiles import load_checkpoint
 from cnnlab.train import train
-from conftest import CLASSES, files_under, run_cli
 
 FIGURES = ("curves.png", "confusion.png", "errors.png", "per_class.png")
 
@@ -38,7 +38,11 @@ def test_confusion_matrix_counts_rows_true_columns_predicted():
     matrix = confusion_matrix(predicted, labels, 3)
     assert matrix.tolist() == [[1, 2, 0], [1, 1, 0], [1, 1, 2]]
     pairs = most_confused(matrix, k=5)
-    assert [(p["a"], p["b"], p["total"], p["a_as_b"], p["b_as_a"]) for p in pairs] == [(0, 1, 3, 2, 1), (0, 2, 1, 0, 1), (1, 2, 1, 0, 1)]
+    assert [(p["a"], p["b"], p["total"], p["a_as_b"], p["b_as_a"]) for p in pairs] == [
+        (0, 1, 3, 2, 1),
+        (0, 2, 1, 0, 1),
+        (1, 2, 1, 0, 1),
+    ]
 
 
 def test_confusion_command_prints_the_matrix_pairs_and_a_gallery(tiny_run):
@@ -91,8 +95,17 @@ def test_confusion_rejects_a_bad_top(tiny_run):
 def test_early_stopping_keeps_the_best_epoch(archive, tmp_path):
     data = load_dataset(str(archive), progress=False)
     # A constant high rate on easy data: validation accuracy saturates, then cannot improve.
-    recipe = load_recipe("seed", {"epochs": 40, "batch_size": 32, "val_split": "50", "early_stop": 2,
-                                  "schedule": "constant", "precision": "fp32"})
+    recipe = load_recipe(
+        "seed",
+        {
+            "epochs": 40,
+            "batch_size": 32,
+            "val_split": "50",
+            "early_stop": 2,
+            "schedule": "constant",
+            "precision": "fp32",
+        },
+    )
     result = train(recipe, data, runs_dir=tmp_path, name="stop", progress=False, plots=False)
     summary = json.loads((tmp_path / "stop" / "summary.json").read_text())
     # Where it stops depends on how the training went; the rule does not: the first epoch that is 2 past
@@ -132,8 +145,19 @@ def test_ablation_variants_are_the_base_recipe_with_one_change_each():
 
 
 def test_ablate_command_writes_runs_a_table_and_a_plot(archive, tmp_path):
-    result = run_cli("ablate", "bn", "--data", str(archive), "--epochs", "2", "--batch-size", "32",
-                     "--runs-dir", str(tmp_path), "--no-progress")
+    result = run_cli(
+        "ablate",
+        "bn",
+        "--data",
+        str(archive),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--runs-dir",
+        str(tmp_path),
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     assert "| with-bn |" in result.stdout and "| without-bn |" in result.stdout
     (folder,) = tmp_path.iterdir()

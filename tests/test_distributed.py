@@ -12,33 +12,60 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="this torch build has no gloo backend")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="this torch build has no gloo backend",
+)
 TIMING = {"seconds", "images_per_s"}
 
 
 def torchrun(nproc: int, *args: str, wait: bool = True, env: dict | None = None):
     """`torchrun --nproc-per-node N -m cnnlab ...`, one thread per rank (2 ranks on 2 cores)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-               "-m", "cnnlab", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "cnnlab",
+        *args,
+    ]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     if wait:
         return subprocess.run(command, capture_output=True, text=True, timeout=120, env=full_env)
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
-                            start_new_session=True)
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, start_new_session=True
+    )
 
 
 def rows(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(l).items() if k not in TIMING}
+        for l in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def test_two_processes_write_one_run_folder_with_metrics_over_the_whole_dataset(archive, tmp_path):
     runs = tmp_path / "runs"
-    result = torchrun(2, "train", "--data", str(archive), "--batch-size", "32", "--runs-dir", str(runs),
-                      "--epochs", "2", "--precision", "fp32", "--no-plots")
+    result = torchrun(
+        2,
+        "train",
+        "--data",
+        str(archive),
+        "--batch-size",
+        "32",
+        "--runs-dir",
+        str(runs),
+        "--epochs",
+        "2",
+        "--precision",
+        "fp32",
+        "--no-plots",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     folders = list(runs.iterdir())
     assert len(folders) == 1
@@ -57,8 +84,24 @@ def final_weights(run: Path) -> dict:
 def test_sync_bn_on_two_processes_matches_one_process_with_the_global_batch(archive, tmp_path):
     """No augmentation, so both see the same pixels: 2 x 64 with synchronized batch norm is 1 x 128.
     Both NCHW: channels-last convolutions alone move the weights by about 2e-3 relative (measured)."""
-    same = ["--data", str(archive), "--batch-size", "128", "--crop-padding", "0", "--no-flip", "--epochs", "1",
-            "--precision", "fp32", "--no-plots", "--no-progress", "--runs-dir", str(tmp_path), "--no-channels-last"]
+    same = [
+        "--data",
+        str(archive),
+        "--batch-size",
+        "128",
+        "--crop-padding",
+        "0",
+        "--no-flip",
+        "--epochs",
+        "1",
+        "--precision",
+        "fp32",
+        "--no-plots",
+        "--no-progress",
+        "--runs-dir",
+        str(tmp_path),
+        "--no-channels-last",
+    ]
     one = run_cli("train", *same, "--name", "one", env={"OMP_NUM_THREADS": "1"})
     assert one.returncode == 0, one.stderr
     two = torchrun(2, "train", *same, "--name", "two", "--sync-bn")
@@ -71,11 +114,18 @@ def test_sync_bn_on_two_processes_matches_one_process_with_the_global_batch(arch
     assert unsynced.returncode == 0, unsynced.stderr[-3000:]
     wc = final_weights(tmp_path / "unsynced")
     assert wa.keys() == wb.keys() == wc.keys()
-    relative = lambda w: {k: float((wa[k] - w[k]).norm() / wa[k].norm()) for k in wa
-                          if k.endswith("weight") and "running" not in k and wa[k].norm() > 0}
+    relative = lambda w: {
+        k: float((wa[k] - w[k]).norm() / wa[k].norm())
+        for k in wa
+        if k.endswith("weight") and "running" not in k and wa[k].norm() > 0
+    }
     synced, control = relative(wb), relative(wc)
-    print("sync-bn vs one process, largest relative difference of a weight:", max(synced.values()),
-          "| without sync-bn:", max(control.values()))
+    print(
+        "sync-bn vs one process, largest relative difference of a weight:",
+        max(synced.values()),
+        "| without sync-bn:",
+        max(control.values()),
+    )
     # Measured here: 1.3e-4 at most after this epoch's three steps, 180 times closer than without
     # sync-bn; float32 sums in another order are all that differ (BENCHMARKS.md, "Scale-out").
     assert max(synced.values()) < 1e-3
@@ -89,12 +139,31 @@ def child_pids(pid: int) -> list[int]:
 
 def test_killing_one_rank_ends_the_job_quickly_and_keeps_the_checkpoint(archive, tmp_path):
     runs = tmp_path / "runs"
-    job = torchrun(2, "train", "--data", str(archive), "--batch-size", "8", "--epochs", "200", "--precision", "fp32",
-                   "--no-plots", "--no-progress", "--runs-dir", str(runs), "--name", "r", wait=False)
+    job = torchrun(
+        2,
+        "train",
+        "--data",
+        str(archive),
+        "--batch-size",
+        "8",
+        "--epochs",
+        "200",
+        "--precision",
+        "fp32",
+        "--no-plots",
+        "--no-progress",
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "r",
+        wait=False,
+    )
     last = runs / "r" / "last.pt"
     deadline = time.monotonic() + 120
     while not last.is_file():
-        assert job.poll() is None and time.monotonic() < deadline, job.stderr.read() if job.poll() is not None else "slow"
+        assert job.poll() is None and time.monotonic() < deadline, (
+            job.stderr.read() if job.poll() is not None else "slow"
+        )
         time.sleep(0.1)
     workers = child_pids(job.pid)
     assert len(workers) == 2
@@ -110,8 +179,21 @@ def test_killing_one_rank_ends_the_job_quickly_and_keeps_the_checkpoint(archive,
 
 
 def test_resume_under_ddp_is_exact(archive, tmp_path):
-    args = ["train", "--data", str(archive), "--batch-size", "16", "--epochs", "4", "--precision", "fp32",
-            "--no-plots", "--no-progress", "--runs-dir", str(tmp_path)]
+    args = [
+        "train",
+        "--data",
+        str(archive),
+        "--batch-size",
+        "16",
+        "--epochs",
+        "4",
+        "--precision",
+        "fp32",
+        "--no-plots",
+        "--no-progress",
+        "--runs-dir",
+        str(tmp_path),
+    ]
     straight = torchrun(2, *args, "--name", "straight")
     assert straight.returncode == 0, straight.stderr[-2000:]
     job = torchrun(2, *args, "--name", "stopped", wait=False)

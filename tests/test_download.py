@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import tarfile
 
+from conftest import files_under, md5, run_cli, write_cifar_archive
 
 from cnnlab.data import load_dataset
 from cnnlab.download import CIFAR_ARCHIVES
-from conftest import files_under, md5, run_cli, write_cifar_archive
 
 NAME = CIFAR_ARCHIVES["cifar10"].filename
 
@@ -17,8 +17,9 @@ def test_download_over_http_then_load(http_server, tmp_path):
     archive = write_cifar_archive(tmp_path / NAME)
     http_server.serve(f"/mirror/{NAME}", archive.read_bytes())
     root = tmp_path / "data"
-    result = run_cli("data", "download", "--data-root", str(root), "--mirror", f"{http_server.url}/mirror",
-                     "--md5", md5(archive))
+    result = run_cli(
+        "data", "download", "--data-root", str(root), "--mirror", f"{http_server.url}/mirror", "--md5", md5(archive)
+    )
     assert result.returncode == 0, result.stderr
     assert (root / "cifar-10-batches-py" / "data_batch_1").is_file()
     assert (root / NAME).is_file()
@@ -32,8 +33,15 @@ def test_download_over_http_then_load(http_server, tmp_path):
 def test_mirror_from_environment_variable(http_server, tmp_path):
     archive = write_cifar_archive(tmp_path / NAME)
     http_server.serve(f"/{NAME}", archive.read_bytes())
-    result = run_cli("data", "download", "--data-root", str(tmp_path / "d"), "--md5", md5(archive),
-                     env={"CNNLAB_CIFAR_MIRROR": http_server.url})
+    result = run_cli(
+        "data",
+        "download",
+        "--data-root",
+        str(tmp_path / "d"),
+        "--md5",
+        md5(archive),
+        env={"CNNLAB_CIFAR_MIRROR": http_server.url},
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -68,7 +76,9 @@ def test_corrupt_archive_leaves_nothing_extracted(http_server, tmp_path):
     http_server.serve(f"/{NAME}", body)
     root = tmp_path / "data"
     (tmp_path / "x").write_bytes(body)
-    result = run_cli("data", "download", "--data-root", str(root), "--mirror", http_server.url, "--md5", md5(tmp_path / "x"))
+    result = run_cli(
+        "data", "download", "--data-root", str(root), "--mirror", http_server.url, "--md5", md5(tmp_path / "x")
+    )
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "not a readable archive" in result.stderr
     # The verified download stays (it is what was served); nothing was extracted.
@@ -94,8 +104,17 @@ def test_member_escaping_the_folder_is_refused(http_server, tmp_path):
 def test_no_network_gives_one_clear_line(tmp_path):
     root = tmp_path / "data"
     # Port 9 on loopback: nothing listens, the connection is refused at once.
-    result = run_cli("train", "--data-root", str(root), "--mirror", "http://127.0.0.1:9", "--epochs", "1",
-                     "--runs-dir", str(tmp_path / "runs"))
+    result = run_cli(
+        "train",
+        "--data-root",
+        str(root),
+        "--mirror",
+        "http://127.0.0.1:9",
+        "--epochs",
+        "1",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    )
     _assert_clean_failure(result, root, "could not download", "--mirror")
     assert not (tmp_path / "runs").exists() or files_under(tmp_path / "runs") == set()
 

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import real_test_files, run_cli
 
 from cnnlab.export import WithNormalization
 from cnnlab.images import decode_image
 from cnnlab.runfiles import load_checkpoint, model_from_checkpoint
-from conftest import real_test_files, run_cli
 
 TOLERANCE = 1e-4  # float32 logits of the same network; measured differences are about 1e-6
 
@@ -27,7 +27,9 @@ def real_images(tmp_path_factory):
 def reference(run, images):
     checkpoint = load_checkpoint(run / "best.pt")
     with torch.no_grad():
-        return WithNormalization(model_from_checkpoint(checkpoint), checkpoint["mean"], checkpoint["std"]).eval()(images)
+        return WithNormalization(model_from_checkpoint(checkpoint), checkpoint["mean"], checkpoint["std"]).eval()(
+            images
+        )
 
 
 @pytest.mark.parametrize("input_type", ["uint8", "float32"])
@@ -61,9 +63,9 @@ def test_torchscript_matches_pytorch_in_a_fresh_process(tiny_run, real_images, t
 import json, numpy as np, torch
 extra = {{"cnnlab.json": ""}}
 model = torch.jit.load({str(out)!r}, _extra_files=extra)
-images = torch.from_numpy(np.load({str(tmp_path / 'images.npy')!r}))
-np.save({str(tmp_path / 'from_uint8.npy')!r}, model(images)[0].detach().numpy())
-np.save({str(tmp_path / 'from_float.npy')!r}, model(images[:3].float() / 255)[0].detach().numpy())
+images = torch.from_numpy(np.load({str(tmp_path / "images.npy")!r}))
+np.save({str(tmp_path / "from_uint8.npy")!r}, model(images)[0].detach().numpy())
+np.save({str(tmp_path / "from_float.npy")!r}, model(images[:3].float() / 255)[0].detach().numpy())
 print(json.loads(extra["cnnlab.json"])["classes"][0])
 """
     fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

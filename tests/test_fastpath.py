@@ -6,13 +6,13 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from conftest import run_cli, write_image_folder
 
 from cnnlab.augment import random_crop_flip
 from cnnlab.bench import ChapterDataset, forward_macs
 from cnnlab.device import autocast, resolve_precision, tune_cpu_allocator
 from cnnlab.loader import Normalizer
 from cnnlab.models import build_model
-from conftest import run_cli, write_image_folder
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -93,8 +93,21 @@ def test_forward_macs_of_smallcnn():
 def test_bench_runs_end_to_end(tmp_path):
     data = write_image_folder(tmp_path / "tree", n_train_per_class=100, n_test_per_class=2)
     out = tmp_path / "bench.json"
-    result = run_cli("bench", "--data", str(data), "--variants", "seed-literal,cnnlab", "--repeats", "1",
-                     "--steps", "2", "--warmup", "1", "--json", str(out))
+    result = run_cli(
+        "bench",
+        "--data",
+        str(data),
+        "--variants",
+        "seed-literal,cnnlab",
+        "--repeats",
+        "1",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert "seed-literal" in result.stdout and "cnnlab" in result.stdout and "GFLOP/s" in result.stdout
     import json

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
-from cnnlab.loader import Normalizer
 from cnnlab.inspect import classify_filters, feature_maps, grad_cam, stage_modules
+from cnnlab.loader import Normalizer
 from cnnlab.models.smallcnn import SmallCNN
-from conftest import run_cli
 
 
 def test_filter_kinds_on_constructed_filters():
@@ -73,7 +73,7 @@ class RedBlueDetector(torch.nn.Module):
 def test_grad_cam_evidence_moves_with_the_object():
     model, mean, std = RedBlueDetector().eval(), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     images = torch.full((2, 3, 32, 32), 128, dtype=torch.uint8)
-    images[0, :, 12:20, 2:10] = torch.tensor([220, 30, 30]).view(3, 1, 1)   # red patch on the left
+    images[0, :, 12:20, 2:10] = torch.tensor([220, 30, 30]).view(3, 1, 1)  # red patch on the left
     images[1, :, 12:20, 22:30] = torch.tensor([220, 30, 30]).view(3, 1, 1)  # the same patch on the right
     x = Normalizer(mean, std)(images)
     with torch.no_grad():
@@ -89,8 +89,18 @@ def test_inspect_command_writes_its_figures(tiny_run, tmp_path):
     picture = tmp_path / "mine.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(picture)
     out = tmp_path / "inspected"
-    result = run_cli("inspect", str(tiny_run), "--test-index", "0", "--test-index", "5", "--image", str(picture),
-                     "--out-dir", str(out))
+    result = run_cli(
+        "inspect",
+        str(tiny_run),
+        "--test-index",
+        "0",
+        "--test-index",
+        "5",
+        "--image",
+        str(picture),
+        "--out-dir",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert "first-layer filters: 32, of which" in result.stdout and "mine.png: predicted" in result.stdout
     for name in ("filters.png", "feature_maps.png", "gradcam.png"):

@@ -1,8 +1,8 @@
+import pytest
 import torch
 
-from cnnlab.models import MODELS, build_model, count_parameters
 from cnnlab.errors import UsageError
-import pytest
+from cnnlab.models import MODELS, build_model, count_parameters
 
 
 def test_smallcnn_has_the_chapters_parameter_count():
@@ -38,7 +38,9 @@ def test_speedrun_widths_by_name():
     model = build_model("speedrun-48-192-192", 10)
     assert [stage.conv1.out_channels for stage in model.stages] == [48, 192, 192]
     assert count_parameters(model) == 1_113_336
-    assert count_parameters(build_model("speedrun-32-128-128", 10)) == count_parameters(build_model("speedrun-small", 10))
+    assert count_parameters(build_model("speedrun-32-128-128", 10)) == count_parameters(
+        build_model("speedrun-small", 10)
+    )
     assert load_recipe("speedrun-cpu", {"model": "speedrun-40-160-160"}).model == "speedrun-40-160-160"
     for bad in ["speedrun-48-192", "speedrun-0-128-128", "speedrun-48-192-192x"]:
         with pytest.raises(UsageError, match="speedrun-W1-W2-W3"):

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import torch
+from conftest import run_cli
 from PIL import Image
 
 import cnnlab
-from conftest import run_cli
 
 
 def test_every_command_uses_and_names_the_same_weights(tiny_run, tmp_path):

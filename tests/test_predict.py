@@ -6,18 +6,24 @@ import json
 
 import numpy as np
 import torch
+from conftest import CLASSES, real_test_files, run_cli
 from PIL import Image
 
 from cnnlab.evaluate import TTA_SHIFTS, evaluate, shift, tta_logits
 from cnnlab.loader import Loader, Normalizer
 from cnnlab.runfiles import load_checkpoint, model_from_checkpoint
-from conftest import CLASSES, real_test_files, run_cli
 
 
 def evaluate_decisions(run, data):
     checkpoint = load_checkpoint(run / "best.pt")
     model = model_from_checkpoint(checkpoint)
-    loader = Loader(data.test_images, data.test_labels, 500, Normalizer(tuple(checkpoint["mean"]), tuple(checkpoint["std"])), device="cpu")
+    loader = Loader(
+        data.test_images,
+        data.test_labels,
+        500,
+        Normalizer(tuple(checkpoint["mean"]), tuple(checkpoint["std"])),
+        device="cpu",
+    )
     return evaluate(model, loader)["predictions"]
 
 

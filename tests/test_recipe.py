@@ -19,8 +19,15 @@ def test_every_field_is_declared_and_checked_by_its_declaration():
     for f in fields(Recipe):
         knob = declaration(f)
         assert knob.help and knob.group
-    for field_name, bad in (("momentum", 1.0), ("batch_size", 0), ("schedule", "fast"), ("val_split", "2.5"),
-                            ("lr", float("nan")), ("seed", -3), ("image_size", 4)):
+    for field_name, bad in (
+        ("momentum", 1.0),
+        ("batch_size", 0),
+        ("schedule", "fast"),
+        ("val_split", "2.5"),
+        ("lr", float("nan")),
+        ("seed", -3),
+        ("image_size", 4),
+    ):
         with pytest.raises(UsageError) as caught:
             load_recipe("seed", {field_name: bad})
         assert caught.value.parameters == (field_name,) and field_name in str(caught.value)
@@ -47,8 +54,11 @@ def test_a_shortened_recipe_keeps_its_shape_and_says_so():
         warnings.simplefilter("always")
         short = load_recipe("speedrun", {"epochs": 1})
     assert short.epochs == 1 and short.warmup_epochs == pytest.approx(0.23)
-    assert len(caught) == 1 and issubclass(caught[0].category, CnnlabWarning) and "warmup_epochs 2.3 -> 0.23" in str(
-        caught[0].message)
+    assert (
+        len(caught) == 1
+        and issubclass(caught[0].category, CnnlabWarning)
+        and "warmup_epochs 2.3 -> 0.23" in str(caught[0].message)
+    )
     kept = load_recipe("speedrun", {"epochs": 5, "warmup_epochs": 1.0})
     assert kept.warmup_epochs == 1.0  # given too: not scaled
     with pytest.warns(CnnlabWarning):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_train import synthetic_dataset
 
 from cnnlab.augment import color_jitter, cutout, mix, random_erasing
 from cnnlab.errors import CnnlabError, UsageError
@@ -16,7 +17,6 @@ from cnnlab.recipe import load_recipe, shipped_recipes
 from cnnlab.runfiles import load_checkpoint
 from cnnlab.schedule import learning_rate
 from cnnlab.train import train
-from test_train import synthetic_dataset
 
 
 def generator(seed=0):
@@ -99,8 +99,14 @@ def test_onecycle_and_warmup_shapes():
 
 def test_ema_differs_from_and_lags_the_live_weights(tmp_path):
     data = synthetic_dataset()
-    result = train(load_recipe("seed", {"epochs": 3, "batch_size": 16, "ema": 0.9, "precision": "fp32"}), data,
-                   runs_dir=tmp_path, name="ema", progress=False, plots=False)
+    result = train(
+        load_recipe("seed", {"epochs": 3, "batch_size": 16, "ema": 0.9, "precision": "fp32"}),
+        data,
+        runs_dir=tmp_path,
+        name="ema",
+        progress=False,
+        plots=False,
+    )
     live = load_checkpoint(tmp_path / "ema" / "last.pt")["state_dict"]
     averaged = load_checkpoint(tmp_path / "ema" / "ema.pt")["state_dict"]
     torch.manual_seed(0)
@@ -112,8 +118,14 @@ def test_ema_differs_from_and_lags_the_live_weights(tmp_path):
 
 
 def test_fine_tuning_replaces_a_head_of_another_size(tmp_path):
-    train(load_recipe("seed", {"epochs": 1, "batch_size": 16}), synthetic_dataset(num_classes=4),
-                   runs_dir=tmp_path, name="src", progress=False, plots=False)
+    train(
+        load_recipe("seed", {"epochs": 1, "batch_size": 16}),
+        synthetic_dataset(num_classes=4),
+        runs_dir=tmp_path,
+        name="src",
+        progress=False,
+        plots=False,
+    )
     target = build_model("smallcnn", 7)
     notes = load_weights(target, tmp_path / "src" / "last.pt")
     assert "the head (classifier) was replaced for 7 classes" in notes[-1]
@@ -129,10 +141,24 @@ def test_fine_tuning_replaces_a_head_of_another_size(tmp_path):
 
 
 def test_freezing_the_backbone_trains_only_the_head(tmp_path):
-    train(load_recipe("seed", {"epochs": 1, "batch_size": 16}), synthetic_dataset(), runs_dir=tmp_path, name="src",
-          progress=False, plots=False)
-    recipe = load_recipe("seed", {"epochs": 1, "batch_size": 16, "weights": str(tmp_path / "src" / "last.pt"),
-                                  "freeze_backbone": True, "precision": "fp32"})
+    train(
+        load_recipe("seed", {"epochs": 1, "batch_size": 16}),
+        synthetic_dataset(),
+        runs_dir=tmp_path,
+        name="src",
+        progress=False,
+        plots=False,
+    )
+    recipe = load_recipe(
+        "seed",
+        {
+            "epochs": 1,
+            "batch_size": 16,
+            "weights": str(tmp_path / "src" / "last.pt"),
+            "freeze_backbone": True,
+            "precision": "fp32",
+        },
+    )
     result = train(recipe, synthetic_dataset(), runs_dir=None, progress=False)
     before = load_checkpoint(tmp_path / "src" / "last.pt")["state_dict"]
     after = result.model.state_dict()
@@ -150,8 +176,19 @@ def test_every_shipped_recipe_runs_briefly(name):
 
 
 def test_every_regularizer_together_runs(tmp_path):
-    overrides = {"epochs": 2, "batch_size": 16, "cutout": 8, "random_erasing": 0.5, "color_jitter": 0.3, "mixup": 0.2,
-                 "cutmix": 1.0, "ema": 0.99, "warmup_epochs": 0.5, "schedule": "onecycle", "nesterov": True,
-                 "label_smoothing": 0.1}
+    overrides = {
+        "epochs": 2,
+        "batch_size": 16,
+        "cutout": 8,
+        "random_erasing": 0.5,
+        "color_jitter": 0.3,
+        "mixup": 0.2,
+        "cutmix": 1.0,
+        "ema": 0.99,
+        "warmup_epochs": 0.5,
+        "schedule": "onecycle",
+        "nesterov": True,
+        "label_smoothing": 0.1,
+    }
     result = train(load_recipe("seed", overrides), synthetic_dataset(), runs_dir=None, progress=False)
     assert all(math.isfinite(r["train_loss"]) for r in result.rows)

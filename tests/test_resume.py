@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 TIMING = {"seconds", "images_per_s"}
@@ -22,13 +21,33 @@ RECIPE = ["--epochs", "6", "--batch-size", "16", "--val-split", "50", "--precisi
 
 def start(archive, runs, name, env=None, *extra):
     """`cnnlab train` as a real child process."""
-    return subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "--data", str(archive), "--runs-dir", str(runs),
-                             "--name", name, *RECIPE, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cnnlab",
+            "train",
+            "--data",
+            str(archive),
+            "--runs-dir",
+            str(runs),
+            "--name",
+            name,
+            *RECIPE,
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def rows(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(l).items() if k not in TIMING}
+        for l in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def resume(run: Path, *extra) -> subprocess.CompletedProcess:
@@ -59,7 +78,9 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_exact(archive, tmp_pat
     run = tmp_path / "run"
     leftovers = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     assert leftovers, "the kill should have come after the temporary file was written"
-    assert json.loads(json.dumps(rows(run)))[-1]["epoch"] == 2  # metrics of epoch 3 never written, last.pt still epoch 2
+    assert (
+        json.loads(json.dumps(rows(run)))[-1]["epoch"] == 2
+    )  # metrics of epoch 3 never written, last.pt still epoch 2
     result = resume(run)
     assert result.returncode == 0, result.stderr
     assert rows(run) == reference
@@ -84,8 +105,12 @@ def test_sigkill_at_random_moments_then_resume_is_exact(archive, tmp_path):
         process.send_signal(signal.SIGKILL)
         process.wait()
         if kills < 2:
-            process = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "--resume", str(run), "--no-progress"],
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "cnnlab", "train", "--resume", str(run), "--no-progress"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
     result = resume(run)
     assert result.returncode == 0, result.stderr
     assert rows(run) == rows(tmp_path / "straight")
@@ -122,8 +147,13 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_metrics(archive, tmp_path
         limit = 200_000  # bytes: config and metrics fit, a checkpoint (about 2.3 MB) does not
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    full = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--resume", str(run), "--no-progress"],
-                          capture_output=True, text=True, preexec_fn=small_files_only, timeout=300)
+    full = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "train", "--resume", str(run), "--no-progress"],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files_only,
+        timeout=300,
+    )
     assert full.returncode == 1
     (line,) = full.stderr.strip().splitlines()
     assert "could not write" in line and "last.pt" in line and "free some disk space" in line
@@ -136,8 +166,25 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_metrics(archive, tmp_path
 
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(archive, tmp_path):
-    result = run_cli("train", "--data", str(archive), "--runs-dir", str(tmp_path), "--name", "boom", "--epochs", "3",
-                     "--batch-size", "16", "--lr", "1e6", "--precision", "fp32", "--no-plots", "--no-progress")
+    result = run_cli(
+        "train",
+        "--data",
+        str(archive),
+        "--runs-dir",
+        str(tmp_path),
+        "--name",
+        "boom",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e6",
+        "--precision",
+        "fp32",
+        "--no-plots",
+        "--no-progress",
+    )
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert "NaN or infinite" in line and "epoch 1, step" in line and "--lr" in line and "Traceback" not in result.stderr
@@ -166,8 +213,24 @@ def test_resume_refuses_what_it_cannot_continue(archive, tmp_path, reference):
 def test_resume_is_exact_with_every_random_regularizer(archive, tmp_path):
     """Mixup/CutMix draw from torch's global generator, the box augmentations from the loader's, EMA
     and warm-up carry state across steps: all of it must come back from the checkpoint."""
-    extra = ["--cutout", "8", "--random-erasing", "0.5", "--color-jitter", "0.3", "--mixup", "0.2", "--cutmix", "1.0",
-             "--ema", "0.9", "--warmup-epochs", "1", "--schedule", "onecycle"]
+    extra = [
+        "--cutout",
+        "8",
+        "--random-erasing",
+        "0.5",
+        "--color-jitter",
+        "0.3",
+        "--mixup",
+        "0.2",
+        "--cutmix",
+        "1.0",
+        "--ema",
+        "0.9",
+        "--warmup-epochs",
+        "1",
+        "--schedule",
+        "onecycle",
+    ]
     straight = start(archive, tmp_path, "straight", None, *extra)
     _, err = straight.communicate(timeout=300)
     assert straight.returncode == 0, err
@@ -189,15 +252,31 @@ def test_resume_is_exact_with_the_speedrun_recipe(archive, tmp_path):
     epoch count and the whitening layer (set from the data only on a fresh start) must all come back from the checkpoint. The recipe's rate is for
     batch 512; at batch 16 it is chaotic enough to turn last-bit differences of multithreaded kernels
     into different runs (seen once in CI), so the rate is lowered and each process uses one thread."""
-    extra = ["--recipe", "speedrun-cpu", "--warmup-epochs", "1", "--lr", "0.05", "--muon-lr", "0.05",
-             "--early-crop", "24", "--early-crop-epochs", "3"]
+    extra = [
+        "--recipe",
+        "speedrun-cpu",
+        "--warmup-epochs",
+        "1",
+        "--lr",
+        "0.05",
+        "--muon-lr",
+        "0.05",
+        "--early-crop",
+        "24",
+        "--early-crop-epochs",
+        "3",
+    ]
     one_thread = {"OMP_NUM_THREADS": "1"}
     straight = start(archive, tmp_path, "straight", one_thread, *extra)
     _, err = straight.communicate(timeout=300)
     assert straight.returncode == 0, err
     process = start(archive, tmp_path, "stopped", one_thread, *extra)
     run = tmp_path / "stopped"
-    wait_for(lambda: len((run / "metrics.jsonl").read_text().splitlines()) >= 2 if (run / "metrics.jsonl").is_file() else False)
+    wait_for(
+        lambda: (
+            len((run / "metrics.jsonl").read_text().splitlines()) >= 2 if (run / "metrics.jsonl").is_file() else False
+        )
+    )
     time.sleep(0.3)
     process.send_signal(signal.SIGTERM)
     _, stopped_err = process.communicate(timeout=120)

@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import class_images, run_cli
 from PIL import Image
 
-from conftest import class_images, run_cli
 from cnnlab.robustness import CORRUPTIONS, SEVERITIES, corrupt
 
 
@@ -58,7 +58,9 @@ def test_brightness_adds_to_the_hsv_value_and_keeps_hue_and_saturation(images):
 def test_contrast_and_saturation_follow_their_formulas(images):
     x = images.float() / 255
     mean = x.mean(dim=(2, 3), keepdim=True)
-    assert torch.allclose(corrupt(images, "contrast", 5).float() / 255, ((x - mean) * 0.15 + mean).clamp(0, 1), atol=1 / 255)
+    assert torch.allclose(
+        corrupt(images, "contrast", 5).float() / 255, ((x - mean) * 0.15 + mean).clamp(0, 1), atol=1 / 255
+    )
     grey = corrupt(images, "saturate", 2).float() / 255  # saturation * 0.1: nearly grey
     spread = lambda t: (t.max(dim=1).values - t.min(dim=1).values).mean()
     assert spread(grey) < 0.15 * spread(x)

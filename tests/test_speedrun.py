@@ -15,8 +15,8 @@ from cnnlab.errors import CnnlabWarning
 from cnnlab.loader import Loader, Normalizer
 from cnnlab.lookahead import Lookahead
 from cnnlab.models import build_model
-from cnnlab.recipe import load_recipe
 from cnnlab.optim import make_optimizer
+from cnnlab.recipe import load_recipe
 from cnnlab.schedule import learning_rate
 
 
@@ -70,14 +70,16 @@ def test_reflect_translation_equals_cropping_a_reflect_padded_image():
     offsets = torch.randint(0, 5, (64, 2), generator=torch.Generator().manual_seed(3))  # the same draw
     padded = F.pad(images.float(), (2, 2, 2, 2), mode="reflect")
     for i, (dy, dx) in enumerate(offsets.tolist()):
-        assert torch.equal(out[i].float(), padded[i, :, dy:dy + 8, dx:dx + 8])
+        assert torch.equal(out[i].float(), padded[i, :, dy : dy + 8, dx : dx + 8])
     assert len({tuple(o) for o in offsets.tolist()}) > 10  # and the offsets really vary
 
 
 def test_alternating_flip_mirrors_every_image_in_exactly_one_of_two_epochs():
     images = torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8)
     identity = Normalizer((0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))
-    loader = Loader(images, torch.arange(100), 32, identity, device="cpu", augment=Augmentation(flip=True, alternate_flip=True))
+    loader = Loader(
+        images, torch.arange(100), 32, identity, device="cpu", augment=Augmentation(flip=True, alternate_flip=True)
+    )
 
     def mirrored_per_image():
         flags = {}
@@ -102,7 +104,7 @@ def test_lookahead_moves_the_slow_weights_by_the_stated_decay_and_restarts_the_f
     lookahead.after_step(model, 4, 10)  # not a sync step
     assert torch.equal(model.weight, fast)
     lookahead.after_step(model, 5, 10)
-    decay = 0.95 ** 5 * 0.5 ** 3
+    decay = 0.95**5 * 0.5**3
     assert torch.allclose(model.weight, decay * slow + (1 - decay) * fast)
     with torch.no_grad():
         model.weight.add_(1.0)
@@ -117,8 +119,8 @@ def test_linear_schedule_rises_over_the_warm_up_then_falls_to_zero():
     peak = rates.index(max(rates))
     assert max(rates) == pytest.approx(recipe.lr)
     assert peak == math.ceil(recipe.warmup_epochs * steps) - 1
-    assert all(a < b for a, b in zip(rates[:peak], rates[1:peak + 1]))
-    assert all(a > b for a, b in zip(rates[peak:], rates[peak + 1:]))
+    assert all(a < b for a, b in zip(rates[:peak], rates[1 : peak + 1]))
+    assert all(a > b for a, b in zip(rates[peak:], rates[peak + 1 :]))
     assert 0 < rates[-1] < recipe.lr / 100
 
 
@@ -149,23 +151,38 @@ def test_the_speedrun_recipe_trains_end_to_end_and_reports_tta(archive, tmp_path
 
 def test_tta_precision_auto_judges_the_views_in_the_training_precision(archive, tmp_path):
     from cnnlab.data import load_dataset
-    from cnnlab.splits import channel_stats
     from cnnlab.device import autocast
     from cnnlab.evaluate import evaluate
+    from cnnlab.splits import channel_stats
     from cnnlab.train import train
 
     data = load_dataset(str(archive), cache_dir=tmp_path, progress=False)
     # Few images: on a CPU without native bf16 every bf16 step is emulated (about 11x slower than fp32).
-    data = dataclasses.replace(data, train_images=data.train_images[:64], train_labels=data.train_labels[:64],
-                               test_images=data.test_images[:40], test_labels=data.test_labels[:40])
+    data = dataclasses.replace(
+        data,
+        train_images=data.train_images[:64],
+        train_labels=data.train_labels[:64],
+        test_images=data.test_images[:40],
+        test_labels=data.test_labels[:40],
+    )
     options = {"epochs": 2, "batch_size": 32, "warmup_epochs": 1.0, "precision": "bf16", "seed": 1}
-    runs = {mode: train(load_recipe("speedrun-cpu", {**options, "tta_precision": mode}), data, runs_dir=None, progress=False)
-            for mode in ("auto", "fp32")}
+    runs = {
+        mode: train(
+            load_recipe("speedrun-cpu", {**options, "tta_precision": mode}), data, runs_dir=None, progress=False
+        )
+        for mode in ("auto", "fp32")
+    }
     assert runs["auto"].rows[-1]["train_loss"] == runs["fp32"].rows[-1]["train_loss"]  # the same model
     assert runs["auto"].rows[-1]["test_loss"] == runs["fp32"].rows[-1]["test_loss"]  # the plain result stays float32
     assert runs["auto"].rows[-1]["tta_test_loss"] != runs["fp32"].rows[-1]["tta_test_loss"]
-    loader = Loader(data.test_images, data.test_labels, 2000, Normalizer(*channel_stats(data.train_images)),
-                    device=torch.device("cpu"), channels_last=True)
+    loader = Loader(
+        data.test_images,
+        data.test_labels,
+        2000,
+        Normalizer(*channel_stats(data.train_images)),
+        device=torch.device("cpu"),
+        channels_last=True,
+    )
     for mode, precision in (("auto", "bf16"), ("fp32", "fp32")):
         with autocast(torch.device("cpu"), precision):
             expected = evaluate(runs[mode].model, loader, tta=True)
@@ -245,8 +262,10 @@ def test_muon_groups_hold_the_filters_keep_their_norm_and_the_rest_is_plain_sgd(
     # A checkpoint of the optimizer carries Muon's buffers; loading it gives the same next step.
     clone = make_optimizer(model, recipe)
     clone.load_state_dict(optimizer.state_dict())
-    assert torch.equal(clone.state[next(iter(muon[0]["params"]))]["muon_buffer"],
-                       optimizer.state[next(iter(muon[0]["params"]))]["muon_buffer"])
+    assert torch.equal(
+        clone.state[next(iter(muon[0]["params"]))]["muon_buffer"],
+        optimizer.state[next(iter(muon[0]["params"]))]["muon_buffer"],
+    )
 
 
 def test_the_whitening_bias_trains_for_its_epochs_then_stays():

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from conftest import class_images
 
 from cnnlab.data import Dataset
 from cnnlab.recipe import load_recipe
 from cnnlab.schedule import learning_rate
 from cnnlab.train import train
-from conftest import class_images
 
 TIMING = {"seconds", "images_per_s"}
 
@@ -21,8 +21,15 @@ def synthetic_dataset(n_train=40, n_test=10, num_classes=4) -> Dataset:
     tx, ty = class_images(n_train, num_classes=num_classes, seed=1)
     vx, vy = class_images(n_test, num_classes=num_classes, seed=2)
     t = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-    return Dataset("synthetic", [f"c{i}" for i in range(num_classes)], t(tx), torch.from_numpy(ty), t(vx),
-                   torch.from_numpy(vy), checksum="synthetic")
+    return Dataset(
+        "synthetic",
+        [f"c{i}" for i in range(num_classes)],
+        t(tx),
+        torch.from_numpy(ty),
+        t(vx),
+        torch.from_numpy(vy),
+        checksum="synthetic",
+    )
 
 
 def test_cosine_matches_pytorch_scheduler_stepped_per_epoch():
@@ -40,8 +47,12 @@ def test_same_seed_gives_identical_metrics():
     rows = [train(recipe, synthetic_dataset(), runs_dir=None, progress=False).rows for _ in range(2)]
     strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]
     assert strip(rows[0]) == strip(rows[1])
-    other = train(load_recipe("seed", {"epochs": 2, "batch_size": 32, "seed": 8}), synthetic_dataset(),
-                  runs_dir=None, progress=False).rows
+    other = train(
+        load_recipe("seed", {"epochs": 2, "batch_size": 32, "seed": 8}),
+        synthetic_dataset(),
+        runs_dir=None,
+        progress=False,
+    ).rows
     assert strip(other) != strip(rows[0])
 
 
@@ -64,8 +75,9 @@ def test_synthetic_classes_are_learned():
 
 def test_a_few_epochs_on_real_images_learn_far_above_chance(real_dataset):
     # Judged on the first 2,000 test images: three float32 passes over all 10,000 cost more than the training.
-    data = dataclasses.replace(real_dataset, test_images=real_dataset.test_images[:2000],
-                               test_labels=real_dataset.test_labels[:2000])
+    data = dataclasses.replace(
+        real_dataset, test_images=real_dataset.test_images[:2000], test_labels=real_dataset.test_labels[:2000]
+    )
     recipe = load_recipe("seed", {"epochs": 3, "train_subset": "4000", "seed": 0})
     result = train(recipe, data, runs_dir=None, progress=False)
     print("real-data rows:", [(r["epoch"], round(r["test_acc"], 2)) for r in result.rows])
@@ -75,9 +87,9 @@ def test_a_few_epochs_on_real_images_learn_far_above_chance(real_dataset):
 
 
 def test_learning_curve_points_follow_the_training_precision_and_the_final_row_is_float32():
-    from cnnlab.splits import channel_stats
     from cnnlab.evaluate import evaluate
     from cnnlab.loader import Loader, Normalizer
+    from cnnlab.splits import channel_stats
 
     data = synthetic_dataset(n_train=20)  # small: on a CPU without native bf16 every bf16 step is emulated
     options = {"epochs": 2, "batch_size": 32, "precision": "bf16", "seed": 3}
@@ -89,12 +101,20 @@ def test_learning_curve_points_follow_the_training_precision_and_the_final_row_i
     assert math.isclose(fast.rows[0]["test_loss"], full.rows[0]["test_loss"], rel_tol=0.02)
     # The final row is a result: float32 in both, and what evaluating the returned model gives.
     assert fast.rows[-1]["test_loss"] == full.rows[-1]["test_loss"]
-    loader = Loader(data.test_images, data.test_labels, 1000, Normalizer(*channel_stats(data.train_images)),
-                    device=torch.device("cpu"), channels_last=True)
+    loader = Loader(
+        data.test_images,
+        data.test_labels,
+        1000,
+        Normalizer(*channel_stats(data.train_images)),
+        device=torch.device("cpu"),
+        channels_last=True,
+    )
     assert evaluate(fast.model, loader)["loss"] == pytest.approx(fast.rows[-1]["test_loss"], rel=1e-6)
     # With a validation split the rows choose best.pt: every one of them is float32.
     held_out = {**options, "val_split": "0.25"}
-    rows = [train(load_recipe("seed", {**held_out, "eval_precision": mode}), data, runs_dir=None, progress=False).rows
-            for mode in ("auto", "fp32")]
+    rows = [
+        train(load_recipe("seed", {**held_out, "eval_precision": mode}), data, runs_dir=None, progress=False).rows
+        for mode in ("auto", "fp32")
+    ]
     strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]
     assert strip(rows[0]) == strip(rows[1])

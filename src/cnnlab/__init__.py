@@ -1,8 +1,8 @@
 """cnnlab: train convolutional networks on CIFAR-10-class image data, end to end.
 
-    import cnnlab
-    run = cnnlab.load_run("runs/my-run")   # the trained model, its weights named (openrun.py)
-    run.predict(["cat.jpg"])               # what `cnnlab predict` answers
+import cnnlab
+run = cnnlab.load_run("runs/my-run")   # the trained model, its weights named (openrun.py)
+run.predict(["cat.jpg"])               # what `cnnlab predict` answers
 """
 
 __version__ = "0.1.0"

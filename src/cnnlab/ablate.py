@@ -20,16 +20,20 @@ class Ablation:
     question: str
     epochs: int
     variants: dict[str, dict]  # variant name -> recipe overrides; the first is the reference
-    recipe: str = "seed"       # the base recipe unless --recipe names another
+    recipe: str = "seed"  # the base recipe unless --recipe names another
 
 
 ABLATIONS = {
     "bn": Ablation(
-        "bn", "Exercise 19.5.2: does batch norm make SmallCNN train faster and better?", 15,
+        "bn",
+        "Exercise 19.5.2: does batch norm make SmallCNN train faster and better?",
+        15,
         {"with-bn": {}, "without-bn": {"model": "smallcnn-nobn"}},
     ),
     "recipe": Ablation(
-        "recipe", "The chapter's 'poor recipe' claim: what do augmentation, weight decay and the cosine schedule each buy?", 15,
+        "recipe",
+        "The chapter's 'poor recipe' claim: what do augmentation, weight decay and the cosine schedule each buy?",
+        15,
         {
             "seed": {},
             "no-augmentation": {"crop_padding": 0, "flip": False},
@@ -39,7 +43,9 @@ ABLATIONS = {
         },
     ),
     "regularizers": Ablation(
-        "regularizers", "Which of a modern recipe's regularizers help SmallCNN here, each added alone to the seed recipe?", 15,
+        "regularizers",
+        "Which of a modern recipe's regularizers help SmallCNN here, each added alone to the seed recipe?",
+        15,
         {
             "seed": {},
             "label-smoothing 0.1": {"label_smoothing": 0.1},
@@ -55,7 +61,9 @@ ABLATIONS = {
         },
     ),
     "speedrun": Ablation(
-        "speedrun", "What does each speedrun technique buy? Each switched off in turn from the speedrun-cpu recipe.", 8,
+        "speedrun",
+        "What does each speedrun technique buy? Each switched off in turn from the speedrun-cpu recipe.",
+        8,
         {
             "speedrun-cpu": {},
             "no whitening": {"model_options": {"whiten": False}},
@@ -80,8 +88,11 @@ def variant_recipes(ablation: Ablation, base: Recipe, epochs: int | None = None)
     recipes = {}
     for variant, overrides in ablation.variants.items():
         name = f"{base.name}+{_slug(variant)}" if overrides else base.name
-        recipes[variant] = recipe_from_dict({**shortened, "epochs": epochs or ablation.epochs, "name": name}, overrides,
-                                            where=f"ablation {ablation.name}/{variant}")
+        recipes[variant] = recipe_from_dict(
+            {**shortened, "epochs": epochs or ablation.epochs, "name": name},
+            overrides,
+            where=f"ablation {ablation.name}/{variant}",
+        )
     return recipes
 
 
@@ -90,8 +101,16 @@ def _slug(variant: str) -> str:
     return "-".join(variant.split(" (")[0].split())
 
 
-def run_ablation(name: str, base: Recipe, data, *, epochs: int | None = None, runs_dir: str | Path = "runs",
-                 progress: bool = True, log=print) -> dict:
+def run_ablation(
+    name: str,
+    base: Recipe,
+    data,
+    *,
+    epochs: int | None = None,
+    runs_dir: str | Path = "runs",
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Train every variant into runs_dir/ablate-NAME-<time>/<variant>/ and write the comparison there."""
     from .runs import claim_run_folder
     from .train import train
@@ -140,16 +159,21 @@ def compare(ablation: Ablation, results: dict[str, dict]) -> dict:
 
 def format_table(comparison: dict) -> str:
     """A Markdown table (it reads fine in a terminal too)."""
-    lines = [f"{comparison['question']}", "",
-             "| variant | final test acc | vs reference | with TTA | best test acc (epoch) | final train acc | train-test gap "
-             "| first epoch > 70% | training time |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"{comparison['question']}",
+        "",
+        "| variant | final test acc | vs reference | with TTA | best test acc (epoch) | final train acc | train-test gap "
+        "| first epoch > 70% | training time |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in comparison["table"]:
         over = r["first_epoch_over_70"] if r["first_epoch_over_70"] is not None else f"never in {r['epochs']}"
         tta = f"{r['final_tta_test_acc']:.2f}%" if r.get("final_tta_test_acc") is not None else "-"
-        lines.append(f"| {r['variant']} | {r['final_test_acc']:.2f}% | {r['vs_reference']:+.2f} | {tta} | {r['best_test_acc']:.2f}% "
-                     f"({r['best_epoch']}) | {r['final_train_acc']:.2f}% | {r['train_test_gap']:+.2f} | {over} "
-                     f"| {r.get('train_seconds', 0):.0f} s |")
+        lines.append(
+            f"| {r['variant']} | {r['final_test_acc']:.2f}% | {r['vs_reference']:+.2f} | {tta} | {r['best_test_acc']:.2f}% "
+            f"({r['best_epoch']}) | {r['final_train_acc']:.2f}% | {r['train_test_gap']:+.2f} | {over} "
+            f"| {r.get('train_seconds', 0):.0f} s |"
+        )
     lines += ["", "Training accuracy is the running accuracy on the (augmented) training batches of the last epoch."]
     return "\n".join(lines)
 
@@ -161,6 +185,9 @@ def write_comparison(folder: Path, ablation: Ablation, results: dict[str, dict])
     comparison["folder"] = str(folder)
     atomic_write_json(folder / "ablation.json", comparison)
     atomic_write_bytes(folder / "ablation.md", (format_table(comparison) + "\n").encode())
-    plot_comparison({v: r["rows"] for v, r in results.items()}, folder / "ablation.png",
-                    title=f"cnnlab ablate {ablation.name}: test accuracy (solid) and training accuracy (dashed)")
+    plot_comparison(
+        {v: r["rows"] for v, r in results.items()},
+        folder / "ablation.png",
+        title=f"cnnlab ablate {ablation.name}: test accuracy (solid) and training accuracy (dashed)",
+    )
     return comparison

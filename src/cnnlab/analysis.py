@@ -51,8 +51,8 @@ class Predictions:
     """A model's decisions on every test image, with the images themselves for galleries."""
 
     classes: list[str]
-    images: torch.Tensor         # uint8 [N, 3, H, W]
-    labels: torch.Tensor         # [N]
+    images: torch.Tensor  # uint8 [N, 3, H, W]
+    labels: torch.Tensor  # [N]
     probabilities: torch.Tensor  # [N, C]
 
     @property
@@ -89,6 +89,8 @@ def predict_test_split(model: torch.nn.Module, data, mean, std, device: torch.de
     from .evaluate import EVAL_BATCH_SIZE, evaluate
     from .loader import Loader, Normalizer
 
-    loader = Loader(data.test_images, data.test_labels, EVAL_BATCH_SIZE, Normalizer(tuple(mean), tuple(std)), device=device)
+    loader = Loader(
+        data.test_images, data.test_labels, EVAL_BATCH_SIZE, Normalizer(tuple(mean), tuple(std)), device=device
+    )
     result = evaluate(model, loader)
     return Predictions(list(data.classes), data.test_images, data.test_labels, result["probabilities"])

@@ -58,7 +58,7 @@ def model_features(model: torch.nn.Module, images: torch.Tensor, mean, std, batc
     model.eval()
     try:
         for start in range(0, len(images), batch):
-            model(normalize(images[start:start + batch]))
+            model(normalize(images[start : start + batch]))
     finally:
         hook.remove()
     return torch.cat(captured).flatten(1)
@@ -69,7 +69,7 @@ def nearest(query: torch.Tensor, base: torch.Tensor, same: bool = False) -> tupl
     an image is not its own neighbour."""
     sims, index = [], []
     for start in range(0, len(query), CHUNK):
-        block = query[start:start + CHUNK] @ base.T
+        block = query[start : start + CHUNK] @ base.T
         if same:
             rows = torch.arange(len(block))
             block[rows, rows + start] = -2.0
@@ -86,7 +86,7 @@ def pixel_hashes(images: torch.Tensor) -> list[str]:
 
 @dataclass
 class Pair:
-    kind: str          # test-train, train-train or test-test
+    kind: str  # test-train, train-train or test-test
     split_a: str
     index_a: int
     split_b: str
@@ -99,8 +99,8 @@ class Pair:
 class Audit:
     space: str
     threshold: float
-    pairs: list[Pair]                       # every pair at or above the threshold, most similar first
-    closest_cross: list[Pair]               # each test image's nearest training image, most similar first
+    pairs: list[Pair]  # every pair at or above the threshold, most similar first
+    closest_cross: list[Pair]  # each test image's nearest training image, most similar first
     counts: dict = field(default_factory=dict)
     leaked_test: list[int] = field(default_factory=list)  # test indices with a near duplicate in train
 
@@ -143,7 +143,9 @@ def audit(data: Dataset, space: str = "pixels", threshold: float | None = None, 
         by_pair = {(a, b): s for a, b, s in found}
         for a, b in exact_pairs:
             by_pair[(a, b)] = 1.0
-        split_pairs = [Pair(f"{split}-{split}", split, a, split, b, s, (a, b) in exact_pairs) for (a, b), s in by_pair.items()]
+        split_pairs = [
+            Pair(f"{split}-{split}", split, a, split, b, s, (a, b) in exact_pairs) for (a, b), s in by_pair.items()
+        ]
         pairs.extend(split_pairs)
         within[split] = {"exact_pairs": len(exact_pairs), "near_pairs": len(split_pairs)}
     pairs.sort(key=lambda p: (-p.similarity, p.kind, p.index_a, p.index_b))
@@ -164,7 +166,9 @@ def audit(data: Dataset, space: str = "pixels", threshold: float | None = None, 
 GALLERY_PAIRS = 32
 
 
-def save_audit(result: Audit, data: Dataset, folder, model_run: str | None = None, model_weights: str | None = None) -> dict:
+def save_audit(
+    result: Audit, data: Dataset, folder, model_run: str | None = None, model_weights: str | None = None
+) -> dict:
     """Write audit.json (counts, settings, leaked test indices), pairs.csv (every pair at the threshold,
     most similar first), nearest_train.csv (each test image's closest training image, to re-threshold
     by hand), gallery.png (the closest test/train pairs) and gallery_threshold.png (pairs either side of
@@ -187,9 +191,18 @@ def save_audit(result: Audit, data: Dataset, folder, model_run: str | None = Non
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["rank", "kind", "image_a", "class_a", "image_b", "class_b", "similarity", "exact"])
         for rank, p in enumerate(pairs, 1):
-            writer.writerow([rank, p.kind, data.image_name(p.split_a, p.index_a), label_of(p.split_a, p.index_a),
-                             data.image_name(p.split_b, p.index_b), label_of(p.split_b, p.index_b),
-                             f"{p.similarity:.5f}", int(p.exact)])
+            writer.writerow(
+                [
+                    rank,
+                    p.kind,
+                    data.image_name(p.split_a, p.index_a),
+                    label_of(p.split_a, p.index_a),
+                    data.image_name(p.split_b, p.index_b),
+                    label_of(p.split_b, p.index_b),
+                    f"{p.similarity:.5f}",
+                    int(p.exact),
+                ]
+            )
         return buffer.getvalue().encode()
 
     atomic_write_bytes(folder / "pairs.csv", table(result.pairs))
@@ -200,16 +213,25 @@ def save_audit(result: Audit, data: Dataset, folder, model_run: str | None = Non
             return
         a = torch.stack([images[p.split_a][0][p.index_a] for p in pairs])
         b = torch.stack([images[p.split_b][0][p.index_b] for p in pairs])
-        captions = [f"{'=' if p.exact else f'{p.similarity:.3f}'} {data.image_name(p.split_a, p.index_a)} | "
-                    f"{data.image_name(p.split_b, p.index_b)}" for p in pairs]
+        captions = [
+            f"{'=' if p.exact else f'{p.similarity:.3f}'} {data.image_name(p.split_a, p.index_a)} | "
+            f"{data.image_name(p.split_b, p.index_b)}"
+            for p in pairs
+        ]
         plot_duplicate_pairs(a, b, captions, path, title)
 
-    gallery(result.closest_cross[:GALLERY_PAIRS], folder / "gallery.png",
-            f"the {GALLERY_PAIRS} closest test (left) / train (right) pairs, {result.space} features")
-    above = [p for p in result.closest_cross if p.similarity >= result.threshold and not p.exact][-GALLERY_PAIRS // 2:]
-    below = [p for p in result.closest_cross if p.similarity < result.threshold][:GALLERY_PAIRS // 2]
-    gallery(above + below, folder / "gallery_threshold.png",
-            f"pairs either side of the threshold {result.threshold} (first {len(above)} count as duplicates)")
+    gallery(
+        result.closest_cross[:GALLERY_PAIRS],
+        folder / "gallery.png",
+        f"the {GALLERY_PAIRS} closest test (left) / train (right) pairs, {result.space} features",
+    )
+    above = [p for p in result.closest_cross if p.similarity >= result.threshold and not p.exact][-GALLERY_PAIRS // 2 :]
+    below = [p for p in result.closest_cross if p.similarity < result.threshold][: GALLERY_PAIRS // 2]
+    gallery(
+        above + below,
+        folder / "gallery_threshold.png",
+        f"pairs either side of the threshold {result.threshold} (first {len(above)} count as duplicates)",
+    )
     summary = {
         "source": data.source,
         "checksum": data.checksum,
@@ -227,14 +249,16 @@ def save_audit(result: Audit, data: Dataset, folder, model_run: str | None = Non
 
 def format_audit(summary: dict) -> str:
     c = summary["counts"]
-    return "\n".join([
-        f"leak audit of {summary['source']} ({summary['space']} features, cosine similarity >= {summary['threshold']})",
-        f"  test images with an exact duplicate in train: {c['test_with_exact_train_duplicate']}",
-        f"  test images with a near duplicate in train:   {c['test_with_near_train_duplicate']} of {c['test_images']} "
-        f"({c['test_with_near_train_duplicate_percent']:.2f}%)",
-        f"  pairs within train: {c['within_train']['near_pairs']} ({c['within_train']['exact_pairs']} exact); "
-        f"within test: {c['within_test']['near_pairs']} ({c['within_test']['exact_pairs']} exact)",
-    ])
+    return "\n".join(
+        [
+            f"leak audit of {summary['source']} ({summary['space']} features, cosine similarity >= {summary['threshold']})",
+            f"  test images with an exact duplicate in train: {c['test_with_exact_train_duplicate']}",
+            f"  test images with a near duplicate in train:   {c['test_with_near_train_duplicate']} of {c['test_images']} "
+            f"({c['test_with_near_train_duplicate_percent']:.2f}%)",
+            f"  pairs within train: {c['within_train']['near_pairs']} ({c['within_train']['exact_pairs']} exact); "
+            f"within test: {c['within_test']['near_pairs']} ({c['within_test']['exact_pairs']} exact)",
+        ]
+    )
 
 
 def load_audit(folder, data: Dataset) -> dict:
@@ -243,7 +267,6 @@ def load_audit(folder, data: Dataset) -> dict:
 
     from .errors import CnnlabError
     from .names import shown
-
     from .runfiles import read_json
 
     path = Path(folder) / "audit.json" if Path(folder).is_dir() else Path(folder)
@@ -252,7 +275,9 @@ def load_audit(folder, data: Dataset) -> dict:
     summary = read_json(path, "run `cnnlab audit --data ...` again")
     leaked = summary.get("leaked_test")
     if not isinstance(leaked, list) or not isinstance(summary.get("source", ""), str):
-        raise CnnlabError(f"{shown(path)} is damaged (no list of leaked test images); run `cnnlab audit --data ...` again")
+        raise CnnlabError(
+            f"{shown(path)} is damaged (no list of leaked test images); run `cnnlab audit --data ...` again"
+        )
     if summary.get("checksum") and data.checksum and summary["checksum"] != data.checksum:
         raise CnnlabError(f"{shown(folder)} audits other data ({summary['source']}); audit the data you evaluate on")
     if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(data.test_labels) for i in leaked):

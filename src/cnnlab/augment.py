@@ -19,33 +19,55 @@ import torch.nn.functional as F
 class Augmentation:
     """How the training images are varied (every field as in the recipe; evaluation has none)."""
 
-    crop_padding: int = 0       # random crops of the image padded by this many pixels
-    reflect: bool = False       # the padding mirrors the edge instead of being black
-    flip: bool = False          # random horizontal mirror
+    crop_padding: int = 0  # random crops of the image padded by this many pixels
+    reflect: bool = False  # the padding mirrors the edge instead of being black
+    flip: bool = False  # random horizontal mirror
     alternate_flip: bool = False  # each image mirrored in every other epoch instead of by chance
-    cutout: int = 0             # side of the square hidden per image
+    cutout: int = 0  # side of the square hidden per image
     random_erasing: float = 0.0  # probability of a box of noise per image
-    color_jitter: float = 0.0   # brightness, contrast and saturation strength
-    early_crop: int = 0         # the first early_crop_epochs epochs train on crops of this side
+    color_jitter: float = 0.0  # brightness, contrast and saturation strength
+    early_crop: int = 0  # the first early_crop_epochs epochs train on crops of this side
     early_crop_epochs: int = 0
 
     @staticmethod
-    def of(recipe) -> "Augmentation":
-        return Augmentation(recipe.crop_padding, recipe.pad_mode == "reflect", recipe.flip, recipe.alternate_flip,
-                            recipe.cutout, recipe.random_erasing, recipe.color_jitter, recipe.early_crop,
-                            recipe.early_crop_epochs)
+    def of(recipe) -> Augmentation:
+        return Augmentation(
+            recipe.crop_padding,
+            recipe.pad_mode == "reflect",
+            recipe.flip,
+            recipe.alternate_flip,
+            recipe.cutout,
+            recipe.random_erasing,
+            recipe.color_jitter,
+            recipe.early_crop,
+            recipe.early_crop_epochs,
+        )
 
     def crop_size(self, epochs_done: int) -> int:
         """The side of this epoch's training crops; 0 = whole images."""
         return self.early_crop if epochs_done < self.early_crop_epochs else 0
 
-    def apply(self, images: torch.Tensor, generator: torch.Generator, normalize, epochs_done: int,
-              mirrored: torch.Tensor | None = None, channels_last: bool = False) -> torch.Tensor:
+    def apply(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator,
+        normalize,
+        epochs_done: int,
+        mirrored: torch.Tensor | None = None,
+        channels_last: bool = False,
+    ) -> torch.Tensor:
         """A uint8 batch varied as described, then normalised: the float batch a training step takes.
 
         `mirrored` (a bool per image) fixes which images are flipped (alternate_flip)."""
-        x = random_crop_flip(images, self.crop_padding, self.flip, generator, reflect=self.reflect, mirrored=mirrored,
-                             size=self.crop_size(epochs_done))
+        x = random_crop_flip(
+            images,
+            self.crop_padding,
+            self.flip,
+            generator,
+            reflect=self.reflect,
+            mirrored=mirrored,
+            size=self.crop_size(epochs_done),
+        )
         if not (self.color_jitter or self.cutout or self.random_erasing):
             return normalize(x, channels_last)  # the common case: one multiply-add from uint8
         x = x.float() / 255.0
@@ -59,8 +81,16 @@ class Augmentation:
         return normalize.from_unit(x, channels_last)
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator, *,
-                     reflect: bool = False, mirrored: torch.Tensor | None = None, size: int = 0) -> torch.Tensor:
+def random_crop_flip(
+    images: torch.Tensor,
+    padding: int,
+    flip: bool,
+    generator: torch.Generator,
+    *,
+    reflect: bool = False,
+    mirrored: torch.Tensor | None = None,
+    size: int = 0,
+) -> torch.Tensor:
     """The chapter's `RandomCrop(32, padding)` then `RandomHorizontalFlip()`, for a whole batch at once.
 
     Pad by `padding`, pick a crop offset in [0, 2*padding] per image and axis, and mirror about half
@@ -78,8 +108,10 @@ def random_crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: 
         if room_y == room_x:  # square images: one draw for both axes
             offsets = torch.randint(0, room_y + 1, (b, 2), generator=generator, device=device)
         else:
-            offsets = torch.stack([torch.randint(0, room + 1, (b,), generator=generator, device=device)
-                                   for room in (room_y, room_x)], dim=1)
+            offsets = torch.stack(
+                [torch.randint(0, room + 1, (b,), generator=generator, device=device) for room in (room_y, room_x)],
+                dim=1,
+            )
         if not reflect and padding > 0:
             images = F.pad(images, (padding, padding, padding, padding))
     else:
@@ -123,8 +155,15 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator, fill: torch.T
     return torch.where(_boxes(b, h, w, side, side, generator, x.device), torch.as_tensor(fill, dtype=x.dtype), x)
 
 
-def random_erasing(x: torch.Tensor, probability: float, generator: torch.Generator, mean=0.0, std=1.0,
-                   area=(0.02, 0.33), log_ratio=(-1.2040, 1.2040)) -> torch.Tensor:
+def random_erasing(
+    x: torch.Tensor,
+    probability: float,
+    generator: torch.Generator,
+    mean=0.0,
+    std=1.0,
+    area=(0.02, 0.33),
+    log_ratio=(-1.2040, 1.2040),
+) -> torch.Tensor:
     """Zhong et al. (2017): with `probability`, a box of random area (2-33%) and aspect (0.3-3.3)
     per image, filled with normal noise of the data's `mean` and `std` (standard normal once
     normalised: timm's 'pixel' mode)."""
@@ -144,7 +183,7 @@ def color_jitter(x01: torch.Tensor, strength: float, generator: torch.Generator)
     drawn per image (torchvision's ColorJitter(s, s, s) without the hue), on pixels in [0, 1]."""
     b = x01.shape[0]
     factor = lambda: (1 + strength * (2 * torch.rand(b, generator=generator, device=x01.device) - 1)).view(b, 1, 1, 1)
-    gray = lambda img: (0.299 * img[:, 0:1] + 0.587 * img[:, 1:2] + 0.114 * img[:, 2:3])
+    gray = lambda img: 0.299 * img[:, 0:1] + 0.587 * img[:, 1:2] + 0.114 * img[:, 2:3]
     x = (x01 * factor()).clamp(0, 1)  # brightness
     mean = gray(x).mean(dim=(2, 3), keepdim=True)
     x = (mean + factor() * (x - mean)).clamp(0, 1)  # contrast
@@ -152,7 +191,9 @@ def color_jitter(x01: torch.Tensor, strength: float, generator: torch.Generator)
     return (g + factor() * (x - g)).clamp(0, 1)  # saturation
 
 
-def mix(x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+def mix(
+    x: torch.Tensor, y: torch.Tensor, mixup: float, cutmix: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Mixup (Zhang et al., 2018) or CutMix (Yun et al., 2019) on a batch, one of them per batch when both
     are on (as timm does). Returns (mixed x, y, y of the partner images, weight of y). The loss is
     w * CE(y) + (1 - w) * CE(y_partner). Draws come from torch's global generator (saved in checkpoints)."""

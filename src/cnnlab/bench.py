@@ -34,37 +34,77 @@ class Variant:
 
     name: str
     description: str
-    recipe: str = "seed"            # whose model, optimizer, augmentation and batch size
-    overrides: tuple = ()           # (field, value) pairs on top of the recipe
-    loader: str = "memory"          # memory: cnnlab's loader; dataloader: the chapter's per-sample path
+    recipe: str = "seed"  # whose model, optimizer, augmentation and batch size
+    overrides: tuple = ()  # (field, value) pairs on top of the recipe
+    loader: str = "memory"  # memory: cnnlab's loader; dataloader: the chapter's per-sample path
     tune_allocator: bool = True
-    threads: int | None = None      # None: PyTorch's default (one per core)
-    loop: str = "cnnlab"            # cnnlab: train_one_epoch; minimal: a hand-written loop doing the same maths
+    threads: int | None = None  # None: PyTorch's default (one per core)
+    loop: str = "cnnlab"  # cnnlab: train_one_epoch; minimal: a hand-written loop doing the same maths
 
 
 FP32, NCHW = ("precision", "fp32"), ("channels_last", False)
-VARIANTS = {v.name: v for v in [
-    Variant("seed-literal", "chapter's data path: per-image PIL crop/flip, DataLoader(2 workers), NCHW fp32",
-            overrides=(FP32, NCHW), loader="dataloader", tune_allocator=False),
-    Variant("cnnlab-nchw-fp32", "in-memory batched loader, NCHW fp32, default allocator", overrides=(FP32, NCHW),
-            tune_allocator=False),
-    Variant("cnnlab-cl-fp32", "+ channels-last", overrides=(FP32,), tune_allocator=False),
-    Variant("cnnlab-cl-fp32-alloc", "+ allocator keeps freed memory (no page faults per step)", overrides=(FP32,)),
-    Variant("cnnlab-cl-bf16", "channels-last, bf16 autocast, default allocator", overrides=(("precision", "bf16"),),
-            tune_allocator=False),
-    Variant("cnnlab", "cnnlab's default CPU path: channels-last, tuned allocator, precision auto "
-            "(bf16 autocast where the CPU has native bf16, else fp32)"),
-    Variant("cnnlab-compile", "cnnlab + torch.compile (inductor fuses batch norm, ReLU and pooling)",
-            overrides=(("compile", "default"),)),
-    # The speedrun recipe through cnnlab's general loop against the few lines a speedrun script would write.
-    Variant("speedrun-minimal", "speedrun-cpu recipe, a hand-written loop: rate, forward, backward, step, lookahead",
-            recipe="speedrun-cpu", loop="minimal"),
-    Variant("speedrun-cnnlab", "speedrun-cpu recipe through cnnlab's train_one_epoch (metrics, checks, resume state)",
-            recipe="speedrun-cpu"),
-    Variant("speedrun-compile", "speedrun-cpu recipe through train_one_epoch, torch.compile'd forward",
-            recipe="speedrun-cpu", overrides=(("compile", "default"),)),
-]}
-DEFAULT_VARIANTS = ["seed-literal", "cnnlab-nchw-fp32", "cnnlab-cl-fp32", "cnnlab-cl-fp32-alloc", "cnnlab-cl-bf16", "cnnlab"]
+VARIANTS = {
+    v.name: v
+    for v in [
+        Variant(
+            "seed-literal",
+            "chapter's data path: per-image PIL crop/flip, DataLoader(2 workers), NCHW fp32",
+            overrides=(FP32, NCHW),
+            loader="dataloader",
+            tune_allocator=False,
+        ),
+        Variant(
+            "cnnlab-nchw-fp32",
+            "in-memory batched loader, NCHW fp32, default allocator",
+            overrides=(FP32, NCHW),
+            tune_allocator=False,
+        ),
+        Variant("cnnlab-cl-fp32", "+ channels-last", overrides=(FP32,), tune_allocator=False),
+        Variant("cnnlab-cl-fp32-alloc", "+ allocator keeps freed memory (no page faults per step)", overrides=(FP32,)),
+        Variant(
+            "cnnlab-cl-bf16",
+            "channels-last, bf16 autocast, default allocator",
+            overrides=(("precision", "bf16"),),
+            tune_allocator=False,
+        ),
+        Variant(
+            "cnnlab",
+            "cnnlab's default CPU path: channels-last, tuned allocator, precision auto "
+            "(bf16 autocast where the CPU has native bf16, else fp32)",
+        ),
+        Variant(
+            "cnnlab-compile",
+            "cnnlab + torch.compile (inductor fuses batch norm, ReLU and pooling)",
+            overrides=(("compile", "default"),),
+        ),
+        # The speedrun recipe through cnnlab's general loop against the few lines a speedrun script would write.
+        Variant(
+            "speedrun-minimal",
+            "speedrun-cpu recipe, a hand-written loop: rate, forward, backward, step, lookahead",
+            recipe="speedrun-cpu",
+            loop="minimal",
+        ),
+        Variant(
+            "speedrun-cnnlab",
+            "speedrun-cpu recipe through cnnlab's train_one_epoch (metrics, checks, resume state)",
+            recipe="speedrun-cpu",
+        ),
+        Variant(
+            "speedrun-compile",
+            "speedrun-cpu recipe through train_one_epoch, torch.compile'd forward",
+            recipe="speedrun-cpu",
+            overrides=(("compile", "default"),),
+        ),
+    ]
+}
+DEFAULT_VARIANTS = [
+    "seed-literal",
+    "cnnlab-nchw-fp32",
+    "cnnlab-cl-fp32",
+    "cnnlab-cl-fp32-alloc",
+    "cnnlab-cl-bf16",
+    "cnnlab",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,13 +127,13 @@ class ChapterDataset(torch.utils.data.Dataset):
         from PIL import Image
 
         image = Image.fromarray(self.images[i])
-        padded = np.pad(np.asarray(image), ((4, 4), (4, 4), (0, 0)))             # RandomCrop(32, padding=4)
+        padded = np.pad(np.asarray(image), ((4, 4), (4, 4), (0, 0)))  # RandomCrop(32, padding=4)
         top, left = torch.randint(0, 9, (2,)).tolist()
         image = Image.fromarray(padded).crop((left, top, left + 32, top + 32))
-        if torch.rand(1).item() < 0.5:                                             # RandomHorizontalFlip()
+        if torch.rand(1).item() < 0.5:  # RandomHorizontalFlip()
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div(255)  # ToTensor()
-        return (x - self.mean) / self.std, self.labels[i]                          # Normalize(MEAN, STD)
+        return (x - self.mean) / self.std, self.labels[i]  # Normalize(MEAN, STD)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +152,9 @@ def forward_macs(model: torch.nn.Module, image_size: int = 32) -> int:
         elif isinstance(module, torch.nn.Linear):
             total += module.in_features * module.out_features
 
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [
+        m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     with torch.no_grad():
         model.eval()(torch.zeros(1, 3, image_size, image_size))
     for h in handles:
@@ -150,21 +192,33 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
 
     if variant.threads:
         torch.set_num_threads(variant.threads)
-    overrides = {**dict(variant.overrides), "seed": seed, **({"batch_size": batch_size} if variant.recipe == "seed" else {})}
+    overrides = {
+        **dict(variant.overrides),
+        "seed": seed,
+        **({"batch_size": batch_size} if variant.recipe == "seed" else {}),
+    }
     recipe = load_recipe(variant.recipe, overrides)
     data = load_dataset(data_source, progress=False)
     n = (warmup + steps) * recipe.batch_size
-    data = dataclasses.replace(data, train_images=data.train_images[:n], train_labels=data.train_labels[:n],
-                               train_files=None)
+    data = dataclasses.replace(
+        data, train_images=data.train_images[:n], train_labels=data.train_labels[:n], train_files=None
+    )
     setup = prepare(recipe, data, tune_allocator=variant.tune_allocator)
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     timing = {"dataloader": _chapter_loop, "memory": _minimal_loop if variant.loop == "minimal" else _cnnlab_loop}
     seconds = timing[variant.loader](setup.state, warmup, steps)
     # Minor page faults of this process per training step (warm-up included; DataLoader workers not counted).
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / (warmup + steps)
-    return {"variant": variant.name, "images_per_s": steps * recipe.batch_size / seconds, "seconds": seconds,
-            "steps": steps, "page_faults_per_step": faults, "model": recipe.model, "batch_size": recipe.batch_size,
-            "precision": setup.state.precision}
+    return {
+        "variant": variant.name,
+        "images_per_s": steps * recipe.batch_size / seconds,
+        "seconds": seconds,
+        "steps": steps,
+        "page_faults_per_step": faults,
+        "model": recipe.model,
+        "batch_size": recipe.batch_size,
+        "precision": setup.state.precision,
+    }
 
 
 def _cnnlab_loop(state, warmup: int, steps: int) -> float:
@@ -206,9 +260,12 @@ def _minimal_loop(state, warmup: int, steps: int) -> float:
 
 def _chapter_loop(state, warmup: int, steps: int) -> float:
     """What a user copying the chapter runs: a DataLoader over per-image transforms, `loss.item()` every step."""
-    loader = torch.utils.data.DataLoader(ChapterDataset(state.train_loader.images, state.train_loader.labels, state.mean,
-                                                        state.std), batch_size=state.recipe.batch_size, shuffle=True,
-                                         num_workers=2)
+    loader = torch.utils.data.DataLoader(
+        ChapterDataset(state.train_loader.images, state.train_loader.labels, state.mean, state.std),
+        batch_size=state.recipe.batch_size,
+        shuffle=True,
+        num_workers=2,
+    )
     model, optimizer, criterion = state.net.model.train(), state.optimizer, torch.nn.CrossEntropyLoss()
     batches = iter(loader)
     for i in range(warmup + steps):
@@ -229,8 +286,15 @@ def _chapter_loop(state, warmup: int, steps: int) -> float:
 # The driver
 
 
-def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: int = 40, warmup: int = 8,
-              batch_size: int = 128, log=print) -> dict:
+def run_bench(
+    variants: list[str],
+    data_source: str,
+    repeats: int = 3,
+    steps: int = 40,
+    warmup: int = 8,
+    batch_size: int = 128,
+    log=print,
+) -> dict:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise UsageError(f"unknown bench variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
@@ -244,7 +308,17 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
     precision_of: dict[str, str] = {}  # "auto" as the worker resolved it on this machine
     for r in range(repeats):
         for name in variants:
-            args = [sys.executable, "-m", "cnnlab.bench", name, data_source, str(steps), str(warmup), str(batch_size), str(r)]
+            args = [
+                sys.executable,
+                "-m",
+                "cnnlab.bench",
+                name,
+                data_source,
+                str(steps),
+                str(warmup),
+                str(batch_size),
+                str(r),
+            ]
             done = subprocess.run(args, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"bench worker for {name} failed:\n{done.stderr}")
@@ -255,7 +329,6 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
             log(f"  repeat {r + 1}/{repeats}  {name:<22} {result['images_per_s']:7.0f} img/s")
 
     from .models import build_model
-
     from .recipe import load_recipe
 
     model_of = lambda name: load_recipe(VARIANTS[name].recipe).model
@@ -269,40 +342,66 @@ def run_bench(variants: list[str], data_source: str, repeats: int = 3, steps: in
         median = statistics.median(s)
         achieved = median * 6 * macs_of[model_of(name)]  # forward 2 FLOP per MAC, backward about twice the forward
         peak = peak_flops(precision_of[name], cores, cpu["native_bf16"])
-        rows.append({
-            "variant": name, "description": v.description, "precision": precision_of[name],
-            "images_per_s_median": median, "images_per_s_min": min(s), "images_per_s_max": max(s), "samples": s,
-            "epoch_seconds_median": 50_000 / median, "speedup_vs_first": median / baseline,
-            "achieved_gflops": achieved / 1e9, "peak_gflops_assumed": peak / 1e9, "fraction_of_peak": achieved / peak,
-            "page_faults_per_step_median": statistics.median(faults[name]),
-            "model": model_of(name), "forward_macs_per_image": macs_of[model_of(name)],
-        })
+        rows.append(
+            {
+                "variant": name,
+                "description": v.description,
+                "precision": precision_of[name],
+                "images_per_s_median": median,
+                "images_per_s_min": min(s),
+                "images_per_s_max": max(s),
+                "samples": s,
+                "epoch_seconds_median": 50_000 / median,
+                "speedup_vs_first": median / baseline,
+                "achieved_gflops": achieved / 1e9,
+                "peak_gflops_assumed": peak / 1e9,
+                "fraction_of_peak": achieved / peak,
+                "page_faults_per_step_median": statistics.median(faults[name]),
+                "model": model_of(name),
+                "forward_macs_per_image": macs_of[model_of(name)],
+            }
+        )
     return {
-        "machine": {"cores": cores, "cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "assumed_ghz": ASSUMED_GHZ},
+        "machine": {
+            "cores": cores,
+            "cpu": cpu,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "assumed_ghz": ASSUMED_GHZ,
+        },
         "forward_macs_per_image": macs_of,
-        "batch_size": batch_size, "steps": steps, "warmup": warmup, "repeats": repeats, "data": data_source,
+        "batch_size": batch_size,
+        "steps": steps,
+        "warmup": warmup,
+        "repeats": repeats,
+        "data": data_source,
         "rows": rows,
     }
 
 
 def format_table(result: dict) -> str:
     cpu, machine = result["machine"]["cpu"], result["machine"]
-    lines = [f"Training throughput (SmallCNN at batch {result['batch_size']}; speedrun variants at their recipe's batch), "
-             f"{result['steps']} timed steps, "
-             f"median of {result['repeats']} interleaved repeats (min-max); epoch = 50,000 images",
-             f"{'variant':<22} {'prec':>4} {'img/s':>7} {'min-max':>13} {'epoch s':>8} {'speed-up':>8} {'GFLOP/s':>8} "
-             f"{'of peak':>8} {'faults/step':>11}"]
+    lines = [
+        f"Training throughput (SmallCNN at batch {result['batch_size']}; speedrun variants at their recipe's batch), "
+        f"{result['steps']} timed steps, "
+        f"median of {result['repeats']} interleaved repeats (min-max); epoch = 50,000 images",
+        f"{'variant':<22} {'prec':>4} {'img/s':>7} {'min-max':>13} {'epoch s':>8} {'speed-up':>8} {'GFLOP/s':>8} "
+        f"{'of peak':>8} {'faults/step':>11}",
+    ]
     for r in result["rows"]:
-        lines.append(f"{r['variant']:<22} {r['precision']:>4} {r['images_per_s_median']:7.0f} "
-                     f"{r['images_per_s_min']:6.0f}-{r['images_per_s_max']:<6.0f} "
-                     f"{r['epoch_seconds_median']:8.1f} {r['speedup_vs_first']:7.2f}x {r['achieved_gflops']:8.1f} "
-                     f"{100 * r['fraction_of_peak']:7.0f}% {r['page_faults_per_step_median']:11.0f}")
+        lines.append(
+            f"{r['variant']:<22} {r['precision']:>4} {r['images_per_s_median']:7.0f} "
+            f"{r['images_per_s_min']:6.0f}-{r['images_per_s_max']:<6.0f} "
+            f"{r['epoch_seconds_median']:8.1f} {r['speedup_vs_first']:7.2f}x {r['achieved_gflops']:8.1f} "
+            f"{100 * r['fraction_of_peak']:7.0f}% {r['page_faults_per_step_median']:11.0f}"
+        )
     work = "; ".join(f"{model} {macs:,}" for model, macs in result["forward_macs_per_image"].items())
     lines.append(f"work: multiply-adds per image forward: {work}; a training step counted as 6 FLOP per multiply-add.")
     bf16 = "native bf16, so bf16 peak x2" if cpu["native_bf16"] else "no native bf16, so bf16 peak = fp32 peak"
-    lines.append(f"cpu: {cpu['name']} (family {cpu['family']}, model {cpu['model']}), {cpu['isa']}, {bf16}. Peak assumed: "
-                 f"{machine['cores']} cores x {FP32_FLOP_PER_CYCLE_PER_CORE} fp32 FLOP/cycle x {machine['assumed_ghz']} GHz")
+    lines.append(
+        f"cpu: {cpu['name']} (family {cpu['family']}, model {cpu['model']}), {cpu['isa']}, {bf16}. Peak assumed: "
+        f"{machine['cores']} cores x {FP32_FLOP_PER_CYCLE_PER_CORE} fp32 FLOP/cycle x {machine['assumed_ghz']} GHz"
+    )
     return "\n".join(lines)
 
 

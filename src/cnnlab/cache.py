@@ -18,8 +18,9 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -75,8 +76,11 @@ def cached(path: Path, size: int, cache_dir, read: Callable[[tuple[Path, ...]], 
             ds, problem = _load(folder / filename, path, size, fingerprint)
             if ds is not None:
                 return ds
-            warnings.warn(f"the decode cache {shown(folder / filename)} is damaged ({problem}); decoding "
-                          f"{shown(path)} again", CnnlabWarning, stacklevel=2)
+            warnings.warn(
+                f"the decode cache {shown(folder / filename)} is damaged ({problem}); decoding {shown(path)} again",
+                CnnlabWarning,
+                stacklevel=2,
+            )
             _remove(folder / filename)
     if progress and sys.stderr.isatty():
         print(f"decoding {shown(path)} (once; later loads use the cache)", file=sys.stderr)
@@ -118,17 +122,30 @@ def _digest(arrays: dict, files_json: bytes) -> str:
 
 
 def _store(folder: Path, filename: str, ds: Dataset, size: int, fingerprint: str) -> bool:
-    arrays = {"train_x": ds.train_images.numpy(), "train_y": ds.train_labels.numpy(),
-              "test_x": ds.test_images.numpy(), "test_y": ds.test_labels.numpy()}
+    arrays = {
+        "train_x": ds.train_images.numpy(),
+        "train_y": ds.train_labels.numpy(),
+        "test_x": ds.test_images.numpy(),
+        "test_y": ds.test_labels.numpy(),
+    }
     files_json = json.dumps({"train": ds.train_files, "test": ds.test_files}).encode()
-    meta = {"version": CACHE_VERSION, "fingerprint": fingerprint, "image_size": size, "classes": ds.classes,
-            "digest": _digest(arrays, files_json)}
+    meta = {
+        "version": CACHE_VERSION,
+        "fingerprint": fingerprint,
+        "image_size": size,
+        "classes": ds.classes,
+        "digest": _digest(arrays, files_json),
+    }
     tmp = folder / f".{filename}.{os.getpid()}.tmp"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays, files=np.frombuffer(files_json, dtype=np.uint8),
-                     meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+            np.savez(
+                f,
+                **arrays,
+                files=np.frombuffer(files_json, dtype=np.uint8),
+                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            )
         os.replace(tmp, folder / filename)
         return True
     except OSError:
@@ -151,8 +168,14 @@ def _load(file: Path, path: Path, size: int, fingerprint: str) -> tuple[Dataset 
     if problem:
         return None, problem
     files = json.loads(files_json)
-    return Dataset(str(path), list(meta["classes"]), *(torch.from_numpy(arrays[k]) for k in ARRAYS), checksum=fingerprint,
-                   train_files=files["train"], test_files=files["test"]), ""
+    return Dataset(
+        str(path),
+        list(meta["classes"]),
+        *(torch.from_numpy(arrays[k]) for k in ARRAYS),
+        checksum=fingerprint,
+        train_files=files["train"],
+        test_files=files["test"],
+    ), ""
 
 
 def _check(meta, arrays: dict, files_json: bytes, size: int, fingerprint: str) -> str:
@@ -163,7 +186,13 @@ def _check(meta, arrays: dict, files_json: bytes, size: int, fingerprint: str) -
         return "no class names"
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (3, size, size) or y.dtype != np.int64 or y.shape != (len(x),):
+        if (
+            x.dtype != np.uint8
+            or x.ndim != 4
+            or x.shape[1:] != (3, size, size)
+            or y.dtype != np.int64
+            or y.shape != (len(x),)
+        ):
             return f"{split} arrays of the wrong shape or type"
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
             return f"{split} labels outside the {len(classes)} classes"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,7 +41,9 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def find_cifar_folder(path: Path) -> Path | None:
     for candidate in (path, *(path / a.folder for a in CIFAR_ARCHIVES.values())):
-        if (candidate / "data_batch_1").is_file() or ((candidate / "train").is_file() and (candidate / "meta").is_file()):
+        if (candidate / "data_batch_1").is_file() or (
+            (candidate / "train").is_file() and (candidate / "meta").is_file()
+        ):
             return candidate
     return None
 
@@ -49,7 +52,9 @@ def folder_opener(folder: Path) -> Callable[[str], bytes]:
     def read(name: str) -> bytes:
         path = folder / name
         if not path.is_file():
-            raise CnnlabError(f"{folder} has no '{name}': the CIFAR batches are incomplete; delete the folder and download again")
+            raise CnnlabError(
+                f"{folder} has no '{name}': the CIFAR batches are incomplete; delete the folder and download again"
+            )
         return path.read_bytes()
 
     return read
@@ -78,16 +83,22 @@ def read_cifar(source: str, read: Callable[[str], bytes], description: str) -> D
         except CnnlabError:
             raise
         except Exception as e:  # any unpickling failure means a damaged or foreign file
-            raise CnnlabError(f"{description}: '{name}' is not a readable CIFAR batch ({brief(e)}); download the data again") from None
+            raise CnnlabError(
+                f"{description}: '{name}' is not a readable CIFAR batch ({brief(e)}); download the data again"
+            ) from None
 
     def images_labels(batches: list[dict], key: str) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             x = np.concatenate([np.asarray(b["data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in batches])
             y = np.concatenate([np.asarray(b[key], dtype=np.int64) for b in batches])
         except (KeyError, ValueError, TypeError) as e:
-            raise CnnlabError(f"{description}: a CIFAR batch has unexpected contents ({brief(e)}); download the data again") from None
+            raise CnnlabError(
+                f"{description}: a CIFAR batch has unexpected contents ({brief(e)}); download the data again"
+            ) from None
         if len(x) != len(y):
-            raise CnnlabError(f"{description}: a CIFAR batch has {len(x)} images but {len(y)} labels; download the data again")
+            raise CnnlabError(
+                f"{description}: a CIFAR batch has {len(x)} images but {len(y)} labels; download the data again"
+            )
         return torch.from_numpy(x), torch.from_numpy(y)
 
     try:
@@ -104,7 +115,9 @@ def read_cifar(source: str, read: Callable[[str], bytes], description: str) -> D
             raise first_error from None
     tx, ty = images_labels(train, key)
     vx, vy = images_labels(test, key)
-    digest = hashlib.sha256(tx.numpy().tobytes()[:1 << 20] + vx.numpy().tobytes()[:1 << 20] + ty.numpy().tobytes()).hexdigest()
+    digest = hashlib.sha256(
+        tx.numpy().tobytes()[: 1 << 20] + vx.numpy().tobytes()[: 1 << 20] + ty.numpy().tobytes()
+    ).hexdigest()
     _check_labels(description, ty, vy, len(classes))
     from .data import Dataset
 

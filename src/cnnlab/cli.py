@@ -23,6 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _bounded_int(low: int, high: int):
     """An argparse type: an integer from low to high."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -36,8 +37,12 @@ def _bounded_int(low: int, high: int):
 
 
 def _data_options(p: argparse.ArgumentParser, default: str | None = "cifar10", image_size: bool = True) -> None:
-    p.add_argument("--data", default=default, help="cifar10, cifar100, or a path: CIFAR archive/folder, image folder, .tar[.gz] or .zip of one"
-                   + (" (default: %(default)s)" if default else " (default: the run's own data)"))
+    p.add_argument(
+        "--data",
+        default=default,
+        help="cifar10, cifar100, or a path: CIFAR archive/folder, image folder, .tar[.gz] or .zip of one"
+        + (" (default: %(default)s)" if default else " (default: the run's own data)"),
+    )
     p.add_argument("--data-root", default="data", help="where cifar10/cifar100 are downloaded (default: %(default)s)")
     p.add_argument("--mirror", help="base URL to download the CIFAR archives from (or $CNNLAB_CIFAR_MIRROR)")
     if image_size:  # training takes it as a recipe field
@@ -45,12 +50,18 @@ def _data_options(p: argparse.ArgumentParser, default: str | None = "cifar10", i
 
 
 def _weights_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", choices=["auto", "best", "last", "ema"], default="auto",
-                   help="which checkpoint of a run folder: auto (best.pt when it was chosen on a validation split, "
-                        "else last.pt; the default everywhere), best, last or ema")
+    p.add_argument(
+        "--weights",
+        choices=["auto", "best", "last", "ema"],
+        default="auto",
+        help="which checkpoint of a run folder: auto (best.pt when it was chosen on a validation split, "
+        "else last.pt; the default everywhere), best, last or ema",
+    )
 
 
-def _train_options(t: argparse.ArgumentParser, epochs_help: str | None = None, data_default: str | None = "cifar10") -> None:
+def _train_options(
+    t: argparse.ArgumentParser, epochs_help: str | None = None, data_default: str | None = "cifar10"
+) -> None:
     """The training flags: --recipe, the data, and one flag per recipe field and model option, made from their
     declarations (recipe.py, models/__init__.py)."""
     from dataclasses import fields
@@ -68,17 +79,22 @@ def _train_options(t: argparse.ArgumentParser, epochs_help: str | None = None, d
         if not knob.cli:
             continue
         if knob.group not in groups:
-            groups[knob.group] = t.add_argument_group(f"recipe overrides: {knob.group} (each replaces the recipe's field)")
+            groups[knob.group] = t.add_argument_group(
+                f"recipe overrides: {knob.group} (each replaces the recipe's field)"
+            )
         help_text = (epochs_help if f.name == "epochs" and epochs_help else in_flags(knob.help)).replace("%", "%%")
         if f.type == "bool":
-            groups[knob.group].add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            groups[knob.group].add_argument(
+                flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
             groups[knob.group].add_argument(flag(f.name), type=kind, metavar=metavar(f), help=help_text)
     options = t.add_argument_group("model options (only for the models that have them: cnnlab models)")
     for key, option in {k: o for spec in MODELS.values() for k, o in spec.options.items()}.items():
-        options.add_argument(flag(key), dest=f"model_option_{key}", action=argparse.BooleanOptionalAction, default=None,
-                             help=option.help)
+        options.add_argument(
+            flag(key), dest=f"model_option_{key}", action=argparse.BooleanOptionalAction, default=None, help=option.help
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,10 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run from its last checkpoint, exactly")
     t.add_argument("--name", help="run folder name (default: generated; an existing run is never overwritten)")
     t.add_argument("--no-plots", action="store_true", help="skip the figures drawn at the end of the run")
-    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars (needs cnnlab[tensorboard])")
+    t.add_argument(
+        "--tensorboard", action="store_true", help="also write TensorBoard scalars (needs cnnlab[tensorboard])"
+    )
 
-    a = commands.add_parser("ablate", help="the chapter's ablations: bn (Exercise 19.5.2), recipe (the 'poor recipe' "
-                            "claim), regularizers (each one added to the seed recipe), speedrun (each technique removed)")
+    a = commands.add_parser(
+        "ablate",
+        help="the chapter's ablations: bn (Exercise 19.5.2), recipe (the 'poor recipe' "
+        "claim), regularizers (each one added to the seed recipe), speedrun (each technique removed)",
+    )
     a.add_argument("ablation", choices=["bn", "recipe", "regularizers", "speedrun"])
     _train_options(a, epochs_help="epochs per variant (default: 15)")
 
@@ -106,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     _weights_option(p)
     _data_options(p, default=None)
 
-    g = commands.add_parser("diagnose", help="underfitting, good fit or overfitting, from a run's curves, with remedies")
+    g = commands.add_parser(
+        "diagnose", help="underfitting, good fit or overfitting, from a run's curves, with remedies"
+    )
     g.add_argument("run", help="a run folder")
     _weights_option(g)
     g.add_argument("--json", action="store_true", help="print one JSON object")
@@ -130,17 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(e, default=None)
     e.add_argument("--device", default="auto")
     e.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and one-pixel shifts")
-    e.add_argument("--exclude-duplicates", metavar="AUDIT",
-                   help="also report accuracy without the test images an audit found duplicated in train")
+    e.add_argument(
+        "--exclude-duplicates",
+        metavar="AUDIT",
+        help="also report accuracy without the test images an audit found duplicated in train",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     au = commands.add_parser("audit", help="exact and near-duplicate images between and within the splits (leaks)")
     _data_options(au)
-    au.add_argument("--model-run", metavar="RUN", help="compare a trained run's penultimate features (default: "
-                    "8x8 pixel features)")
+    au.add_argument(
+        "--model-run", metavar="RUN", help="compare a trained run's penultimate features (default: 8x8 pixel features)"
+    )
     _weights_option(au)
-    au.add_argument("--threshold", type=float, help="cosine similarity counted as a near duplicate "
-                    "(default: 0.95 for pixel features, 0.99 for a model's; see BENCHMARKS.md)")
+    au.add_argument(
+        "--threshold",
+        type=float,
+        help="cosine similarity counted as a near duplicate "
+        "(default: 0.95 for pixel features, 0.99 for a model's; see BENCHMARKS.md)",
+    )
     au.add_argument("--out", help="output folder (default: audits/<data name>[-model]; never overwritten)")
     au.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
@@ -149,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     _weights_option(rb)
     _data_options(rb, default=None)
     rb.add_argument("--corruptions", help="comma-separated subset (default: all of them)")
-    rb.add_argument("--seed", type=_bounded_int(0, 2 ** 31 - 1), default=0,
-                    help="seed of the corruption draws (default: %(default)s)")
+    rb.add_argument(
+        "--seed", type=_bounded_int(0, 2**31 - 1), default=0, help="seed of the corruption draws (default: %(default)s)"
+    )
     rb.add_argument("--device", default="auto")
     rb.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -168,12 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", dest="json_out", help="also write the full result as JSON to this file")
     b.add_argument("--list", action="store_true", help="list the variants and exit")
 
-    i = commands.add_parser("inspect", help="first-layer filters, feature maps and Grad-CAM evidence, as PNGs in the run")
+    i = commands.add_parser(
+        "inspect", help="first-layer filters, feature maps and Grad-CAM evidence, as PNGs in the run"
+    )
     i.add_argument("run", help="a run folder (see --weights) or a checkpoint file")
     _weights_option(i)
     i.add_argument("--image", action="append", default=[], metavar="FILE", help="an image of your own (repeatable)")
-    i.add_argument("--test-index", action="append", type=int, default=[], metavar="I",
-                   help="a test image by index (repeatable; default: one each of four classes)")
+    i.add_argument(
+        "--test-index",
+        action="append",
+        type=int,
+        default=[],
+        metavar="I",
+        help="a test image by index (repeatable; default: one each of four classes)",
+    )
     i.add_argument("--out-dir", help="where the PNGs go (default: the run folder)")
     _data_options(i, default=None)
 
@@ -182,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     _weights_option(pr)
     pr.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
     pr.add_argument("--top-k", type=int, default=3, help="classes shown per image (default: %(default)s)")
-    pr.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and one-pixel shifts")
+    pr.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: average over flips and one-pixel shifts"
+    )
     pr.add_argument("--json", action="store_true", help="one JSON object per image (JSON lines)")
     pr.add_argument("--device", default="cpu")
 
@@ -191,8 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     _weights_option(x)
     x.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     x.add_argument("--out", help="output file (default: model.onnx or model.torchscript.pt in the run folder)")
-    x.add_argument("--input-type", default="uint8", choices=["uint8", "float32"],
-                   help="ONNX input: uint8 0-255 or float32 0-1 (TorchScript takes both; default: %(default)s)")
+    x.add_argument(
+        "--input-type",
+        default="uint8",
+        choices=["uint8", "float32"],
+        help="ONNX input: uint8 0-255 or float32 0-1 (TorchScript takes both; default: %(default)s)",
+    )
 
     commands.add_parser("recipes", help="list the shipped recipes")
     commands.add_parser("models", help="list the models by name")
@@ -259,10 +305,24 @@ def _warnings_as_lines(prefix: str) -> None:
 
 
 # Which module runs each command: the commands that make things, and those that use a trained run.
-COMMANDS = {"train": "commands", "ablate": "commands", "audit": "commands", "data": "commands", "bench": "commands",
-            "recipes": "commands", "models": "commands", "evaluate": "run_commands", "predict": "run_commands",
-            "inspect": "run_commands", "export": "run_commands", "plot": "run_commands", "confusion": "run_commands",
-            "diagnose": "run_commands", "report": "run_commands", "robustness": "run_commands"}
+COMMANDS = {
+    "train": "commands",
+    "ablate": "commands",
+    "audit": "commands",
+    "data": "commands",
+    "bench": "commands",
+    "recipes": "commands",
+    "models": "commands",
+    "evaluate": "run_commands",
+    "predict": "run_commands",
+    "inspect": "run_commands",
+    "export": "run_commands",
+    "plot": "run_commands",
+    "confusion": "run_commands",
+    "diagnose": "run_commands",
+    "report": "run_commands",
+    "robustness": "run_commands",
+}
 
 
 def _command(name: str):

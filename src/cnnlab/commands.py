@@ -15,7 +15,9 @@ def _recipe(args):
 
     fields = Recipe.__dataclass_fields__
     overrides = {k: v for k, v in vars(args).items() if k in fields and k != "name" and v is not None}
-    options = {k[len("model_option_"):]: v for k, v in vars(args).items() if k.startswith("model_option_") and v is not None}
+    options = {
+        k[len("model_option_") :]: v for k, v in vars(args).items() if k.startswith("model_option_") and v is not None
+    }
     if options:
         overrides["model_options"] = options
     return load_recipe(args.recipe or "seed", overrides)
@@ -26,12 +28,22 @@ def cmd_train(args) -> int:
         from .recipe import Recipe, flag
         from .train import resume
 
-        given = [flag(k.removeprefix("model_option_")) for k, v in vars(args).items() if v is not None and (
-                 k in Recipe.__dataclass_fields__ or k.startswith("model_option_") or k in ("recipe", "name"))]
+        given = [
+            flag(k.removeprefix("model_option_"))
+            for k, v in vars(args).items()
+            if v is not None
+            and (k in Recipe.__dataclass_fields__ or k.startswith("model_option_") or k in ("recipe", "name"))
+        ]
         if given:
             raise UsageError(f"--resume continues the run with its own recipe; drop {', '.join(given)}")
-        resume(args.resume, args.data, data_root=args.data_root, progress=not args.no_progress, plots=not args.no_plots,
-               tensorboard=args.tensorboard)
+        resume(
+            args.resume,
+            args.data,
+            data_root=args.data_root,
+            progress=not args.no_progress,
+            plots=not args.no_plots,
+            tensorboard=args.tensorboard,
+        )
         return 0
     args.data = args.data or "cifar10"
     if args.name is not None:
@@ -47,8 +59,15 @@ def cmd_train(args) -> int:
         from .tensorboard import require_tensorboard
 
         require_tensorboard()
-    train(recipe, _load(args, recipe.image_size), runs_dir=args.runs_dir, name=args.name, progress=not args.no_progress,
-          plots=not args.no_plots, tensorboard=args.tensorboard)
+    train(
+        recipe,
+        _load(args, recipe.image_size),
+        runs_dir=args.runs_dir,
+        name=args.name,
+        progress=not args.no_progress,
+        plots=not args.no_plots,
+        tensorboard=args.tensorboard,
+    )
     return 0
 
 
@@ -57,8 +76,14 @@ def cmd_ablate(args) -> int:
 
     args.recipe = args.recipe or ABLATIONS[args.ablation].recipe
     recipe = _recipe(args)
-    comparison = run_ablation(args.ablation, recipe, _load(args, recipe.image_size), epochs=args.epochs,
-                              runs_dir=args.runs_dir, progress=not args.no_progress)
+    comparison = run_ablation(
+        args.ablation,
+        recipe,
+        _load(args, recipe.image_size),
+        epochs=args.epochs,
+        runs_dir=args.runs_dir,
+        progress=not args.no_progress,
+    )
     print(format_table(comparison))
     print(f"runs, table (ablation.md, ablation.json) and plot (ablation.png) in {comparison['folder']}")
     return 0
@@ -85,23 +110,31 @@ def cmd_audit(args) -> int:
     data = _load(args, args.image_size or 32)
     result = audit(data, space, args.threshold, features)
     stem = Path(str(args.data).rstrip("/")).name.split(".")[0] + ("-model" if args.model_run else "")
-    out = claim_run_folder(Path(args.out).parent, Path(args.out).name, stem) if args.out else claim_run_folder("audits", None, stem)
+    out = (
+        claim_run_folder(Path(args.out).parent, Path(args.out).name, stem)
+        if args.out
+        else claim_run_folder("audits", None, stem)
+    )
     summary = save_audit(result, data, out, model_run=args.model_run, model_weights=weights)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "leaked_test"} | {"folder": str(out)}))
     else:
         print(format_audit(summary))
-        print(f"pairs (pairs.csv, nearest_train.csv), galleries (gallery.png, gallery_threshold.png) and audit.json in {out}")
+        print(
+            f"pairs (pairs.csv, nearest_train.csv), galleries (gallery.png, gallery_threshold.png) and audit.json in {out}"
+        )
     return 0
 
 
 def cmd_data(args) -> int:
-    from .splits import channel_stats
     from .download import CIFAR_ARCHIVES, ensure_cifar
+    from .splits import channel_stats
 
     if args.action == "download":
         if args.data not in CIFAR_ARCHIVES:
-            raise UsageError(f"'cnnlab data download' fetches {' or '.join(CIFAR_ARCHIVES)}; '{args.data}' is not one of them")
+            raise UsageError(
+                f"'cnnlab data download' fetches {' or '.join(CIFAR_ARCHIVES)}; '{args.data}' is not one of them"
+            )
         folder = ensure_cifar(args.data, Path(args.data_root), mirror=args.mirror, md5=args.md5)
         print(f"{args.data} is ready in {folder}")
         return 0
@@ -109,7 +142,9 @@ def cmd_data(args) -> int:
     if args.action == "info":
         info = data.summary()
         counts = lambda labels: [int(c) for c in labels.bincount(minlength=data.num_classes)]
-        print(f"source      {info['source']}\nchecksum    {info['checksum']}\nimage size  {info['image_size']}x{info['image_size']}")
+        print(
+            f"source      {info['source']}\nchecksum    {info['checksum']}\nimage size  {info['image_size']}x{info['image_size']}"
+        )
         print(f"train       {info['train']} images\ntest        {info['test']} images\nclasses     {data.num_classes}")
         width = max(len(c) for c in data.classes)
         for cls, tr, te in zip(data.classes, counts(data.train_labels), counts(data.test_labels)):
@@ -151,13 +186,16 @@ def cmd_recipes(args) -> int:
 def cmd_models(args) -> int:
     from .models import MODELS, build_model, count_parameters
 
-    options = lambda spec: (f"; options: {', '.join(f'{k} ({o.default})' for k, o in spec.options.items())}"
-                            if spec.options else "")
+    options = lambda spec: (
+        f"; options: {', '.join(f'{k} ({o.default})' for k, o in spec.options.items())}" if spec.options else ""
+    )
     for name, spec in sorted(MODELS.items()):
         print(f"{name:<17} {spec.description}{options(spec)}")
     example = "speedrun-48-192-192"
-    print(f"{'speedrun-W1-W2-W3':<17} the speedrun net with these stage widths "
-          f"({example}: {count_parameters(build_model(example, 10)):,} parameters){options(MODELS['speedrun'])}")
+    print(
+        f"{'speedrun-W1-W2-W3':<17} the speedrun net with these stage widths "
+        f"({example}: {count_parameters(build_model(example, 10)):,} parameters){options(MODELS['speedrun'])}"
+    )
     print(f"{'tv:NAME':<17} a torchvision model by name (needs an importable torchvision)")
     return 0
 

@@ -46,8 +46,10 @@ class Dataset:
     test_files: list[str] | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.source!r}: {self.num_classes} classes, {len(self.train_labels):,} train and "
-                f"{len(self.test_labels):,} test images of {self.image_size}x{self.image_size})")
+        return (
+            f"Dataset({self.source!r}: {self.num_classes} classes, {len(self.train_labels):,} train and "
+            f"{len(self.test_labels):,} test images of {self.image_size}x{self.image_size})"
+        )
 
     def image_name(self, split: str, index: int) -> str:
         """How a person finds the image: its file path in an image folder, else split and index."""
@@ -96,8 +98,12 @@ def load_dataset(
     path = Path(source).expanduser()
     if not path.exists():
         if os.sep not in source and "." not in source:
-            raise UsageError(f"unknown dataset '{shown(source)}': use cifar10, cifar100, or the path of an archive or image folder")
-        raise UsageError(f"{shown(source)}: no such file or folder; give cifar10, cifar100, or an existing archive or image folder")
+            raise UsageError(
+                f"unknown dataset '{shown(source)}': use cifar10, cifar100, or the path of an archive or image folder"
+            )
+        raise UsageError(
+            f"{shown(source)}: no such file or folder; give cifar10, cifar100, or an existing archive or image folder"
+        )
     path = path.resolve()  # runs record the absolute path, so later commands find the data from any folder
     kind = special_kind(path.stat().st_mode)
     if kind and kind != "a folder":
@@ -122,8 +128,16 @@ def _read_path(path: Path, image_size: int, exclude: tuple[Path, ...] = ()) -> D
 def _resized(ds: Dataset, size: int) -> Dataset:
     if ds.image_size != size:
         f = torch.nn.functional
-        ds.train_images = f.interpolate(ds.train_images.float(), size=size, mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
-        ds.test_images = f.interpolate(ds.test_images.float(), size=size, mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
+        ds.train_images = (
+            f.interpolate(ds.train_images.float(), size=size, mode="bilinear", antialias=True)
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+        )
+        ds.test_images = (
+            f.interpolate(ds.test_images.float(), size=size, mode="bilinear", antialias=True)
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+        )
     return ds
-
-

@@ -36,17 +36,24 @@ def cpu_description() -> dict:
                 info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return {"name": info.get("model name", platform.processor() or platform.machine()),
-            "family": info.get("cpu family"), "model": info.get("model"),
-            "isa": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16()}
+    return {
+        "name": info.get("model name", platform.processor() or platform.machine()),
+        "family": info.get("cpu family"),
+        "model": info.get("model"),
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": cpu_has_native_bf16(),
+    }
 
 
 def warn_if_emulated(precision: str, device: torch.device) -> None:
     """bf16 asked for on a CPU that emulates it runs, at a fraction of fp32's speed: say so."""
     if device.type == "cpu" and precision == "bf16" and not cpu_has_native_bf16():
-        warnings.warn(f"--precision bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native bf16) is "
-                      "emulated: about 11x slower than fp32 on such a CPU (BENCHMARKS.md); --precision auto picks fp32 here",
-                      CnnlabWarning, stacklevel=3)
+        warnings.warn(
+            f"--precision bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native bf16) is "
+            "emulated: about 11x slower than fp32 on such a CPU (BENCHMARKS.md); --precision auto picks fp32 here",
+            CnnlabWarning,
+            stacklevel=3,
+        )
 
 
 def resolve_device(name: str = "auto") -> torch.device:

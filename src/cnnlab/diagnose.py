@@ -18,15 +18,15 @@ from .analysis import RunRecord
 
 # Thresholds, in accuracy points (percent), chosen against the noise of real CIFAR-10 runs: the test
 # accuracy of a healthy cosine run wanders by a few tenths of a point between late epochs.
-DECLINE = 1.0        # best held-out accuracy minus the mean of (up to) the last 3 epochs after it: a real decline
-WIDE_GAP = 10.0      # training minus held-out accuracy beyond this is memorisation
-SMALL_GAP = 4.0      # below this the curves are "close"
+DECLINE = 1.0  # best held-out accuracy minus the mean of (up to) the last 3 epochs after it: a real decline
+WIDE_GAP = 10.0  # training minus held-out accuracy beyond this is memorisation
+SMALL_GAP = 4.0  # below this the curves are "close"
 LOW_TRAIN_ACC = 75.0  # close curves below this training accuracy are "low"
-STILL_RISING = 1.0   # held-out accuracy gained over the last 3 epochs: training stopped too soon
+STILL_RISING = 1.0  # held-out accuracy gained over the last 3 epochs: training stopped too soon
 LOSS_FALLING = 0.05  # relative fall of training loss over the last 3 epochs: still learning
-ANNEALED = 0.1       # a final learning rate below this share of the peak: the schedule has run its course
+ANNEALED = 0.1  # a final learning rate below this share of the peak: the schedule has run its course
 STILL_RISING_ANNEALED = 2.0  # ...and then a climb this steep still says "more epochs": the real 30-epoch seed
-                             # run gains 0.8 points over its last 3 epochs, a 15-epoch one 3.3 (and 30 epochs add 2.3)
+# run gains 0.8 points over its last 3 epochs, a 15-epoch one 3.3 (and 30 epochs add 2.3)
 
 REMEDIES = {
     "augmentation": "more data augmentation (the recipe's crop and flip, or stronger: cutout, colour jitter)",
@@ -44,7 +44,7 @@ REMEDIES = {
 
 @dataclass
 class Diagnosis:
-    verdict: str                  # "underfitting", "good fit" or "overfitting"
+    verdict: str  # "underfitting", "good fit" or "overfitting"
     reasons: list[str]
     numbers: dict
     remedies: list[str] = field(default_factory=list)  # most promising first
@@ -64,8 +64,11 @@ class Diagnosis:
             (f"train-{split} gap", f"{n['gap']:+.2f} points"),
             (f"best {split} accuracy", f"{n['best_eval_acc']:.2f}% at epoch {n['best_epoch']} of {n['last_epoch']}"),
             ("decline since the peak", f"{n['decline']:.2f} points (best minus the mean of up to 3 epochs after it)"),
-            ("last 3 epochs", f"{split} accuracy {n['recent_gain']:+.2f} points, training loss {100 * n['loss_change']:+.1f}%"
-                              f" ({'still falling' if n['loss_still_falling'] else 'flat'})"),
+            (
+                "last 3 epochs",
+                f"{split} accuracy {n['recent_gain']:+.2f} points, training loss {100 * n['loss_change']:+.1f}%"
+                f" ({'still falling' if n['loss_still_falling'] else 'flat'})",
+            ),
         ]
         lines.append("numbers:")
         lines += [f"  {label:<26}{value}" for label, value in numbers]
@@ -81,7 +84,7 @@ def diagnose_rows(rows: list[dict]) -> Diagnosis:
     held_out = [r[f"{split}_acc"] for r in rows]
     losses = [r["train_loss"] for r in rows]
     best_index = max(range(len(held_out)), key=held_out.__getitem__)
-    after_peak = held_out[max(best_index + 1, len(held_out) - 3):]  # a smoothed "now", only from after the peak
+    after_peak = held_out[max(best_index + 1, len(held_out) - 3) :]  # a smoothed "now", only from after the peak
     earlier = max(0, len(rows) - 4)
     numbers = {
         "split": split,
@@ -109,38 +112,53 @@ def diagnose_rows(rows: list[dict]) -> Diagnosis:
 
     if numbers["decline"] >= DECLINE and peaked_early:
         verdict = "overfitting"
-        reasons.append(f"{split} accuracy peaked at epoch {numbers['best_epoch']} ({numbers['best_eval_acc']:.2f}%) and has "
-                       f"since declined by {numbers['decline']:.2f} points while training went on")
+        reasons.append(
+            f"{split} accuracy peaked at epoch {numbers['best_epoch']} ({numbers['best_eval_acc']:.2f}%) and has "
+            f"since declined by {numbers['decline']:.2f} points while training went on"
+        )
         if numbers["gap"] >= WIDE_GAP:
             reasons.append(f"training accuracy is {numbers['gap']:.1f} points above {split} accuracy")
         remedies = ["early_stopping", "augmentation", "weight_decay", "dropout", "smaller"]
     elif numbers["gap"] >= WIDE_GAP:
         verdict = "overfitting"
-        reasons.append(f"training accuracy ({numbers['final_train_acc']:.1f}%) is {numbers['gap']:.1f} points above "
-                       f"{split} accuracy ({numbers['final_eval_acc']:.1f}%): the network memorises the training set")
+        reasons.append(
+            f"training accuracy ({numbers['final_train_acc']:.1f}%) is {numbers['gap']:.1f} points above "
+            f"{split} accuracy ({numbers['final_eval_acc']:.1f}%): the network memorises the training set"
+        )
         remedies = ["augmentation", "weight_decay", "dropout", "early_stopping", "smaller"]
     elif numbers["gap"] < SMALL_GAP and (numbers["final_train_acc"] < LOW_TRAIN_ACC or still_improving):
         verdict = "underfitting"
         if numbers["final_train_acc"] < LOW_TRAIN_ACC:
-            reasons.append(f"training accuracy is only {numbers['final_train_acc']:.1f}% and {split} accuracy is close to it "
-                           f"(gap {numbers['gap']:+.1f} points): the model has not fit the training set")
+            reasons.append(
+                f"training accuracy is only {numbers['final_train_acc']:.1f}% and {split} accuracy is close to it "
+                f"(gap {numbers['gap']:+.1f} points): the model has not fit the training set"
+            )
         if still_improving:
             annealed = ", more than the annealing schedule alone explains" if numbers["schedule_annealed"] else ""
-            reasons.append(f"the curves were still improving when training stopped ({split} {numbers['recent_gain']:+.2f} points, "
-                           f"training loss {100 * numbers['loss_change']:+.1f}% over the last 3 epochs{annealed})")
+            reasons.append(
+                f"the curves were still improving when training stopped ({split} {numbers['recent_gain']:+.2f} points, "
+                f"training loss {100 * numbers['loss_change']:+.1f}% over the last 3 epochs{annealed})"
+            )
         remedies = ["longer", "larger", "less_regularization", "higher_lr"]
         if numbers["final_train_acc"] < LOW_TRAIN_ACC and not numbers["loss_still_falling"]:
             remedies = ["larger", "less_regularization", "higher_lr", "longer"]  # flat and low: capacity, not time
     else:
         verdict = "good fit"
-        settled = ("no longer climbing" if numbers["recent_gain"] < STILL_RISING else
-                   f"its last climb ({numbers['recent_gain']:+.2f} points) came as the learning rate annealed")
-        reasons.append(f"{split} accuracy is {numbers['final_eval_acc']:.2f}%, {numbers['gap']:+.1f} points from training, "
-                       f"within {numbers['decline']:.2f} points of its best, and {settled}")
+        settled = (
+            "no longer climbing"
+            if numbers["recent_gain"] < STILL_RISING
+            else f"its last climb ({numbers['recent_gain']:+.2f} points) came as the learning rate annealed"
+        )
+        reasons.append(
+            f"{split} accuracy is {numbers['final_eval_acc']:.2f}%, {numbers['gap']:+.1f} points from training, "
+            f"within {numbers['decline']:.2f} points of its best, and {settled}"
+        )
         remedies = ["nothing", "longer"]
     if split == "test":
-        notes.append("no validation split: the held-out curve is the test set, so picking epochs or recipes by it is "
-                     "optimistic; train with --val-split 5000 for an honest one")
+        notes.append(
+            "no validation split: the held-out curve is the test set, so picking epochs or recipes by it is "
+            "optimistic; train with --val-split 5000 for an honest one"
+        )
     if len(rows) < 4:
         notes.append(f"only {len(rows)} epochs: trends over 3 epochs are rough")
     return Diagnosis(verdict, reasons, numbers, [REMEDIES[k] for k in remedies], notes)

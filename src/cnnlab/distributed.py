@@ -27,7 +27,7 @@ class Cluster:
     backend: str = ""  # nccl or gloo when distributed
 
     @staticmethod
-    def single() -> "Cluster":
+    def single() -> Cluster:
         return Cluster()
 
     @property
@@ -111,9 +111,15 @@ def is_peer_failure(error: BaseException) -> bool:
 
 class PeerLost(CnnlabError):
     def __init__(self, cluster: Cluster, runs_dir):
-        where = "; the last checkpoint is intact: continue with torchrun ... -m cnnlab train --resume RUN" if runs_dir else ""
-        super().__init__(f"rank {cluster.rank} of {cluster.world_size} lost contact with another rank (it stopped or "
-                         f"died), so the whole job stops{where}")
+        where = (
+            "; the last checkpoint is intact: continue with torchrun ... -m cnnlab train --resume RUN"
+            if runs_dir
+            else ""
+        )
+        super().__init__(
+            f"rank {cluster.rank} of {cluster.world_size} lost contact with another rank (it stopped or "
+            f"died), so the whole job stops{where}"
+        )
 
 
 class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
@@ -162,8 +168,9 @@ def synchronize_batch_norm(model: torch.nn.Module, device: torch.device) -> torc
 def _replace_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     for name, child in model.named_children():
         if isinstance(child, torch.nn.BatchNorm2d) and not isinstance(child, GlobalBatchNorm2d):
-            replacement = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                            child.track_running_stats)
+            replacement = GlobalBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             if child.affine:
                 replacement.weight, replacement.bias = child.weight, child.bias
             if child.track_running_stats:

@@ -59,7 +59,14 @@ def download(url: str, dest: Path, md5: str | None, progress: bool = True) -> Pa
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
             expected = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=expected, unit="B", unit_scale=True, desc=dest.name, disable=None if progress else True, leave=False) as bar:
+            with tqdm(
+                total=expected,
+                unit="B",
+                unit_scale=True,
+                desc=dest.name,
+                disable=None if progress else True,
+                leave=False,
+            ) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)
@@ -77,7 +84,9 @@ def download(url: str, dest: Path, md5: str | None, progress: bool = True) -> Pa
         os.replace(tmp, dest)
         return dest
     except http.client.IncompleteRead as e:
-        raise CnnlabError(f"download of {url} stopped after {received + len(e.partial)} bytes; run the command again") from None
+        raise CnnlabError(
+            f"download of {url} stopped after {received + len(e.partial)} bytes; run the command again"
+        ) from None
     except urllib.error.HTTPError as e:
         raise CnnlabError(f"could not download {url}: HTTP {e.code} {e.reason}; check the mirror address") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
@@ -96,7 +105,9 @@ def check_member_name(archive: Path, name: str) -> PurePosixPath:
     """Refuse archive member names that could escape the folder they are unpacked into."""
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
-        raise CnnlabError(f"{shown(archive)} contains the member '{shown(name)}', which points outside the archive's folder; refusing to use it")
+        raise CnnlabError(
+            f"{shown(archive)} contains the member '{shown(name)}', which points outside the archive's folder; refusing to use it"
+        )
     return path
 
 
@@ -121,7 +132,9 @@ def extract(archive: Path, target: Path) -> None:
                 for m in members:
                     check_member_name(archive, m.name)
                     if not (m.isfile() or m.isdir()):
-                        raise CnnlabError(f"{archive} contains '{m.name}', which is a link or special file; refusing to unpack it")
+                        raise CnnlabError(
+                            f"{archive} contains '{m.name}', which is a link or special file; refusing to unpack it"
+                        )
                 tf.extractall(staging, members=members, filter="data")
         for entry in staging.iterdir():
             final = target / entry.name
@@ -129,12 +142,16 @@ def extract(archive: Path, target: Path) -> None:
                 shutil.rmtree(final) if final.is_dir() else final.unlink()
             os.replace(entry, final)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise CnnlabError(f"{archive} is not a readable archive ({brief(e)}); delete it and download or copy it again") from None
+        raise CnnlabError(
+            f"{archive} is not a readable archive ({brief(e)}); delete it and download or copy it again"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def ensure_cifar(name: str, root: Path, mirror: str | None = None, md5: str | None = None, progress: bool = True) -> Path:
+def ensure_cifar(
+    name: str, root: Path, mirror: str | None = None, md5: str | None = None, progress: bool = True
+) -> Path:
     """Return the folder of the python-format CIFAR batches under `root`, fetching it if needed.
 
     Order: an existing extracted folder (a torchvision download counts), then an archive already

@@ -24,7 +24,7 @@ def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
         return x
     h, w = x.shape[-2:]
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    return padded[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+    return padded[..., 1 - dy : 1 - dy + h, 1 - dx : 1 - dx + w]
 
 
 @torch.no_grad()
@@ -72,7 +72,7 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_clas
 
 def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """[true, predicted] counts."""
-    return torch.bincount(labels * num_classes + predictions, minlength=num_classes ** 2).view(num_classes, num_classes)
+    return torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(num_classes, num_classes)
 
 
 def most_confused(matrix: torch.Tensor, k: int = 5) -> list[dict]:
@@ -104,15 +104,28 @@ def evaluation_report(run, data, tta: bool = False, audit=None) -> dict:
     device = next(run.model.parameters()).device
     loader = Loader(data.test_images, data.test_labels, EVAL_BATCH_SIZE, run.normalizer, device=device)
     result = evaluate(run.model, loader, tta=tta)
-    report = {"checkpoint": str(run.weights.file), "weights": run.weights.to_dict(), "data": data.source, "tta": tta,
-              "test_images": int(result["labels"].numel()), "test_acc": result["acc"], "test_loss": result["loss"],
-              "per_class_acc": dict(zip(data.classes, per_class_accuracy(result["predictions"], result["labels"],
-                                                                          data.num_classes)))}
+    report = {
+        "checkpoint": str(run.weights.file),
+        "weights": run.weights.to_dict(),
+        "data": data.source,
+        "tta": tta,
+        "test_images": int(result["labels"].numel()),
+        "test_acc": result["acc"],
+        "test_loss": result["loss"],
+        "per_class_acc": dict(
+            zip(data.classes, per_class_accuracy(result["predictions"], result["labels"], data.num_classes))
+        ),
+    }
     if leaked is not None:
         keep = torch.ones(len(result["labels"]), dtype=torch.bool)
         keep[leaked] = False
         right = result["predictions"] == result["labels"]
         share = lambda mask: 100.0 * float(right[mask].double().mean()) if mask.any() else float("nan")
-        report["duplicate_free"] = {"audit": str(audit), "excluded": int((~keep).sum()), "test_images": int(keep.sum()),
-                                    "test_acc": share(keep), "acc_on_excluded": share(~keep)}
+        report["duplicate_free"] = {
+            "audit": str(audit),
+            "excluded": int((~keep).sum()),
+            "test_images": int(keep.sum()),
+            "test_acc": share(keep),
+            "acc_on_excluded": share(~keep),
+        }
     return report

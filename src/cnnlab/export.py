@@ -41,9 +41,16 @@ class WithNormalization(nn.Module):
 
 def metadata(run, input_type: str | None) -> dict:
     checkpoint = run.checkpoint
-    return {"classes": checkpoint["classes"], "image_size": checkpoint["image_size"], "model": checkpoint["model"],
-            "input": input_type or "uint8 (0-255) or float (0-1)", "layout": "NCHW, RGB", "mean": checkpoint["mean"],
-            "std": checkpoint["std"], "weights": run.weights.describe()}
+    return {
+        "classes": checkpoint["classes"],
+        "image_size": checkpoint["image_size"],
+        "model": checkpoint["model"],
+        "input": input_type or "uint8 (0-255) or float (0-1)",
+        "layout": "NCHW, RGB",
+        "mean": checkpoint["mean"],
+        "std": checkpoint["std"],
+        "weights": run.weights.describe(),
+    }
 
 
 def export_model(run, fmt: str, out: Path, input_type: str = "uint8") -> Path:
@@ -63,7 +70,9 @@ def export_model(run, fmt: str, out: Path, input_type: str = "uint8") -> Path:
         raise UsageError(f"--out {out} is a folder; give a file name such as {out / ('model' + FORMATS[fmt])}")
     if not out.parent.is_dir():
         raise CnnlabError(f"cannot write {out}: the folder {out.parent} does not exist")
-    data = _onnx_bytes(wrapped, example, run, input_type) if fmt == "onnx" else _torchscript_bytes(wrapped, example, run)
+    data = (
+        _onnx_bytes(wrapped, example, run, input_type) if fmt == "onnx" else _torchscript_bytes(wrapped, example, run)
+    )
     atomic_write_bytes(out, data)
     return out
 
@@ -78,9 +87,16 @@ def _onnx_bytes(wrapped: nn.Module, example: torch.Tensor, run, input_type: str)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
-        torch.onnx.export(wrapped, (example,), buffer, input_names=["images"], output_names=["logits", "probabilities"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            buffer,
+            input_names=["images"],
+            output_names=["logits", "probabilities"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in metadata(run, input_type).items():
         entry = proto.metadata_props.add()

@@ -29,10 +29,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     elif isinstance(payload, dict) and isinstance(payload.get("state_dict") or payload.get("model"), dict):
         payload = payload.get("state_dict") or payload.get("model")
     if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise CnnlabError(f"--weights {path} holds no state dict (a mapping of names to tensors); save one with "
-                          "torch.save(model.state_dict(), path)")
+        raise CnnlabError(
+            f"--weights {path} holds no state dict (a mapping of names to tensors); save one with "
+            "torch.save(model.state_dict(), path)"
+        )
     prefix = "module."  # weights saved from DistributedDataParallel or torch.compile wrappers
-    return {k[len(prefix):] if k.startswith(prefix) else k.replace("_orig_mod.", ""): v for k, v in payload.items()}
+    return {k[len(prefix) :] if k.startswith(prefix) else k.replace("_orig_mod.", ""): v for k, v in payload.items()}
 
 
 def load_weights(model: nn.Module, path: str | Path) -> list[str]:
@@ -48,19 +50,25 @@ def load_weights(model: nn.Module, path: str | Path) -> list[str]:
     # situation as a head of another size: it is what fine-tuning replaces. Anything else is a mismatch.
     if missing or len(unexpected) > 2 or (unexpected and len(head_keys_given) != len(unexpected)):
         listing = ", ".join((missing + unexpected)[:4])
-        raise CnnlabError(f"--weights {path} does not fit this model: {len(missing)} layers missing and {len(unexpected)} "
-                          f"unexpected ({listing}); use weights of the same architecture")
+        raise CnnlabError(
+            f"--weights {path} does not fit this model: {len(missing)} layers missing and {len(unexpected)} "
+            f"unexpected ({listing}); use weights of the same architecture"
+        )
     wrong = [k for k in own if k in given and given[k].shape != own[k].shape and not in_head(k)]
     if wrong:
         k = wrong[0]
-        raise CnnlabError(f"--weights {path}: {k} has shape {tuple(given[k].shape)} there and {tuple(own[k].shape)} here; "
-                          "use weights of the same architecture and width")
+        raise CnnlabError(
+            f"--weights {path}: {k} has shape {tuple(given[k].shape)} there and {tuple(own[k].shape)} here; "
+            "use weights of the same architecture and width"
+        )
     replaced = [k for k in own if in_head(k) and (k not in given or given[k].shape != own[k].shape)]
     model.load_state_dict({k: v for k, v in given.items() if k in own and k not in replaced}, strict=False)
     notes = [f"loaded {len(own) - len(replaced)} of {len(own)} tensors from {path}"]
     if replaced:
-        notes.append(f"the head ({head_name}) was replaced for {model.state_dict()[replaced[0]].shape[0]} classes "
-                     "and starts from random weights")
+        notes.append(
+            f"the head ({head_name}) was replaced for {model.state_dict()[replaced[0]].shape[0]} classes "
+            "and starts from random weights"
+        )
     return notes
 
 

@@ -96,7 +96,9 @@ def decode_image(data: bytes | Path, name: str, size: int) -> np.ndarray:
     except CnnlabError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise CnnlabError(f"{name}: image is too large to decode safely (decompression-bomb limit); downscale it first") from None
+        raise CnnlabError(
+            f"{name}: image is too large to decode safely (decompression-bomb limit); downscale it first"
+        ) from None
     except UnidentifiedImageError:
         raise CnnlabError(f"{name}: not an image Pillow can read; remove it or convert it to PNG or JPEG") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error, zlib.error, MemoryError) as e:

@@ -24,15 +24,15 @@ if TYPE_CHECKING:
 SPLITS = ("train", "test")
 NOT_DATA = ("readme.md", "readme.txt", "license", "license.txt")
 DECODE_CHUNK = 128  # images per decoding task
-DECODE_AHEAD = 8    # tasks in flight per thread: bounds the archive bytes held while decoding
+DECODE_AHEAD = 8  # tasks in flight per thread: bounds the archive bytes held while decoding
 
 
 @dataclass(frozen=True)
 class TreeImage:
     split: str
-    cls: str    # class name as people read it (names.portable: valid Unicode whatever the bytes)
-    rel: str    # train/<class>/.../<image>, without a wrapping folder (portable too)
-    name: str   # the file's own name inside the source, for reading it
+    cls: str  # class name as people read it (names.portable: valid Unicode whatever the bytes)
+    rel: str  # train/<class>/.../<image>, without a wrapping folder (portable too)
+    name: str  # the file's own name inside the source, for reading it
 
 
 def plan_tree(files: list[SourceFile], description: str) -> list[TreeImage]:
@@ -49,15 +49,21 @@ def plan_tree(files: list[SourceFile], description: str) -> list[TreeImage]:
         if len(parts) < 3 or parts[0] not in SPLITS:
             if parts and parts[-1].lower() in NOT_DATA:
                 continue
-            raise CnnlabError(f"{description}: unexpected file '{shown(file.name)}'; an image folder holds "
-                              "train/<class>/<image> and test/<class>/<image>")
+            raise CnnlabError(
+                f"{description}: unexpected file '{shown(file.name)}'; an image folder holds "
+                "train/<class>/<image> and test/<class>/<image>"
+            )
         if not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
-            raise CnnlabError(f"{description}: '{shown(file.name)}' is not an image ({', '.join(IMAGE_EXTENSIONS)}); "
-                              "remove it from the folder")
+            raise CnnlabError(
+                f"{description}: '{shown(file.name)}' is not an image ({', '.join(IMAGE_EXTENSIONS)}); "
+                "remove it from the folder"
+            )
         images.append(TreeImage(parts[0], portable(parts[1]), portable("/".join(parts)), file.name))
     for split in SPLITS:
         if not any(i.split == split for i in images):
-            raise CnnlabError(f"{description}: no images under {split}/; an image folder needs train/<class>/ and test/<class>/")
+            raise CnnlabError(
+                f"{description}: no images under {split}/; an image folder needs train/<class>/ and test/<class>/"
+            )
     train_classes = sorted({i.cls for i in images if i.split == "train"})
     test_classes = sorted({i.cls for i in images if i.split == "test"})
     if train_classes != test_classes:
@@ -99,8 +105,10 @@ def decode_tree(path: Path, images: list[TreeImage], size: int) -> list[np.ndarr
                 decoded[k] = array
     missing = [images[k].rel for k, array in enumerate(decoded) if array is None]
     if missing:
-        raise CnnlabError(f"{shown(path)}: '{shown(missing[0])}' was listed but could not be read back (did the source "
-                          "change while it was read?); try again")
+        raise CnnlabError(
+            f"{shown(path)}: '{shown(missing[0])}' was listed but could not be read back (did the source "
+            "change while it was read?); try again"
+        )
     return decoded
 
 

@@ -43,11 +43,11 @@ def classify_filters(weight: torch.Tensor) -> list[str]:
         colour = ((channel_means - channel_means.mean()) ** 2).sum() * w[0].numel()
         grey = w.mean(dim=0)
         spatial_pattern = grey - grey.mean()
-        spatial = (spatial_pattern ** 2).sum() * w.shape[0]
+        spatial = (spatial_pattern**2).sum() * w.shape[0]
         total = (w - w.mean()).pow(2).sum().clamp_min(1e-12)
         gy, gx = torch.gradient(grey)
         jxx, jyy, jxy = (gx * gx).sum(), (gy * gy).sum(), (gx * gy).sum()
-        coherence = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy ** 2) / (jxx + jyy).clamp_min(1e-12)
+        coherence = torch.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (jxx + jyy).clamp_min(1e-12)
         if spatial / total >= EDGE_SPATIAL_SHARE and coherence >= EDGE_COHERENCE:
             kinds.append("edge")
         elif colour / total >= BLOB_COLOUR_SHARE:
@@ -62,13 +62,17 @@ def stage_modules(model: torch.nn.Module, image_size: int) -> list[tuple[str, to
     every child and running one dry forward pass of the whole model (in eval mode, so that batch-norm
     statistics are not touched)."""
     if not hasattr(model, "stage_sequence"):
-        raise CnnlabError(f"inspect needs a model that names its stages (a stage_sequence() method, as cnnlab's models "
-                          f"have); {type(model).__name__} has none")
+        raise CnnlabError(
+            f"inspect needs a model that names its stages (a stage_sequence() method, as cnnlab's models "
+            f"have); {type(model).__name__} has none"
+        )
     sequence = model.stage_sequence()
     sequence_name = next(name for name, module in model.named_modules() if module is sequence)
     sizes = {}
-    hooks = [child.register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, tuple(o.shape[-2:])))
-             for name, child in sequence.named_children()]
+    hooks = [
+        child.register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, tuple(o.shape[-2:])))
+        for name, child in sequence.named_children()
+    ]
     was_training = model.training
     try:
         model.eval()
@@ -89,8 +93,10 @@ def stage_modules(model: torch.nn.Module, image_size: int) -> list[tuple[str, to
 def feature_maps(model: torch.nn.Module, x: torch.Tensor, image_size: int) -> list[tuple[str, torch.Tensor]]:
     """Each stage's output [N, C, h, w] for the normalised batch x."""
     outputs = []
-    hooks = [module.register_forward_hook(lambda m, i, o, name=name: outputs.append((name, o.detach().float())))
-             for name, module in stage_modules(model, image_size)]
+    hooks = [
+        module.register_forward_hook(lambda m, i, o, name=name: outputs.append((name, o.detach().float())))
+        for name, module in stage_modules(model, image_size)
+    ]
     try:
         with torch.no_grad():
             model(x)
@@ -141,12 +147,22 @@ class Inspection:
 
     def summary(self) -> str:
         counts = {k: self.filter_kinds.count(k) for k in ("edge", "colour blob", "mixed")}
-        return (f"first-layer filters: {len(self.filter_kinds)}, of which {counts['edge']} look like oriented edges, "
-                f"{counts['colour blob']} like colour blobs and {counts['mixed']} mix both")
+        return (
+            f"first-layer filters: {len(self.filter_kinds)}, of which {counts['edge']} look like oriented edges, "
+            f"{counts['colour blob']} like colour blobs and {counts['mixed']} mix both"
+        )
 
 
-def inspect_model(model: torch.nn.Module, images: torch.Tensor, labels: list[int | None], names: list[str],
-                  classes: list[str], mean, std, out_dir: Path) -> Inspection:
+def inspect_model(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: list[int | None],
+    names: list[str],
+    classes: list[str],
+    mean,
+    std,
+    out_dir: Path,
+) -> Inspection:
     """Draw filters.png, feature_maps.png and gradcam.png for uint8 `images` [N, 3, H, W]."""
     from .loader import Normalizer
     from .plots import plot_feature_maps, plot_filters, plot_gradcam
@@ -163,8 +179,15 @@ def inspect_model(model: torch.nn.Module, images: torch.Tensor, labels: list[int
     cam_predicted = grad_cam(model, x, predicted, image_size)
     truths = [label if label is not None else p for label, p in zip(labels, predicted)]
     cam_true = grad_cam(model, x, truths, image_size)
-    info = [{"image": name, "label": classes[l] if l is not None else None, "predicted": classes[p],
-             "confidence": float(probabilities[i, p])} for i, (name, l, p) in enumerate(zip(names, labels, predicted))]
+    info = [
+        {
+            "image": name,
+            "label": classes[l] if l is not None else None,
+            "predicted": classes[p],
+            "confidence": float(probabilities[i, p]),
+        }
+        for i, (name, l, p) in enumerate(zip(names, labels, predicted))
+    ]
     figures = [
         plot_filters(weight, kinds, out_dir / "filters.png"),
         plot_feature_maps(images, maps, names, out_dir / "feature_maps.png"),

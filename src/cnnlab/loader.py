@@ -56,8 +56,20 @@ class Loader:
     With alternate_flip, a seeded random half of the images is mirrored in even epochs and the other
     half in odd ones, so every image is seen both ways every two epochs."""
 
-    def __init__(self, images, labels, batch_size, normalize: Normalizer, *, device, augment: Augmentation | None = None,
-                 seed=0, channels_last=False, rank=0, world_size=1):
+    def __init__(
+        self,
+        images,
+        labels,
+        batch_size,
+        normalize: Normalizer,
+        *,
+        device,
+        augment: Augmentation | None = None,
+        seed=0,
+        channels_last=False,
+        rank=0,
+        world_size=1,
+    ):
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
@@ -88,8 +100,8 @@ class Loader:
         n = len(self.labels)
         if self.augment is None:  # evaluation: clean images, in order
             for start in range(0, n, self.batch_size):
-                images = self.images[start:start + self.batch_size]
-                yield self.normalize(images, self.channels_last), self.labels[start:start + self.batch_size]
+                images = self.images[start : start + self.batch_size]
+                yield self.normalize(images, self.channels_last), self.labels[start : start + self.batch_size]
             return
         if self.position == 0:
             self.epoch_start = self.order_generator.get_state()
@@ -98,30 +110,50 @@ class Loader:
         order = torch.randperm(n, generator=self.order_generator, device=self.images.device)
         for start in range(self.position * self.batch_size, n, self.batch_size):
             self.position = start // self.batch_size + 1  # handed out = trained on, once the step finishes
-            index = order[start:start + self.batch_size]
+            index = order[start : start + self.batch_size]
             if self.world_size > 1:  # this rank's contiguous slice; the slices together are the global batch
                 n_batch = len(index)
-                index = index[n_batch * self.rank // self.world_size:n_batch * (self.rank + 1) // self.world_size]
+                index = index[n_batch * self.rank // self.world_size : n_batch * (self.rank + 1) // self.world_size]
             mirrored = None if self.flip_first is None else self.flip_first[index] ^ bool(self.epochs_done % 2)
-            x = self.augment.apply(self.images[index], self.augment_generator, self.normalize, self.epochs_done, mirrored,
-                                   self.channels_last)
+            x = self.augment.apply(
+                self.images[index],
+                self.augment_generator,
+                self.normalize,
+                self.epochs_done,
+                mirrored,
+                self.channels_last,
+            )
             yield x, self.labels[index]
         self.position = 0
         self.epochs_done += 1
 
-    def part(self, start: int, stop: int | None) -> "Loader":
+    def part(self, start: int, stop: int | None) -> Loader:
         """A fresh loader of the same kind over images[start:stop] (the bench's warm-up and timed steps)."""
-        return Loader(self.images[start:stop], self.labels[start:stop], self.batch_size, self.normalize,
-                      device=self.images.device, augment=self.augment, seed=self.seed, channels_last=self.channels_last,
-                      rank=self.rank, world_size=self.world_size)
+        return Loader(
+            self.images[start:stop],
+            self.labels[start:stop],
+            self.batch_size,
+            self.normalize,
+            device=self.images.device,
+            augment=self.augment,
+            seed=self.seed,
+            channels_last=self.channels_last,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
 
     def crop_size(self) -> int:
         """The side of this epoch's training crops; 0 = whole images."""
         return self.augment.crop_size(self.epochs_done) if self.augment is not None else 0
 
     def state_dict(self) -> dict:
-        return {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state(),
-                "epoch_start": self.epoch_start, "position": self.position, "epochs_done": self.epochs_done}
+        return {
+            "order": self.order_generator.get_state(),
+            "augment": self.augment_generator.get_state(),
+            "epoch_start": self.epoch_start,
+            "position": self.position,
+            "epochs_done": self.epochs_done,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.order_generator.set_state(state["order"])

@@ -21,7 +21,7 @@ class Lookahead:
         """Call after optimizer step number `step` (1-based, counted over the whole run)."""
         if step % self.every:
             return
-        self._sync(model, decay=0.95 ** self.every * (step / total_steps) ** 3)
+        self._sync(model, decay=0.95**self.every * (step / total_steps) ** 3)
 
     @torch.no_grad()
     def finish(self, model: torch.nn.Module) -> None:

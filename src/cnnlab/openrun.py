@@ -62,8 +62,10 @@ def weights_file(folder: Path, which: str = "auto") -> Path:
     path = folder / f"{which}.pt"
     if not path.exists():
         having = sorted(p.stem for p in folder.glob("*.pt") if p.stem in WEIGHTS)
-        raise CnnlabError(f"{shown(folder)} has no {path.name}" + (f" (it has {', '.join(having)})" if having else
-                          "; is it a cnnlab run folder?"))
+        raise CnnlabError(
+            f"{shown(folder)} has no {path.name}"
+            + (f" (it has {', '.join(having)})" if having else "; is it a cnnlab run folder?")
+        )
     return path
 
 
@@ -71,10 +73,10 @@ def weights_file(folder: Path, which: str = "auto") -> Path:
 class Run:
     """A trained model with everything needed to use it as it was trained."""
 
-    folder: Path | None          # the run folder; None for a checkpoint file outside one
-    checkpoint: dict             # the loaded, checked checkpoint (runfiles.load_checkpoint)
+    folder: Path | None  # the run folder; None for a checkpoint file outside one
+    checkpoint: dict  # the loaded, checked checkpoint (runfiles.load_checkpoint)
     weights: Weights
-    model: torch.nn.Module       # in eval mode
+    model: torch.nn.Module  # in eval mode
     normalizer: Normalizer
 
     @property
@@ -108,15 +110,19 @@ class Run:
         if not isinstance(data, Dataset):
             source = data if data is not None else self.source
             if source is None:
-                raise CnnlabError(f"{shown(self.weights.file)} is outside a run folder, so it does not say its data; "
-                                  "pass the data (--data)")
+                raise CnnlabError(
+                    f"{shown(self.weights.file)} is outside a run folder, so it does not say its data; "
+                    "pass the data (--data)"
+                )
             data = load_dataset(source, image_size=image_size or self.image_size, progress=False, **load_options)
         if list(data.classes) != self.classes:
-            raise CnnlabError(f"{shown(self.weights.file)} was trained on classes {self.classes}, but {shown(data.source)} "
-                              f"has {data.classes}; use the data the model was trained for")
+            raise CnnlabError(
+                f"{shown(self.weights.file)} was trained on classes {self.classes}, but {shown(data.source)} "
+                f"has {data.classes}; use the data the model was trained for"
+            )
         return data
 
-    def to(self, device) -> "Run":
+    def to(self, device) -> Run:
         self.model = self.model.to(device)
         return self
 

@@ -26,11 +26,20 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
             if params:
                 groups.append({"params": params, "lr_scale": group["lr_scale"] * scale})
     for group in groups:
-        group["weight_decay"] = (recipe.weight_decay / (recipe.lr * group["lr_scale"]) if recipe.decoupled_weight_decay
-                                 else recipe.weight_decay)
+        group["weight_decay"] = (
+            recipe.weight_decay / (recipe.lr * group["lr_scale"])
+            if recipe.decoupled_weight_decay
+            else recipe.weight_decay
+        )
     if recipe.muon_lr:  # the convolution filters take Muon steps (cnnlab.muon): their own rate, no decay
-        groups = _own_group(groups, lambda p: p.ndim == 4, lr_scale=recipe.muon_lr / recipe.lr, weight_decay=0.0,
-                            momentum=0.0, muon_momentum=recipe.muon_momentum)
+        groups = _own_group(
+            groups,
+            lambda p: p.ndim == 4,
+            lr_scale=recipe.muon_lr / recipe.lr,
+            weight_decay=0.0,
+            momentum=0.0,
+            muon_momentum=recipe.muon_momentum,
+        )
     if recipe.whiten_bias_epochs:  # a speedrun model (validated): the whitening bias's rate drops to 0 after it
         whiten_bias = model.whitening_bias()
         groups = _own_group(groups, lambda p: p is whiten_bias, trains_until_epoch=recipe.whiten_bias_epochs)

@@ -95,13 +95,22 @@ def plot_confusion(predictions: Predictions, path: Path, title: str = "") -> Pat
                 if not matrix[i, j]:
                     continue  # empty cells stay blank, so the errors stand out
                 colour = "white" if row_share[i, j] > 60 else "black"
-                ax.text(j, i, f"{int(matrix[i, j])}\n{row_share[i, j]:.0f}%", ha="center", va="center",
-                        fontsize=7, color=colour)
+                ax.text(
+                    j,
+                    i,
+                    f"{int(matrix[i, j])}\n{row_share[i, j]:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color=colour,
+                )
     ticks = range(n) if n <= 40 else []
     ax.set_xticks(list(ticks), [classes[i] for i in ticks], rotation=45, ha="right")
     ax.set_yticks(list(ticks), [classes[i] for i in ticks])
     ax.set(xlabel="predicted class", ylabel="true class")
-    ax.set_title(title or f"Confusion matrix: {predictions.accuracy:.2f}% of {len(predictions.labels)} test images right")
+    ax.set_title(
+        title or f"Confusion matrix: {predictions.accuracy:.2f}% of {len(predictions.labels)} test images right"
+    )
     return _save(fig, path)
 
 
@@ -134,7 +143,10 @@ def _gallery(predictions: Predictions, index: torch.Tensor, path: Path, title: s
             continue
         i = int(index[k])
         _image(ax, predictions.images[i])
-        true, guess = predictions.classes[int(predictions.labels[i])], predictions.classes[int(predictions.predictions[i])]
+        true, guess = (
+            predictions.classes[int(predictions.labels[i])],
+            predictions.classes[int(predictions.predictions[i])],
+        )
         ax.set_title(f"true {true}\npred {guess} {100 * float(predictions.confidence[i]):.0f}%", fontsize=7)
     if count == 0:
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
@@ -182,17 +194,24 @@ def make_run_plots(run: RunRecord, predictions: Predictions, weights=None) -> li
 
     matrix = predictions.confusion()
     named = f" ({weights.describe()})" if weights is not None else ""
-    atomic_write_json(run.path / "confusion.json", {
-        "classes": predictions.classes, "matrix": matrix.tolist(), "accuracy": predictions.accuracy,
-        "per_class_acc": predictions.per_class_accuracy(), "most_confused": most_confused(matrix, 5),
-        "weights": weights.describe() if weights is not None else None,
-    })
+    atomic_write_json(
+        run.path / "confusion.json",
+        {
+            "classes": predictions.classes,
+            "matrix": matrix.tolist(),
+            "accuracy": predictions.accuracy,
+            "per_class_acc": predictions.per_class_accuracy(),
+            "most_confused": most_confused(matrix, 5),
+            "weights": weights.describe() if weights is not None else None,
+        },
+    )
     right = f"{predictions.accuracy:.2f}% of {len(predictions.labels)} test images right"
     return [
         plot_curves(run, run.path / "curves.png"),
         plot_confusion(predictions, run.path / "confusion.png", title=f"Confusion matrix{named}: {right}"),
-        plot_errors(predictions, run.path / "errors.png",
-                    title=f"The most confident mistakes on the test split{named}"),
+        plot_errors(
+            predictions, run.path / "errors.png", title=f"The most confident mistakes on the test split{named}"
+        ),
         plot_per_class(predictions, run.path / "per_class.png"),
     ]
 
@@ -230,13 +249,16 @@ def plot_filters(weight: torch.Tensor, kinds: list[str], path: Path) -> Path:
         ax.set_title(kinds[k], fontsize=7)
     plural = {"edge": "edges", "colour blob": "colour blobs", "mixed": "mixed"}
     counts = ", ".join(f"{kinds.count(k)} {plural[k] if kinds.count(k) != 1 else k}" for k in plural)
-    fig.suptitle(f"First-layer filters ({len(tiles)}, {w.shape[-1]}x{w.shape[-1]}, each scaled to its own range): {counts}",
-                 fontsize=9)
+    fig.suptitle(
+        f"First-layer filters ({len(tiles)}, {w.shape[-1]}x{w.shape[-1]}, each scaled to its own range): {counts}",
+        fontsize=9,
+    )
     return _save(fig, path)
 
 
-def plot_feature_maps(images: torch.Tensor, maps: list[tuple[str, torch.Tensor]], names: list[str], path: Path,
-                      channels: int = 4) -> Path:
+def plot_feature_maps(
+    images: torch.Tensor, maps: list[tuple[str, torch.Tensor]], names: list[str], path: Path, channels: int = 4
+) -> Path:
     """Per image: the image, then for each stage its `channels` most active channels."""
     columns = 1 + len(maps) * channels
     fig = _figure(0.95 * columns, 1.15 * len(images) + 0.8)
@@ -253,11 +275,15 @@ def plot_feature_maps(images: torch.Tensor, maps: list[tuple[str, torch.Tensor]]
                 ax.set_yticks([])
                 if i == 0:
                     ax.set_title(f"{stage.split(' ')[1] if c == 0 else ''}\nch {int(channel)}", fontsize=6)
-    fig.suptitle("Feature maps: the most active channels of each stage (" + ", ".join(s for s, _ in maps) + ")", fontsize=9)
+    fig.suptitle(
+        "Feature maps: the most active channels of each stage (" + ", ".join(s for s, _ in maps) + ")", fontsize=9
+    )
     return _save(fig, path)
 
 
-def plot_gradcam(images: torch.Tensor, cam_predicted: torch.Tensor, cam_true: torch.Tensor, info: list[dict], path: Path) -> Path:
+def plot_gradcam(
+    images: torch.Tensor, cam_predicted: torch.Tensor, cam_true: torch.Tensor, info: list[dict], path: Path
+) -> Path:
     """Per image: the image, Grad-CAM for the predicted class, and for the true class, overlaid."""
     fig = _figure(6.6, 2.2 * len(images) + 0.5)
     axes = fig.subplots(len(images), 3, squeeze=False)
@@ -265,8 +291,14 @@ def plot_gradcam(images: torch.Tensor, cam_predicted: torch.Tensor, cam_true: to
         _image(axes[i, 0], images[i])
         label = info[i]["label"]
         axes[i, 0].set_title(f"{Path(info[i]['image']).name[:18]}" + (f"\ntrue {label}" if label else ""), fontsize=7)
-        for ax, cam, title in ((axes[i, 1], cam_predicted[i], f"evidence for {info[i]['predicted']}\n(predicted, {100 * info[i]['confidence']:.0f}%)"),
-                               (axes[i, 2], cam_true[i], f"evidence for {label}\n(true class)" if label else "no true class given")):
+        for ax, cam, title in (
+            (
+                axes[i, 1],
+                cam_predicted[i],
+                f"evidence for {info[i]['predicted']}\n(predicted, {100 * info[i]['confidence']:.0f}%)",
+            ),
+            (axes[i, 2], cam_true[i], f"evidence for {label}\n(true class)" if label else "no true class given"),
+        ):
             _image(ax, images[i])
             ax.imshow(cam.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
             ax.set_title(title, fontsize=7)
@@ -274,8 +306,9 @@ def plot_gradcam(images: torch.Tensor, cam_predicted: torch.Tensor, cam_true: to
     return _save(fig, path)
 
 
-def plot_duplicate_pairs(images_a: torch.Tensor, images_b: torch.Tensor, captions: list[str], path: Path, title: str,
-                         columns: int = 4) -> Path:
+def plot_duplicate_pairs(
+    images_a: torch.Tensor, images_b: torch.Tensor, captions: list[str], path: Path, title: str, columns: int = 4
+) -> Path:
     """Pairs side by side (a | b), a caption under each: for a person to judge whether they are one image."""
     rows = max(1, -(-len(captions) // columns))
     fig = _figure(2.3 * columns, 1.45 * rows + 0.4)
@@ -303,6 +336,9 @@ def plot_robustness(result: dict, path: Path, title: str = "") -> Path:
     ax.set_xticks(severities)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncols=2)
-    ax.set_title(title or f"accuracy under corruption: mean {result['mean_corruption_acc']:.1f}% "
-                          f"(clean {result['clean_acc']:.1f}%)", fontsize=9)
+    ax.set_title(
+        title
+        or f"accuracy under corruption: mean {result['mean_corruption_acc']:.1f}% (clean {result['clean_acc']:.1f}%)",
+        fontsize=9,
+    )
     return _save(fig, path)

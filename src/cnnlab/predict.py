@@ -22,17 +22,20 @@ from .sourcefiles import regular_file
 
 @dataclass
 class Prediction:
-    image: str                                  # the path as given or found (any bytes the OS allows)
+    image: str  # the path as given or found (any bytes the OS allows)
     top: list[tuple[str, float]] | None = None  # (class, probability), most likely first
-    error: str | None = None                    # why it could not be read: a failure
-    skipped: str | None = None                  # why a file found in a folder is not an image: not a failure
+    error: str | None = None  # why it could not be read: a failure
+    skipped: str | None = None  # why a file found in a folder is not an image: not a failure
 
     def to_dict(self) -> dict:
         image = portable(self.image)
         if self.error or self.skipped:
             return {"image": image, **({"error": self.error} if self.error else {"skipped": self.skipped})}
-        return {"image": image, "predicted": self.top[0][0],
-                "top": [{"class": c, "probability": p} for c, p in self.top]}
+        return {
+            "image": image,
+            "predicted": self.top[0][0],
+            "top": [{"class": c, "probability": p} for c, p in self.top],
+        }
 
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -46,8 +49,13 @@ def collect_images(paths: list[str | Path]) -> list[Prediction]:
     for raw in paths:
         path = Path(raw)
         if URL.match(str(raw)):
-            found.append(Prediction(str(raw), error=f"{shown(raw)}: URLs are not fetched; download the image first "
-                                                    "(for example with curl -O) and pass the file"))
+            found.append(
+                Prediction(
+                    str(raw),
+                    error=f"{shown(raw)}: URLs are not fetched; download the image first "
+                    "(for example with curl -O) and pass the file",
+                )
+            )
         elif path.is_dir():
             found += _folder_images(path)
         else:
@@ -64,7 +72,9 @@ def _folder_images(folder: Path) -> list[Prediction]:
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(Prediction(file))
             else:
-                found.append(Prediction(file, skipped=f"not an image file (cnnlab reads {', '.join(IMAGE_EXTENSIONS)})"))
+                found.append(
+                    Prediction(file, skipped=f"not an image file (cnnlab reads {', '.join(IMAGE_EXTENSIONS)})")
+                )
     return found
 
 
@@ -80,14 +90,18 @@ def load_images(files: list[Path], image_size: int) -> tuple[torch.Tensor, list[
             kept.append(file)
         except CnnlabError as e:
             failed.append(Prediction(str(file), error=str(e)))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous() if arrays else \
-        torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8)
+    images = (
+        torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        if arrays
+        else torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8)
+    )
     return images, kept, failed
 
 
 @torch.no_grad()
-def predict_images(run, images: torch.Tensor, top_k: int = 3, tta: bool = False,
-                   batch_size: int = 256) -> list[list[tuple[str, float]]]:
+def predict_images(
+    run, images: torch.Tensor, top_k: int = 3, tta: bool = False, batch_size: int = 256
+) -> list[list[tuple[str, float]]]:
     """The top-k (class, probability) of each uint8 image [N, 3, S, S], by `run`'s model (openrun.Run)."""
     from .evaluate import tta_logits
 
@@ -97,7 +111,7 @@ def predict_images(run, images: torch.Tensor, top_k: int = 3, tta: bool = False,
     device = next(run.model.parameters()).device
     results = []
     for start in range(0, len(images), batch_size):
-        x = run.normalizer(images[start:start + batch_size].to(device))
+        x = run.normalizer(images[start : start + batch_size].to(device))
         logits = tta_logits(run.model, x) if tta else run.model(x).float()
         probabilities, index = logits.softmax(dim=1).topk(k, dim=1)
         for p_row, i_row in zip(probabilities.tolist(), index.tolist()):
@@ -111,8 +125,10 @@ def predict_files(run, paths: list[str | Path], top_k: int = 3, tta: bool = Fals
     found = collect_images(paths)
     wanted = [Path(p.image) for p in found if not (p.error or p.skipped)]
     if not wanted and not any(p.error for p in found):
-        raise CnnlabError(f"no image files found in {', '.join(shown(p) for p in paths)}; give image files or folders "
-                          f"holding {', '.join(IMAGE_EXTENSIONS)} files")
+        raise CnnlabError(
+            f"no image files found in {', '.join(shown(p) for p in paths)}; give image files or folders "
+            f"holding {', '.join(IMAGE_EXTENSIONS)} files"
+        )
     images, kept, failed = load_images(wanted, run.image_size)
     tops = predict_images(run, images, top_k, tta) if kept else []
     done = {str(f): Prediction(str(f), top) for f, top in zip(kept, tops)}

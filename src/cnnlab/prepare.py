@@ -29,8 +29,8 @@ WHITENING_IMAGES = 5000  # training images whose patches set a whitening first l
 
 @dataclass
 class Setup:
-    state: TrainState                 # the model, optimizer, training loader and progress (fresh)
-    eval_loaders: dict[str, Loader]   # "test", and "val" when images are held out
+    state: TrainState  # the model, optimizer, training loader and progress (fresh)
+    eval_loaders: dict[str, Loader]  # "test", and "val" when images are held out
     train_count: int
     val_count: int
 
@@ -56,8 +56,9 @@ def compiled(module: torch.nn.Module, mode: str) -> torch.nn.Module:
     return module if mode == "off" else torch.compile(module, mode=None if mode == "default" else mode)
 
 
-def prepare(recipe: Recipe, data: Dataset, cluster: Cluster | None = None, *, fresh: bool = True,
-            tune_allocator: bool = True) -> Setup:
+def prepare(
+    recipe: Recipe, data: Dataset, cluster: Cluster | None = None, *, fresh: bool = True, tune_allocator: bool = True
+) -> Setup:
     """Everything `recipe` needs on `data`. `fresh` (not a resume) sets data-dependent layers and loads
     the recipe's starting weights; a resume restores its checkpoint over the result instead."""
     cluster = cluster or Cluster.single()
@@ -83,18 +84,39 @@ def prepare(recipe: Recipe, data: Dataset, cluster: Cluster | None = None, *, fr
     if recipe.sync_bn and cluster.distributed:
         model = distributed.synchronize_batch_norm(model, device)  # same parameters and state-dict names
 
-    train_loader = Loader(train_images, data.train_labels[train_index], recipe.batch_size, normalize, device=device,
-                          augment=Augmentation.of(recipe), seed=recipe.seed, channels_last=cl, rank=cluster.rank,
-                          world_size=cluster.world_size)
-    evaluation = lambda images, labels: Loader(images, labels, recipe.eval_batch_size, normalize, device=device,
-                                               channels_last=cl)
+    train_loader = Loader(
+        train_images,
+        data.train_labels[train_index],
+        recipe.batch_size,
+        normalize,
+        device=device,
+        augment=Augmentation.of(recipe),
+        seed=recipe.seed,
+        channels_last=cl,
+        rank=cluster.rank,
+        world_size=cluster.world_size,
+    )
+    evaluation = lambda images, labels: Loader(
+        images, labels, recipe.eval_batch_size, normalize, device=device, channels_last=cl
+    )
     eval_loaders = {"test": evaluation(data.test_images, data.test_labels)}
     if len(val_index):
         eval_loaders["val"] = evaluation(data.train_images[val_index], data.train_labels[val_index])
 
-    state = TrainState(recipe, _network(recipe, model, device, precision, cluster), make_optimizer(model, recipe),
-                       train_loader, list(data.classes), mean, std, device, precision, cluster,
-                       Progress(best_metric="val_acc" if len(val_index) else "test_acc"), notes)
+    state = TrainState(
+        recipe,
+        _network(recipe, model, device, precision, cluster),
+        make_optimizer(model, recipe),
+        train_loader,
+        list(data.classes),
+        mean,
+        std,
+        device,
+        precision,
+        cluster,
+        Progress(best_metric="val_acc" if len(val_index) else "test_acc"),
+        notes,
+    )
     return Setup(state, eval_loaders, len(train_index), len(val_index))
 
 

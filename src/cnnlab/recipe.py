@@ -37,15 +37,15 @@ class Knob:
 
     help: str
     group: str
-    low: float | None = None      # the smallest value allowed
-    above: float | None = None    # values must be greater than this
-    high: float | None = None     # the largest value allowed
-    below: float | None = None    # values must be smaller than this
+    low: float | None = None  # the smallest value allowed
+    above: float | None = None  # values must be greater than this
+    high: float | None = None  # the largest value allowed
+    below: float | None = None  # values must be smaller than this
     choices: tuple[str, ...] = ()
-    count: bool = False           # a count ('5000') or a fraction ('0.1')
-    epochs: bool = False          # counts epochs: scales with the run when --epochs changes a recipe's length
-    family: str = ""              # the model family it applies to ('speedrun'); '' for every model
-    cli: bool = True              # a training flag (--name-with-dashes)
+    count: bool = False  # a count ('5000') or a fraction ('0.1')
+    epochs: bool = False  # counts epochs: scales with the run when --epochs changes a recipe's length
+    family: str = ""  # the model family it applies to ('speedrun'); '' for every model
+    cli: bool = True  # a training flag (--name-with-dashes)
     metavar: str | None = None
 
     def problem(self, name: str, value) -> str:
@@ -59,8 +59,12 @@ class Knob:
                 count_or_fraction(value, name)
             except UsageError as e:
                 return str(e)
-        for bound, fails, words in ((self.low, lambda v, b: v < b, "at least"), (self.above, lambda v, b: v <= b, "above"),
-                                    (self.high, lambda v, b: v > b, "at most"), (self.below, lambda v, b: v >= b, "below")):
+        for bound, fails, words in (
+            (self.low, lambda v, b: v < b, "at least"),
+            (self.above, lambda v, b: v <= b, "above"),
+            (self.high, lambda v, b: v > b, "at most"),
+            (self.below, lambda v, b: v >= b, "below"),
+        ):
             if bound is not None and fails(value, bound):
                 return f"{name} must be {words} {_number(bound)} (got {value})"
         return ""
@@ -88,15 +92,23 @@ class Recipe:
     description: str = knob("", "one line on what the recipe is for", "data", cli=False)
     # model and data
     model: str = knob("smallcnn", "the network (cnnlab models lists them)", "data")
-    model_options: dict = knob(dict, "the model's own switches (cnnlab models says which a model has)", "data", cli=False)
+    model_options: dict = knob(
+        dict, "the model's own switches (cnnlab models says which a model has)", "data", cli=False
+    )
     image_size: int = knob(32, "images of other sizes are resized to this", "data", low=8, high=512)
-    val_split: str = knob("0", "hold out a count (5000) or a fraction (0.1) of the training images for validation",
-                          "data", count=True)
-    val_groups: str = knob("", "keep groups whole across the validation split: 'folder' (the first subfolder inside "
-                               "each class folder) or a regular expression over the image's path below train/",
-                           "data", metavar="PATTERN")
-    train_subset: str = knob("0", "train on a seeded, stratified count or fraction of the training images (0 = all)",
-                             "data", count=True)
+    val_split: str = knob(
+        "0", "hold out a count (5000) or a fraction (0.1) of the training images for validation", "data", count=True
+    )
+    val_groups: str = knob(
+        "",
+        "keep groups whole across the validation split: 'folder' (the first subfolder inside "
+        "each class folder) or a regular expression over the image's path below train/",
+        "data",
+        metavar="PATTERN",
+    )
+    train_subset: str = knob(
+        "0", "train on a seeded, stratified count or fraction of the training images (0 = all)", "data", count=True
+    )
     # optimisation (the chapter's Code Fragment 3)
     epochs: int = knob(30, "passes over the training images", "optimisation", low=1, high=100_000)
     batch_size: int = knob(128, "training images per step", "optimisation", low=1, high=65_536)
@@ -104,72 +116,170 @@ class Recipe:
     momentum: float = knob(0.9, "SGD momentum", "optimisation", low=0, below=1)
     weight_decay: float = knob(5e-4, "SGD weight decay (L2)", "optimisation", low=0)
     nesterov: bool = knob(False, "Nesterov momentum", "optimisation")
-    schedule: str = knob("cosine", "cosine (CosineAnnealingLR, stepped per epoch), constant, onecycle, or linear "
-                                   "(the speedruns' triangle, per step)", "optimisation", choices=SCHEDULES)
-    decoupled_weight_decay: bool = knob(False, "read the weight decay as the shrink per step at the peak rate, in every "
-                                               "parameter group", "optimisation")
-    bias_lr_scale: float = knob(1.0, "biases (batch-norm shifts) train this many times faster than the rest",
-                                "optimisation", above=0, metavar="K")
-    muon_lr: float = knob(0.0, "convolution filters take Muon steps at this peak rate (0 = SGD for everything)",
-                          "optimisation", low=0, metavar="LR")
-    muon_momentum: float = knob(0.6, "Muon's own momentum (Nesterov when nesterov is on)", "optimisation", low=0, below=1)
-    lookahead: int = knob(0, "every this many steps, average the weights into a slow copy and restart from it (0 = off)",
-                          "optimisation", low=0, high=1_000_000, metavar="STEPS")
+    schedule: str = knob(
+        "cosine",
+        "cosine (CosineAnnealingLR, stepped per epoch), constant, onecycle, or linear "
+        "(the speedruns' triangle, per step)",
+        "optimisation",
+        choices=SCHEDULES,
+    )
+    decoupled_weight_decay: bool = knob(
+        False, "read the weight decay as the shrink per step at the peak rate, in every parameter group", "optimisation"
+    )
+    bias_lr_scale: float = knob(
+        1.0,
+        "biases (batch-norm shifts) train this many times faster than the rest",
+        "optimisation",
+        above=0,
+        metavar="K",
+    )
+    muon_lr: float = knob(
+        0.0,
+        "convolution filters take Muon steps at this peak rate (0 = SGD for everything)",
+        "optimisation",
+        low=0,
+        metavar="LR",
+    )
+    muon_momentum: float = knob(
+        0.6, "Muon's own momentum (Nesterov when nesterov is on)", "optimisation", low=0, below=1
+    )
+    lookahead: int = knob(
+        0,
+        "every this many steps, average the weights into a slow copy and restart from it (0 = off)",
+        "optimisation",
+        low=0,
+        high=1_000_000,
+        metavar="STEPS",
+    )
     label_smoothing: float = knob(0.0, "label smoothing of the cross-entropy", "optimisation", low=0, below=1)
-    warmup_epochs: float = knob(0.0, "linear warm-up of the rate over this many epochs (per step)", "optimisation",
-                                low=0, epochs=True)
-    ema: float = knob(0.0, "decay of a moving average of the weights per step, such as 0.999 (0 = off); saved as ema.pt",
-                      "optimisation", low=0, below=1, metavar="DECAY")
-    backbone_lr: float = knob(0.0, "rate of everything but the head when fine-tuning (0 = the same as lr)",
-                              "optimisation", low=0)
+    warmup_epochs: float = knob(
+        0.0, "linear warm-up of the rate over this many epochs (per step)", "optimisation", low=0, epochs=True
+    )
+    ema: float = knob(
+        0.0,
+        "decay of a moving average of the weights per step, such as 0.999 (0 = off); saved as ema.pt",
+        "optimisation",
+        low=0,
+        below=1,
+        metavar="DECAY",
+    )
+    backbone_lr: float = knob(
+        0.0, "rate of everything but the head when fine-tuning (0 = the same as lr)", "optimisation", low=0
+    )
     freeze_backbone: bool = knob(False, "train only the head", "optimisation")
-    weights: str = knob("", "start from these weights (a state dict or a cnnlab checkpoint)", "optimisation",
-                        metavar="FILE")
-    early_stop: int = knob(0, "stop after this many epochs without a better validation accuracy (0 = off; needs "
-                              "val_split)", "optimisation", low=0, high=100_000, metavar="PATIENCE")
-    whiten_bias_epochs: float = knob(0.0, "the whitening layer's bias trains this many epochs, then stays (0 = always)",
-                                     "optimisation", low=0, epochs=True, family="speedrun", metavar="E")
+    weights: str = knob(
+        "", "start from these weights (a state dict or a cnnlab checkpoint)", "optimisation", metavar="FILE"
+    )
+    early_stop: int = knob(
+        0,
+        "stop after this many epochs without a better validation accuracy (0 = off; needs val_split)",
+        "optimisation",
+        low=0,
+        high=100_000,
+        metavar="PATIENCE",
+    )
+    whiten_bias_epochs: float = knob(
+        0.0,
+        "the whitening layer's bias trains this many epochs, then stays (0 = always)",
+        "optimisation",
+        low=0,
+        epochs=True,
+        family="speedrun",
+        metavar="E",
+    )
     # augmentation (training images only)
     crop_padding: int = knob(4, "random-crop padding in pixels (0 = no crop)", "augmentation", low=0, high=16)
     flip: bool = knob(True, "random horizontal flip", "augmentation")
-    alternate_flip: bool = knob(False, "flip each image in every other epoch (a random half first), instead of by chance",
-                                "augmentation")
-    pad_mode: str = knob("zeros", "how the crop's padding is filled: zeros (the chapter) or reflect", "augmentation",
-                         choices=("zeros", "reflect"))
-    cutout: int = knob(0, "side of the square hidden per image (0 = off; 8 or 16 are usual on 32x32)", "augmentation",
-                       low=0, metavar="SIZE")
-    random_erasing: float = knob(0.0, "probability of erasing a random box of each image", "augmentation", low=0, high=1,
-                                 metavar="P")
-    color_jitter: float = knob(0.0, "brightness, contrast and saturation strength", "augmentation", low=0, below=1,
-                               metavar="S")
+    alternate_flip: bool = knob(
+        False, "flip each image in every other epoch (a random half first), instead of by chance", "augmentation"
+    )
+    pad_mode: str = knob(
+        "zeros",
+        "how the crop's padding is filled: zeros (the chapter) or reflect",
+        "augmentation",
+        choices=("zeros", "reflect"),
+    )
+    cutout: int = knob(
+        0,
+        "side of the square hidden per image (0 = off; 8 or 16 are usual on 32x32)",
+        "augmentation",
+        low=0,
+        metavar="SIZE",
+    )
+    random_erasing: float = knob(
+        0.0, "probability of erasing a random box of each image", "augmentation", low=0, high=1, metavar="P"
+    )
+    color_jitter: float = knob(
+        0.0, "brightness, contrast and saturation strength", "augmentation", low=0, below=1, metavar="S"
+    )
     mixup: float = knob(0.0, "Beta(alpha, alpha) of mixup (0 = off)", "augmentation", low=0, metavar="ALPHA")
-    cutmix: float = knob(0.0, "Beta(alpha, alpha) of CutMix (0 = off; with mixup, one of them per batch)", "augmentation",
-                         low=0, metavar="ALPHA")
-    early_crop: int = knob(0, "the first early_crop_epochs epochs train on random crops of this side (0 = off)",
-                           "augmentation", low=0, metavar="SIZE")
-    early_crop_epochs: int = knob(0, "how many epochs early_crop lasts (progressive resizing by cropping)",
-                                  "augmentation", low=0, epochs=True, metavar="E")
+    cutmix: float = knob(
+        0.0,
+        "Beta(alpha, alpha) of CutMix (0 = off; with mixup, one of them per batch)",
+        "augmentation",
+        low=0,
+        metavar="ALPHA",
+    )
+    early_crop: int = knob(
+        0,
+        "the first early_crop_epochs epochs train on random crops of this side (0 = off)",
+        "augmentation",
+        low=0,
+        metavar="SIZE",
+    )
+    early_crop_epochs: int = knob(
+        0,
+        "how many epochs early_crop lasts (progressive resizing by cropping)",
+        "augmentation",
+        low=0,
+        epochs=True,
+        metavar="E",
+    )
     # evaluation
     tta: bool = knob(False, "the final evaluation also averages 10 views (flips, 1-pixel shifts)", "evaluation")
-    tta_precision: str = knob("fp32", "fp32, or auto: the 10 views in the training precision (bf16 on a bf16 CPU: half "
-                                      "the time)", "evaluation", choices=EVAL_PRECISIONS)
-    eval_batch_size: int = knob(250, "images per evaluation batch (on a CPU 250 is faster than 1,000, and a quarter "
-                                     "of the memory)", "evaluation", low=1, high=65_536)
-    eval_precision: str = knob("auto", "auto: learning-curve points before the last epoch in the training precision (on "
-                                       "a bf16 CPU 2x faster, within 0.1 point), results in float32; fp32: every "
-                                       "evaluation in float32", "evaluation", choices=EVAL_PRECISIONS)
+    tta_precision: str = knob(
+        "fp32",
+        "fp32, or auto: the 10 views in the training precision (bf16 on a bf16 CPU: half the time)",
+        "evaluation",
+        choices=EVAL_PRECISIONS,
+    )
+    eval_batch_size: int = knob(
+        250,
+        "images per evaluation batch (on a CPU 250 is faster than 1,000, and a quarter of the memory)",
+        "evaluation",
+        low=1,
+        high=65_536,
+    )
+    eval_precision: str = knob(
+        "auto",
+        "auto: learning-curve points before the last epoch in the training precision (on "
+        "a bf16 CPU 2x faster, within 0.1 point), results in float32; fp32: every "
+        "evaluation in float32",
+        "evaluation",
+        choices=EVAL_PRECISIONS,
+    )
     # execution
-    seed: int = knob(0, "seed of the split, the data order, the augmentation and the initial weights", "execution",
-                     low=0, below=2 ** 62)
+    seed: int = knob(
+        0,
+        "seed of the split, the data order, the augmentation and the initial weights",
+        "execution",
+        low=0,
+        below=2**62,
+    )
     device: str = knob("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", "execution")
-    precision: str = knob("auto", "auto (the measured best per device), fp32, bf16 or fp16", "execution",
-                          choices=PRECISIONS)
+    precision: str = knob(
+        "auto", "auto (the measured best per device), fp32, bf16 or fp16", "execution", choices=PRECISIONS
+    )
     channels_last: bool = knob(True, "channels-last memory format", "execution")
     sync_bn: bool = knob(False, "under torchrun: batch-norm statistics over the global batch", "execution")
-    compile: str = knob("off", "torch.compile mode for the forward passes: off, default, reduce-overhead (CUDA graphs) "
-                               "or max-autotune", "execution", choices=COMPILE_MODES)
+    compile: str = knob(
+        "off",
+        "torch.compile mode for the forward passes: off, default, reduce-overhead (CUDA graphs) or max-autotune",
+        "execution",
+        choices=COMPILE_MODES,
+    )
 
-    def validate(self) -> "Recipe":
+    def validate(self) -> Recipe:
         """Every field against its declaration, then the rules between fields; model_options resolved."""
         from .models import model_spec
 
@@ -182,8 +292,9 @@ class Recipe:
         for f in fields(self):
             family = declaration(f).family
             if family and family != spec.family and getattr(self, f.name) != f.default:
-                raise UsageError(f"{f.name} applies to the {family} models only, not to {self.model}",
-                                 parameters=(f.name,))
+                raise UsageError(
+                    f"{f.name} applies to the {family} models only, not to {self.model}", parameters=(f.name,)
+                )
         for ok, message, names in self._rules():
             if not ok:
                 raise UsageError(message, parameters=names)
@@ -196,23 +307,52 @@ class Recipe:
         return [
             (device_ok, f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps", ("device",)),
             (not (self.alternate_flip and not self.flip), "alternate_flip needs flip", ("alternate_flip", "flip")),
-            (not (self.nesterov and self.momentum == 0), "nesterov needs a non-zero momentum", ("nesterov", "momentum")),
-            (self.cutout <= self.image_size, f"cutout ({self.cutout}) must fit in the image (image_size {self.image_size})",
-             ("cutout", "image_size")),
-            (self.early_crop < self.image_size, f"early_crop must be smaller than the image size {self.image_size}, "
-             f"0 = off (got {self.early_crop})", ("early_crop",)),
-            (self.early_crop_epochs < self.epochs, f"early_crop_epochs ({self.early_crop_epochs}) must be fewer than the "
-             f"run's epochs ({self.epochs})", ("early_crop_epochs", "epochs")),
-            (bool(self.early_crop) == bool(self.early_crop_epochs), "early_crop and early_crop_epochs go together: give "
-             "both (for example early_crop 24 and early_crop_epochs 6)", ("early_crop", "early_crop_epochs")),
-            (self.warmup_epochs < self.epochs, f"warmup_epochs ({self.warmup_epochs:g}) must be shorter than the run "
-             f"(epochs {self.epochs})", ("warmup_epochs", "epochs")),
-            (not (self.freeze_backbone and self.backbone_lr), "freeze_backbone and backbone_lr contradict each other; "
-             "pick one", ("freeze_backbone", "backbone_lr")),
-            (not self.val_groups or held_out, "val_groups decides how validation images are chosen: add val_split "
-             "(for example 0.2)", ("val_groups", "val_split")),
-            (self.early_stop == 0 or held_out, "early stopping (early_stop) watches validation accuracy: add val_split "
-             "(for example 5000)", ("early_stop", "val_split")),
+            (
+                not (self.nesterov and self.momentum == 0),
+                "nesterov needs a non-zero momentum",
+                ("nesterov", "momentum"),
+            ),
+            (
+                self.cutout <= self.image_size,
+                f"cutout ({self.cutout}) must fit in the image (image_size {self.image_size})",
+                ("cutout", "image_size"),
+            ),
+            (
+                self.early_crop < self.image_size,
+                f"early_crop must be smaller than the image size {self.image_size}, 0 = off (got {self.early_crop})",
+                ("early_crop",),
+            ),
+            (
+                self.early_crop_epochs < self.epochs,
+                f"early_crop_epochs ({self.early_crop_epochs}) must be fewer than the run's epochs ({self.epochs})",
+                ("early_crop_epochs", "epochs"),
+            ),
+            (
+                bool(self.early_crop) == bool(self.early_crop_epochs),
+                "early_crop and early_crop_epochs go together: give "
+                "both (for example early_crop 24 and early_crop_epochs 6)",
+                ("early_crop", "early_crop_epochs"),
+            ),
+            (
+                self.warmup_epochs < self.epochs,
+                f"warmup_epochs ({self.warmup_epochs:g}) must be shorter than the run (epochs {self.epochs})",
+                ("warmup_epochs", "epochs"),
+            ),
+            (
+                not (self.freeze_backbone and self.backbone_lr),
+                "freeze_backbone and backbone_lr contradict each other; pick one",
+                ("freeze_backbone", "backbone_lr"),
+            ),
+            (
+                not self.val_groups or held_out,
+                "val_groups decides how validation images are chosen: add val_split (for example 0.2)",
+                ("val_groups", "val_split"),
+            ),
+            (
+                self.early_stop == 0 or held_out,
+                "early stopping (early_stop) watches validation accuracy: add val_split (for example 5000)",
+                ("early_stop", "val_split"),
+            ),
         ]
 
     def to_dict(self) -> dict:
@@ -236,8 +376,9 @@ def count_or_fraction(value, what: str) -> int | float:
     except ValueError:
         number = math.nan
     if not (math.isfinite(number) and 0 < number < 1):
-        raise UsageError(f"{what} {value!r} is neither a count (5000) nor a fraction between 0 and 1 (0.1)",
-                         parameters=(what,))
+        raise UsageError(
+            f"{what} {value!r} is neither a count (5000) nor a fraction between 0 and 1 (0.1)", parameters=(what,)
+        )
     return number
 
 
@@ -262,8 +403,10 @@ def load_recipe(name_or_path: str = "seed", overrides: dict | None = None) -> Re
     else:
         path = Path(name_or_path)
         if not path.is_file():
-            raise UsageError(f"unknown recipe '{name_or_path}': use one of {', '.join(sorted(shipped))} or the path of "
-                             "a TOML file", parameters=("recipe",))
+            raise UsageError(
+                f"unknown recipe '{name_or_path}': use one of {', '.join(sorted(shipped))} or the path of a TOML file",
+                parameters=("recipe",),
+            )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
@@ -280,7 +423,13 @@ def rescaled(data: dict, epochs: int, keep: set[str] = frozenset(), where: str =
     the length, so the schedule keeps its shape (said in one warning when anything changes)."""
     default_epochs = Recipe.__dataclass_fields__["epochs"].default
     old = data.get("epochs", default_epochs)
-    if not isinstance(old, int) or not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1 or old == epochs:
+    if (
+        not isinstance(old, int)
+        or not isinstance(epochs, int)
+        or isinstance(epochs, bool)
+        or epochs < 1
+        or old == epochs
+    ):
         return data
     data, changed = dict(data), []
     for f in fields(Recipe):
@@ -296,8 +445,11 @@ def rescaled(data: dict, epochs: int, keep: set[str] = frozenset(), where: str =
         data["early_crop"] = 0
         changed.append("early_crop off (no epoch is left for it)")
     if changed:
-        warnings.warn(f"{where} is {old} epochs; at {epochs} its epoch-denominated fields scale with it: "
-                      f"{', '.join(changed)}", CnnlabWarning, stacklevel=3)
+        warnings.warn(
+            f"{where} is {old} epochs; at {epochs} its epoch-denominated fields scale with it: {', '.join(changed)}",
+            CnnlabWarning,
+            stacklevel=3,
+        )
     return data
 
 
@@ -390,13 +542,25 @@ def fields_markdown() -> str:
             k = declaration(f)
             if k.group != group or not k.cli:
                 continue
-            default = "on" if f.default is True else "off" if f.default is False else f"`{f.default}`" if f.default != "" else ""
-            name = f"`{flag(f.name)}`" + (f" / `--no-{f.name.replace('_', '-')}`" if f.type == "bool" else f" {metavar(f)}")
+            default = (
+                "on"
+                if f.default is True
+                else "off"
+                if f.default is False
+                else f"`{f.default}`"
+                if f.default != ""
+                else ""
+            )
+            name = f"`{flag(f.name)}`" + (
+                f" / `--no-{f.name.replace('_', '-')}`" if f.type == "bool" else f" {metavar(f)}"
+            )
             lines.append(f"| {group} | {name} | {default} | {in_flags(k.help)} |")
     options = {k: o for spec in MODELS.values() for k, o in spec.options.items()}
     for key, option in options.items():
-        lines.append(f"| model option | `{flag(key)}` / `--no-{key.replace('_', '-')}` | {'on' if option.default else 'off'} | "
-                     f"{option.help} |")
+        lines.append(
+            f"| model option | `{flag(key)}` / `--no-{key.replace('_', '-')}` | {'on' if option.default else 'off'} | "
+            f"{option.help} |"
+        )
     return "\n".join(lines)
 
 

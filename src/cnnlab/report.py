@@ -22,10 +22,12 @@ from .runfiles import read_json
 from .runs import atomic_write_bytes
 
 # Figures that other commands leave in a run folder, shown when present (title, file).
-EXTRA_FIGURES = [("Confused pairs (cnnlab confusion)", "confused_pairs.png"),
-                 ("First-layer filters (cnnlab inspect)", "filters.png"),
-                 ("Feature maps (cnnlab inspect)", "feature_maps.png"),
-                 ("Class evidence, Grad-CAM (cnnlab inspect)", "gradcam.png")]
+EXTRA_FIGURES = [
+    ("Confused pairs (cnnlab confusion)", "confused_pairs.png"),
+    ("First-layer filters (cnnlab inspect)", "filters.png"),
+    ("Feature maps (cnnlab inspect)", "feature_maps.png"),
+    ("Class evidence, Grad-CAM (cnnlab inspect)", "gradcam.png"),
+]
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -61,9 +63,12 @@ def write_report(runs: list[str | Path], out: str | Path | None = None, data=Non
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")
     title = f"cnnlab report: {names[0]}" if len(records) == 1 else f"cnnlab comparison of {len(records)} runs"
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>",
-             f"<style>{STYLE}</style></head><body>", f"<h1>{_e(title)}</h1>",
-             f"<p class='meta'>written {time.strftime('%Y-%m-%d %H:%M')} by cnnlab {__version__}</p>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f"<p class='meta'>written {time.strftime('%Y-%m-%d %H:%M')} by cnnlab {__version__}</p>",
+    ]
     if len(records) > 1:
         parts.append(_comparison(records, opened, names))
     for record, run, name in zip(records, opened, names):
@@ -79,7 +84,11 @@ def _ensure_figures(record: RunRecord, run, data) -> None:
     from .plots import RUN_PLOTS, make_run_plots
 
     confusion = _confusion(record)
-    if all((record.path / f).is_file() for f in RUN_PLOTS) and confusion and confusion.get("weights") == run.weights.describe():
+    if (
+        all((record.path / f).is_file() for f in RUN_PLOTS)
+        and confusion
+        and confusion.get("weights") == run.weights.describe()
+    ):
         return
     make_run_plots(record, run.test_predictions(data(run.image_size) if data is not None else None), run.weights)
 
@@ -95,9 +104,17 @@ def _confusion(record: RunRecord) -> dict | None:
     try:
         confusion = read_json(record.path / "confusion.json")
         classes, pairs = confusion["classes"], confusion["most_confused"]
-        ok = isinstance(classes, list) and isinstance(pairs, list) and all(
-            isinstance(p, dict) and all(isinstance(p.get(k), int) for k in ("a", "b", "total", "a_as_b", "b_as_a"))
-            and 0 <= p["a"] < len(classes) and 0 <= p["b"] < len(classes) for p in pairs)
+        ok = (
+            isinstance(classes, list)
+            and isinstance(pairs, list)
+            and all(
+                isinstance(p, dict)
+                and all(isinstance(p.get(k), int) for k in ("a", "b", "total", "a_as_b", "b_as_a"))
+                and 0 <= p["a"] < len(classes)
+                and 0 <= p["b"] < len(classes)
+                for p in pairs
+            )
+        )
     except (CnnlabError, KeyError, TypeError):
         return None
     return confusion if ok else None
@@ -107,10 +124,15 @@ def _robustness(path: Path) -> dict:
     result = read_json(path, "measure it again with cnnlab robustness RUN")
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
     table = result.get("table")
-    if not (isinstance(table, dict) and all(isinstance(v, list) and len(v) == 5 and all(map(number, v))
-                                            for v in table.values())
-            and number(result.get("clean_acc")) and number(result.get("mean_corruption_acc"))):
-        raise CnnlabError(f"{shown(path)} is damaged (not a robustness table); measure it again with cnnlab robustness RUN")
+    if not (
+        isinstance(table, dict)
+        and all(isinstance(v, list) and len(v) == 5 and all(map(number, v)) for v in table.values())
+        and number(result.get("clean_acc"))
+        and number(result.get("mean_corruption_acc"))
+    ):
+        raise CnnlabError(
+            f"{shown(path)} is damaged (not a robustness table); measure it again with cnnlab robustness RUN"
+        )
     return result
 
 
@@ -131,19 +153,23 @@ def _figure_png(fig_maker) -> str:
 
 
 def _comparison(records: list[RunRecord], opened: list, names: list[str]) -> str:
-    rows = ["<h2>Comparison</h2><table><tr><th>run</th><th>model</th><th>recipe</th><th>epochs</th>"
-            "<th>test acc (weights)</th><th>best held-out acc (epoch)</th><th>train-held-out gap</th><th>verdict</th>"
-            "<th>train time</th></tr>"]
+    rows = [
+        "<h2>Comparison</h2><table><tr><th>run</th><th>model</th><th>recipe</th><th>epochs</th>"
+        "<th>test acc (weights)</th><th>best held-out acc (epoch)</th><th>train-held-out gap</th><th>verdict</th>"
+        "<th>train time</th></tr>"
+    ]
     for record, run, name in zip(records, opened, names):
         recipe = record.config.get("recipe", {})
         d = diagnose(record)
         last = record.rows[-1]
         seconds = sum(r.get("seconds", 0) for r in record.rows)
-        rows.append(f"<tr><td>{_e(name)}</td><td>{_e(recipe.get('model', '?'))}</td><td>{_e(recipe.get('name', '?'))}</td>"
-                    f"<td class='num'>{last['epoch']}</td><td class='num'>{_weights_accuracy(record, run):.2f}% "
-                    f"({_e(run.weights.describe())})</td>"
-                    f"<td class='num'>{d.numbers['best_eval_acc']:.2f}% ({d.numbers['best_epoch']})</td>"
-                    f"<td class='num'>{d.numbers['gap']:+.2f}</td><td>{_e(d.verdict)}</td><td class='num'>{seconds:.0f} s</td></tr>")
+        rows.append(
+            f"<tr><td>{_e(name)}</td><td>{_e(recipe.get('model', '?'))}</td><td>{_e(recipe.get('name', '?'))}</td>"
+            f"<td class='num'>{last['epoch']}</td><td class='num'>{_weights_accuracy(record, run):.2f}% "
+            f"({_e(run.weights.describe())})</td>"
+            f"<td class='num'>{d.numbers['best_eval_acc']:.2f}% ({d.numbers['best_epoch']})</td>"
+            f"<td class='num'>{d.numbers['gap']:+.2f}</td><td>{_e(d.verdict)}</td><td class='num'>{seconds:.0f} s</td></tr>"
+        )
     rows.append("</table>")
 
     def draw():
@@ -153,8 +179,14 @@ def _comparison(records: list[RunRecord], opened: list, names: list[str]) -> str
         ax = fig.subplots()
         for k, (record, name) in enumerate(zip(records, names)):
             split = record.eval_split
-            ax.plot([r["epoch"] for r in record.rows], [r[f"{split}_acc"] for r in record.rows], "o-", ms=3,
-                    color=f"C{k % 10}", label=f"{name} ({split})")
+            ax.plot(
+                [r["epoch"] for r in record.rows],
+                [r[f"{split}_acc"] for r in record.rows],
+                "o-",
+                ms=3,
+                color=f"C{k % 10}",
+                label=f"{name} ({split})",
+            )
         ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Held-out accuracy per epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
@@ -167,7 +199,7 @@ def _comparison(records: list[RunRecord], opened: list, names: list[str]) -> str
 
 def _run_section(record: RunRecord, run, name: str, level: int | None) -> str:
     h = (lambda text: f"<h{level}>{_e(text)}</h{level}>") if level else (lambda text: "")
-    sub = (lambda text: f"<h{(level or 1) + 1}>{_e(text)}</h{(level or 1) + 1}>")
+    sub = lambda text: f"<h{(level or 1) + 1}>{_e(text)}</h{(level or 1) + 1}>"
     config, summary, last = record.config, record.summary, record.rows[-1]
     recipe = config.get("recipe", {})
     d = diagnose(record)
@@ -175,18 +207,25 @@ def _run_section(record: RunRecord, run, name: str, level: int | None) -> str:
     if not summary:
         out.append("<p><b>This run has not finished</b>: the numbers below are from its last completed epoch.</p>")
 
-    cards = [(f"test accuracy, {run.weights.describe()}", f"{_weights_accuracy(record, run):.2f}%"),
-             (f"best {d.numbers['split']} accuracy", f"{d.numbers['best_eval_acc']:.2f}% (epoch {d.numbers['best_epoch']})"),
-             ("epochs", f"{last['epoch']}" + (" (stopped early)" if summary.get("stopped_early") else "")),
-             ("training time", f"{sum(r.get('seconds', 0) for r in record.rows):.0f} s"),
-             ("parameters", f"{config.get('parameters', 0):,}"),
-             ("device", f"{config.get('device', '?')} ({config.get('precision', '?')})")]
+    cards = [
+        (f"test accuracy, {run.weights.describe()}", f"{_weights_accuracy(record, run):.2f}%"),
+        (f"best {d.numbers['split']} accuracy", f"{d.numbers['best_eval_acc']:.2f}% (epoch {d.numbers['best_epoch']})"),
+        ("epochs", f"{last['epoch']}" + (" (stopped early)" if summary.get("stopped_early") else "")),
+        ("training time", f"{sum(r.get('seconds', 0) for r in record.rows):.0f} s"),
+        ("parameters", f"{config.get('parameters', 0):,}"),
+        ("device", f"{config.get('device', '?')} ({config.get('precision', '?')})"),
+    ]
     out.append("<div class='headline'>" + "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in cards) + "</div>")
 
     out.append(sub("Diagnosis"))
-    out.append(f"<p>Verdict: <span class='verdict'>{_e(d.verdict)}</span></p><ul>"
-               + "".join(f"<li>{_e(r)}</li>" for r in d.reasons) + "</ul>")
-    out.append("<p>Remedies, most promising first:</p><ol>" + "".join(f"<li>{_e(r)}</li>" for r in d.remedies) + "</ol>")
+    out.append(
+        f"<p>Verdict: <span class='verdict'>{_e(d.verdict)}</span></p><ul>"
+        + "".join(f"<li>{_e(r)}</li>" for r in d.reasons)
+        + "</ul>"
+    )
+    out.append(
+        "<p>Remedies, most promising first:</p><ol>" + "".join(f"<li>{_e(r)}</li>" for r in d.remedies) + "</ol>"
+    )
     out += [f"<p class='meta'>Note: {_e(n)}</p>" for n in d.notes]
 
     out.append(sub("Learning curves"))
@@ -200,8 +239,10 @@ def _run_section(record: RunRecord, run, name: str, level: int | None) -> str:
         out.append("<table><tr><th>most confused pair</th><th>errors</th><th>one way</th><th>the other way</th></tr>")
         for p in confusion["most_confused"]:
             a, b = classes[p["a"]], classes[p["b"]]
-            out.append(f"<tr><td>{_e(a)} / {_e(b)}</td><td class='num'>{p['total']}</td>"
-                       f"<td>{_e(a)} taken for {_e(b)}: {p['a_as_b']}</td><td>{_e(b)} taken for {_e(a)}: {p['b_as_a']}</td></tr>")
+            out.append(
+                f"<tr><td>{_e(a)} / {_e(b)}</td><td class='num'>{p['total']}</td>"
+                f"<td>{_e(a)} taken for {_e(b)}: {p['a_as_b']}</td><td>{_e(b)} taken for {_e(a)}: {p['b_as_a']}</td></tr>"
+            )
         out.append("</table>")
     out.append(sub("Per-class accuracy"))
     out.append(_img(record.path / "per_class.png", "per-class accuracy"))
@@ -215,29 +256,52 @@ def _run_section(record: RunRecord, run, name: str, level: int | None) -> str:
         out.append(_robustness_section(_robustness(record.path / "robustness.json"), record.path, sub))
 
     out.append(sub("Configuration"))
-    out.append("<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in recipe.items()) + "</table>")
+    out.append(
+        "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in recipe.items()) + "</table>"
+    )
     data = config.get("data", {})
-    out.append(f"<p>Data: {_e(data.get('source', '?'))} (checksum {_e(data.get('checksum', '?'))}), "
-               f"{data.get('train_used', '?')} training images, {data.get('val_held_out', 0)} held out for validation. "
-               f"Versions: {_e(', '.join(f'{k} {v}' for k, v in config.get('versions', {}).items()))}.</p>")
+    out.append(
+        f"<p>Data: {_e(data.get('source', '?'))} (checksum {_e(data.get('checksum', '?'))}), "
+        f"{data.get('train_used', '?')} training images, {data.get('val_held_out', 0)} held out for validation. "
+        f"Versions: {_e(', '.join(f'{k} {v}' for k, v in config.get('versions', {}).items()))}.</p>"
+    )
     out.append(sub("Metrics per epoch"))
-    columns = [c for c in ("epoch", "lr", "train_loss", "train_acc", "val_acc", "test_loss", "test_acc", "seconds") if c in last]
-    out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>"
-               + "".join("<tr>" + "".join(f"<td class='num'>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in record.rows)
-               + "</table>")
+    columns = [
+        c
+        for c in ("epoch", "lr", "train_loss", "train_acc", "val_acc", "test_loss", "test_acc", "seconds")
+        if c in last
+    ]
+    out.append(
+        "<table><tr>"
+        + "".join(f"<th>{c}</th>" for c in columns)
+        + "</tr>"
+        + "".join(
+            "<tr>" + "".join(f"<td class='num'>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in record.rows
+        )
+        + "</table>"
+    )
     return "\n".join(out)
 
 
 def _robustness_section(result: dict, folder: Path, sub) -> str:
-    out = [sub("Robustness under corruption (cnnlab robustness)"),
-           f"<p>Clean test accuracy {result['clean_acc']:.2f}%; mean over {len(result['table'])} corruptions and 5 "
-           f"severities <b>{result['mean_corruption_acc']:.2f}%</b>. The corruptions are generated in the manner of "
-           f"CIFAR-10-C (seed {result['seed']}), not read from the published files.</p>"]
+    out = [
+        sub("Robustness under corruption (cnnlab robustness)"),
+        f"<p>Clean test accuracy {result['clean_acc']:.2f}%; mean over {len(result['table'])} corruptions and 5 "
+        f"severities <b>{result['mean_corruption_acc']:.2f}%</b>. The corruptions are generated in the manner of "
+        f"CIFAR-10-C (seed {result['seed']}), not read from the published files.</p>",
+    ]
     if (folder / "robustness.png").is_file():
         out.append(_img(folder / "robustness.png", "accuracy under corruption"))
-    out.append("<table><tr><th>corruption</th>" + "".join(f"<th>severity {s}</th>" for s in range(1, 6)) + "</tr>"
-               + "".join(f"<tr><td>{_e(name)}</td>" + "".join(f"<td class='num'>{a:.2f}</td>" for a in accs) + "</tr>"
-                         for name, accs in result["table"].items()) + "</table>")
+    out.append(
+        "<table><tr><th>corruption</th>"
+        + "".join(f"<th>severity {s}</th>" for s in range(1, 6))
+        + "</tr>"
+        + "".join(
+            f"<tr><td>{_e(name)}</td>" + "".join(f"<td class='num'>{a:.2f}</td>" for a in accs) + "</tr>"
+            for name, accs in result["table"].items()
+        )
+        + "</table>"
+    )
     return "\n".join(out)
 
 

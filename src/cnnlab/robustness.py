@@ -38,7 +38,7 @@ def _noise_impulse(x, c, g):
 def _gaussian_blur(x, sigma, g):
     radius = max(1, int(4 * sigma + 0.5))  # skimage's default truncation at 4 sigma
     t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    kernel = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
     kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
     padded = F.pad(x, (radius, radius, 0, 0), mode="reflect")
     x = F.conv2d(padded, kernel, groups=3)
@@ -92,21 +92,24 @@ def _pixelate(x, c, g):
 @dataclass(frozen=True)
 class Corruption:
     name: str
-    apply: object            # (x in [0, 1] float [N, 3, H, W], parameter, generator) -> x
-    parameters: tuple         # one per severity, 1 to 5
+    apply: object  # (x in [0, 1] float [N, 3, H, W], parameter, generator) -> x
+    parameters: tuple  # one per severity, 1 to 5
 
 
-CORRUPTIONS = {c.name: c for c in (
-    Corruption("gaussian_noise", _noise_gaussian, (0.04, 0.06, 0.08, 0.09, 0.10)),
-    Corruption("shot_noise", _noise_shot, (500, 250, 100, 75, 50)),
-    Corruption("impulse_noise", _noise_impulse, (0.01, 0.02, 0.03, 0.05, 0.07)),
-    Corruption("gaussian_blur", _gaussian_blur, (0.4, 0.6, 0.7, 0.8, 1.0)),
-    Corruption("brightness", _brightness, (0.05, 0.1, 0.15, 0.2, 0.3)),
-    Corruption("contrast", _contrast, (0.75, 0.5, 0.4, 0.3, 0.15)),
-    Corruption("saturate", _saturate, ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2))),
-    Corruption("jpeg_compression", _jpeg, (80, 65, 58, 50, 40)),
-    Corruption("pixelate", _pixelate, (0.95, 0.9, 0.85, 0.75, 0.65)),
-)}
+CORRUPTIONS = {
+    c.name: c
+    for c in (
+        Corruption("gaussian_noise", _noise_gaussian, (0.04, 0.06, 0.08, 0.09, 0.10)),
+        Corruption("shot_noise", _noise_shot, (500, 250, 100, 75, 50)),
+        Corruption("impulse_noise", _noise_impulse, (0.01, 0.02, 0.03, 0.05, 0.07)),
+        Corruption("gaussian_blur", _gaussian_blur, (0.4, 0.6, 0.7, 0.8, 1.0)),
+        Corruption("brightness", _brightness, (0.05, 0.1, 0.15, 0.2, 0.3)),
+        Corruption("contrast", _contrast, (0.75, 0.5, 0.4, 0.3, 0.15)),
+        Corruption("saturate", _saturate, ((0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (2.5, 0.2))),
+        Corruption("jpeg_compression", _jpeg, (80, 65, 58, 50, 40)),
+        Corruption("pixelate", _pixelate, (0.95, 0.9, 0.85, 0.75, 0.65)),
+    )
+}
 
 
 def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
@@ -120,8 +123,15 @@ def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> to
     return (out.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def robustness_table(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, accuracy_of,
-                     names: list[str] | None = None, seed: int = 0, progress=None) -> dict:
+def robustness_table(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    accuracy_of,
+    names: list[str] | None = None,
+    seed: int = 0,
+    progress=None,
+) -> dict:
     """Accuracy on the clean images and under each corruption and severity.
 
     `accuracy_of(model, uint8 images, labels) -> percent` does the evaluation (normalisation, batches,
@@ -148,13 +158,20 @@ def robustness_table(model: torch.nn.Module, images: torch.Tensor, labels: torch
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{'corruption':<18}" + "".join(f"{'sev ' + str(s):>8}" for s in range(1, SEVERITIES + 1)) + f"{'mean':>8}"]
+    lines = [
+        f"{'corruption':<18}" + "".join(f"{'sev ' + str(s):>8}" for s in range(1, SEVERITIES + 1)) + f"{'mean':>8}"
+    ]
     for name, accs in result["table"].items():
         lines.append(f"{name:<18}" + "".join(f"{a:8.2f}" for a in accs) + f"{sum(accs) / len(accs):8.2f}")
-    lines.append(f"{'mean':<18}" + "".join(f"{a:8.2f}" for a in result["mean_by_severity"]) +
-                 f"{result['mean_corruption_acc']:8.2f}")
-    lines.append(f"clean accuracy {result['clean_acc']:.2f}%, mean corruption accuracy {result['mean_corruption_acc']:.2f}% "
-                 f"(generated corruptions, seed {result['seed']}; not the published CIFAR-10-C files)")
+    lines.append(
+        f"{'mean':<18}"
+        + "".join(f"{a:8.2f}" for a in result["mean_by_severity"])
+        + f"{result['mean_corruption_acc']:8.2f}"
+    )
+    lines.append(
+        f"clean accuracy {result['clean_acc']:.2f}%, mean corruption accuracy {result['mean_corruption_acc']:.2f}% "
+        f"(generated corruptions, seed {result['seed']}; not the published CIFAR-10-C files)"
+    )
     return "\n".join(lines)
 
 

@@ -29,8 +29,9 @@ def _data(args, run):
 
     if args.data is None:
         return run.dataset()
-    return run.dataset(load_dataset(args.data, root=args.data_root, image_size=args.image_size or run.image_size,
-                                    mirror=args.mirror))
+    return run.dataset(
+        load_dataset(args.data, root=args.data_root, image_size=args.image_size or run.image_size, mirror=args.mirror)
+    )
 
 
 def cmd_evaluate(args) -> int:
@@ -41,12 +42,16 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(report))
         return 0
     tta = " with test-time augmentation" if args.tta else ""
-    print(f"{shown(run.folder or run.weights.file)}, {run.weights.describe()}: test accuracy {report['test_acc']:.2f}%{tta} "
-          f"on {report['test_images']} images (loss {report['test_loss']:.4f})")
+    print(
+        f"{shown(run.folder or run.weights.file)}, {run.weights.describe()}: test accuracy {report['test_acc']:.2f}%{tta} "
+        f"on {report['test_images']} images (loss {report['test_loss']:.4f})"
+    )
     if "duplicate_free" in report:
         free = report["duplicate_free"]
-        print(f"  without the {free['excluded']} test images duplicated in train: {free['test_acc']:.2f}% on "
-              f"{free['test_images']} images (on the duplicated ones: {free['acc_on_excluded']:.2f}%)")
+        print(
+            f"  without the {free['excluded']} test images duplicated in train: {free['test_acc']:.2f}% on "
+            f"{free['test_images']} images (on the duplicated ones: {free['acc_on_excluded']:.2f}%)"
+        )
     width = max(len(c) for c in data.classes)
     for cls, acc in report["per_class_acc"].items():
         print(f"  {cls:<{width}}  {acc:6.2f}%")
@@ -63,8 +68,10 @@ def cmd_predict(args) -> int:
     failed = [r for r in results if r.error]
     skipped = [r for r in results if r.skipped]
     if not args.json:
-        print(f"weights: {shown(run.weights.file)} (epoch {run.weights.epoch}"
-              + (f", chosen on {run.weights.chosen_on})" if run.weights.chosen_on else ")"))
+        print(
+            f"weights: {shown(run.weights.file)} (epoch {run.weights.epoch}"
+            + (f", chosen on {run.weights.chosen_on})" if run.weights.chosen_on else ")")
+        )
     for r in results:
         if r.error:
             print(f"cnnlab predict: error: {shown(' '.join(r.error.split()))}", file=sys.stderr)
@@ -73,11 +80,17 @@ def cmd_predict(args) -> int:
         elif not (r.error or r.skipped):
             print(f"{shown(r.image)}  " + "  ".join(f"{c} {100 * p:.1f}%" for c, p in r.top))
     if skipped and not args.json:
-        print(f"cnnlab predict: note: {len(skipped)} file(s) in the folders given are not images and were skipped "
-              f"(first: {shown(skipped[0].image)})", file=sys.stderr)
+        print(
+            f"cnnlab predict: note: {len(skipped)} file(s) in the folders given are not images and were skipped "
+            f"(first: {shown(skipped[0].image)})",
+            file=sys.stderr,
+        )
     if failed and len(results) - len(skipped) > 1:
-        print(f"cnnlab predict: {len(failed)} of {len(results) - len(skipped)} files could not be read (named above); "
-              "the others were predicted", file=sys.stderr)
+        print(
+            f"cnnlab predict: {len(failed)} of {len(results) - len(skipped)} files could not be read (named above); "
+            "the others were predicted",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 
@@ -101,15 +114,25 @@ def cmd_inspect(args) -> int:
         indices = args.test_index or _one_per_class(data)
         bad = [i for i in indices if not 0 <= i < len(data.test_labels)]
         if bad:
-            raise UsageError(f"--test-index {bad[0]} is out of range: the test split has {len(data.test_labels)} images "
-                             f"(0 to {len(data.test_labels) - 1})")
+            raise UsageError(
+                f"--test-index {bad[0]} is out of range: the test split has {len(data.test_labels)} images "
+                f"(0 to {len(data.test_labels) - 1})"
+            )
         images.append(data.test_images[indices])
         labels += [int(data.test_labels[i]) for i in indices]
         names += [f"test #{i}" for i in indices]
     out_dir = Path(args.out_dir) if args.out_dir else (run.folder or run.weights.file.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = inspect_model(run.model.cpu(), torch.cat(images), labels, names, run.classes, run.checkpoint["mean"],
-                           run.checkpoint["std"], out_dir)
+    result = inspect_model(
+        run.model.cpu(),
+        torch.cat(images),
+        labels,
+        names,
+        run.classes,
+        run.checkpoint["mean"],
+        run.checkpoint["std"],
+        out_dir,
+    )
     print(f"weights: {run.weights.describe()}")
     print(result.summary())
     for item in result.images:
@@ -141,10 +164,14 @@ def cmd_export(args) -> int:
     from .export import check_export, export_model
 
     run = _open(args)
-    default = (run.folder or run.weights.file.parent) / ("model.onnx" if args.format == "onnx" else "model.torchscript.pt")
+    default = (run.folder or run.weights.file.parent) / (
+        "model.onnx" if args.format == "onnx" else "model.torchscript.pt"
+    )
     out = export_model(run, args.format, Path(args.out) if args.out else default, args.input_type)
-    print(f"{out}: {args.format} of {run.weights.describe()}, input images [N, 3, {run.image_size}, {run.image_size}] "
-          f"{args.input_type if args.format == 'onnx' else 'uint8 or float'}, outputs logits and probabilities")
+    print(
+        f"{out}: {args.format} of {run.weights.describe()}, input images [N, 3, {run.image_size}, {run.image_size}] "
+        f"{args.input_type if args.format == 'onnx' else 'uint8 or float'}, outputs logits and probabilities"
+    )
     difference = check_export(run, out, args.input_type) if args.format == "onnx" else None
     if difference is not None:
         print(f"checked with ONNX Runtime on 8 random images: max |logit difference| from PyTorch {difference:.2e}")
@@ -189,19 +216,40 @@ def cmd_confusion(args) -> int:
     matrix, classes = predictions.confusion(), predictions.classes
     pairs = most_confused(matrix, args.top)
     gallery = plot_pair_gallery(predictions, pairs, record.path / "confused_pairs.png")
-    named = [{"classes": [classes[p["a"]], classes[p["b"]]], "total": p["total"],
-              f"{classes[p['a']]} as {classes[p['b']]}": p["a_as_b"], f"{classes[p['b']]} as {classes[p['a']]}": p["b_as_a"]}
-             for p in pairs]
+    named = [
+        {
+            "classes": [classes[p["a"]], classes[p["b"]]],
+            "total": p["total"],
+            f"{classes[p['a']]} as {classes[p['b']]}": p["a_as_b"],
+            f"{classes[p['b']]} as {classes[p['a']]}": p["b_as_a"],
+        }
+        for p in pairs
+    ]
     if args.json:
-        print(json.dumps({"run": str(record.path), "weights": run.weights.to_dict(), "accuracy": predictions.accuracy,
-                          "classes": classes, "matrix": matrix.tolist(), "most_confused": named, "gallery": str(gallery)}))
+        print(
+            json.dumps(
+                {
+                    "run": str(record.path),
+                    "weights": run.weights.to_dict(),
+                    "accuracy": predictions.accuracy,
+                    "classes": classes,
+                    "matrix": matrix.tolist(),
+                    "most_confused": named,
+                    "gallery": str(gallery),
+                }
+            )
+        )
         return 0
-    print(f"confusion of {run.weights.describe()} on {int(matrix.sum())} test images ({predictions.accuracy:.2f}% right)")
+    print(
+        f"confusion of {run.weights.describe()} on {int(matrix.sum())} test images ({predictions.accuracy:.2f}% right)"
+    )
     print(format_matrix(matrix, classes))
     print(f"\nmost confused pairs (of {int(matrix.sum() - matrix.trace())} errors on {int(matrix.sum())} test images):")
     for k, p in enumerate(pairs, start=1):
         a, b = classes[p["a"]], classes[p["b"]]
-        print(f"  {k}. {a} / {b}: {p['total']} errors ({a} taken for {b} {p['a_as_b']}, {b} taken for {a} {p['b_as_a']})")
+        print(
+            f"  {k}. {a} / {b}: {p['total']} errors ({a} taken for {b} {p['a_as_b']}, {b} taken for {a} {p['b_as_a']})"
+        )
     print(f"gallery of their misclassified images: {gallery}")
     return 0
 
@@ -214,7 +262,9 @@ def format_matrix(matrix, classes: list[str]) -> str:
     lines = [" " * (label + 2) + "".join(f"{s:>{width}}" for s in short) + "   <- predicted"]
     for i, name in enumerate(classes):
         right = 100.0 * int(matrix[i, i]) / max(1, int(matrix[i].sum()))
-        lines.append(f"{name:>{label}}  " + "".join(f"{int(v):>{width}}" for v in matrix[i]) + f"   {right:5.1f}% right")
+        lines.append(
+            f"{name:>{label}}  " + "".join(f"{int(v):>{width}}" for v in matrix[i]) + f"   {right:5.1f}% right"
+        )
     lines.append(f"{'(true)':>{label}}")
     return "\n".join(lines)
 
@@ -223,8 +273,15 @@ def cmd_report(args) -> int:
     from .data import load_dataset
     from .report import write_report
 
-    data = (lambda size: load_dataset(args.data, root=args.data_root, image_size=args.image_size or size,
-                                      mirror=args.mirror)) if args.data else None
+    data = (
+        (
+            lambda size: load_dataset(
+                args.data, root=args.data_root, image_size=args.image_size or size, mirror=args.mirror
+            )
+        )
+        if args.data
+        else None
+    )
     print(write_report(args.runs, out=args.out, data=data, weights=args.weights))
     return 0
 
@@ -241,8 +298,11 @@ def cmd_robustness(args) -> int:
     run = _open(args)
     if run.folder is None:
         raise CnnlabError(f"{shown(args.run)}: robustness writes into a run folder; pass the run's folder")
-    show = None if args.json or not sys.stderr.isatty() else (
-        lambda name, severity, acc: print(f"  {name} severity {severity}: {acc:.2f}%", file=sys.stderr))
+    show = (
+        None
+        if args.json or not sys.stderr.isatty()
+        else (lambda name, severity, acc: print(f"  {name} severity {severity}: {acc:.2f}%", file=sys.stderr))
+    )
     result = measure_robustness(run, _data(args, run), names, args.seed, show)
     if args.json:
         print(json.dumps(result))

@@ -96,8 +96,11 @@ def _good_row(row, before: list[dict]) -> bool:
     if not any(finite(row.get(f"{split}_acc")) for split in ("test", "val")):
         return False
     expected = before[-1]["epoch"] + 1 if before else row["epoch"]
-    return row["epoch"] == expected and row["epoch"] >= 1 and all(finite(v) or not isinstance(v, (int, float))
-                                                                   for v in row.values())
+    return (
+        row["epoch"] == expected
+        and row["epoch"] >= 1
+        and all(finite(v) or not isinstance(v, (int, float)) for v in row.values())
+    )
 
 
 def resolve_checkpoint(run_or_checkpoint: str | Path, which: str = "best.pt") -> Path:
@@ -122,15 +125,27 @@ def load_tensors(path: str | Path):
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found is None:  # not a pickle at all, or a damaged one
-            raise CnnlabError(f"{shown(path)} is not a readable PyTorch checkpoint (damaged or another format); "
-                              "check the file") from None
+            raise CnnlabError(
+                f"{shown(path)} is not a readable PyTorch checkpoint (damaged or another format); check the file"
+            ) from None
         raise CnnlabError(
             f"{shown(path)} contains pickled Python objects that could run code (it references {found.group(1)}); "
             "cnnlab loads only tensors and plain data. Re-save it with torch.save(model.state_dict(), ...) from code "
             "you trust"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError, IndexError,
-            MemoryError, OverflowError, RecursionError) as e:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        MemoryError,
+        OverflowError,
+        RecursionError,
+    ) as e:
         raise CnnlabError(f"{shown(path)} is not a readable PyTorch checkpoint ({brief(e)}); check the file") from None
 
 
@@ -140,12 +155,16 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     payload = load_tensors(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CnnlabError(f"{shown(path)} is not a cnnlab checkpoint (no '{CHECKPOINT_FORMAT}' header); pass a run "
-                          "folder or a .pt written by cnnlab")
+        raise CnnlabError(
+            f"{shown(path)} is not a cnnlab checkpoint (no '{CHECKPOINT_FORMAT}' header); pass a run "
+            "folder or a .pt written by cnnlab"
+        )
     problem = checkpoint_problem(payload)
     if problem:
-        raise CnnlabError(f"{shown(path)} is a damaged cnnlab checkpoint ({problem}); use another checkpoint of the run "
-                          "(last.pt or best.pt), or train it again")
+        raise CnnlabError(
+            f"{shown(path)} is a damaged cnnlab checkpoint ({problem}); use another checkpoint of the run "
+            "(last.pt or best.pt), or train it again"
+        )
     return payload
 
 
@@ -156,22 +175,39 @@ def checkpoint_problem(payload: dict) -> str:
     checks = [
         ("model", lambda v: isinstance(v, str) and v, "a model name"),
         ("num_classes", lambda v: integer(v) and v >= 1, "a class count"),
-        ("classes", lambda v: isinstance(v, list) and len(v) == payload.get("num_classes")
-         and all(isinstance(c, str) for c in v), "one name per class"),
-        ("mean", lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(number(x) for x in v), "3 channel means"),
-        ("std", lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(number(x) and x > 0 for x in v),
-         "3 positive channel stds"),
+        (
+            "classes",
+            lambda v: (
+                isinstance(v, list) and len(v) == payload.get("num_classes") and all(isinstance(c, str) for c in v)
+            ),
+            "one name per class",
+        ),
+        (
+            "mean",
+            lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(number(x) for x in v),
+            "3 channel means",
+        ),
+        (
+            "std",
+            lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(number(x) and x > 0 for x in v),
+            "3 positive channel stds",
+        ),
         ("image_size", lambda v: integer(v) and 8 <= v <= 512, "an image size from 8 to 512"),
         ("epoch", lambda v: integer(v) and v >= 0, "an epoch count"),
-        ("state_dict", lambda v: isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values()),
-         "the weights"),
+        (
+            "state_dict",
+            lambda v: isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values()),
+            "the weights",
+        ),
     ]
     for key, ok, what in checks:
         if key not in payload:
             return f"no '{key}' field"
         if not ok(payload[key]):
             return f"'{key}' is not {what}"
-    bad = next((k for k, t in payload["state_dict"].items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    bad = next(
+        (k for k, t in payload["state_dict"].items() if t.is_floating_point() and not torch.isfinite(t).all()), None
+    )
     if bad is not None:
         return f"the weights {bad} are not finite numbers (NaN or infinity)"
     return ""

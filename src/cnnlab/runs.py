@@ -21,8 +21,22 @@ from .errors import CnnlabError, UsageError
 from .names import shown
 
 CHECKPOINT_FORMAT = "cnnlab-checkpoint"
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                  "seconds", "images_per_s", "ema_val_acc", "ema_test_acc", "tta_test_acc", "tta_test_loss"]
+METRIC_COLUMNS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "seconds",
+    "images_per_s",
+    "ema_val_acc",
+    "ema_test_acc",
+    "tta_test_acc",
+    "tta_test_loss",
+]
 
 
 # A test hook for the crash tests: "last.pt:3" makes this process SIGKILL itself during its third write
@@ -42,7 +56,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise CnnlabError(f"could not write {path} ({e.strerror or e}); free some disk space or choose another --runs-dir") from None
+        raise CnnlabError(
+            f"could not write {path} ({e.strerror or e}); free some disk space or choose another --runs-dir"
+        ) from None
 
 
 def _maybe_die_mid_write(name: str) -> None:
@@ -62,10 +78,19 @@ def atomic_write_json(path: Path, obj) -> None:
 
 def check_run_name(name: str) -> str:
     """A run folder's name: one path component, not hidden, without control characters."""
-    if (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or os.sep in name
-            or not name.isprintable()):
-        raise UsageError(f"--name {shown(name)!r} is not a usable folder name: use one name without '/', a leading "
-                         "'.' or control characters (letters, digits, '-' and '_' are safe)")
+    if (
+        not name
+        or name in (".", "..")
+        or name.startswith(".")
+        or "/" in name
+        or "\\" in name
+        or os.sep in name
+        or not name.isprintable()
+    ):
+        raise UsageError(
+            f"--name {shown(name)!r} is not a usable folder name: use one name without '/', a leading "
+            "'.' or control characters (letters, digits, '-' and '_' are safe)"
+        )
     return name
 
 
@@ -78,13 +103,17 @@ def claim_run_folder(runs_dir: str | Path, name: str | None, stem: str) -> Path:
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CnnlabError(f"cannot create the runs folder {runs_dir} ({e.strerror}); choose another --runs-dir") from None
+        raise CnnlabError(
+            f"cannot create the runs folder {runs_dir} ({e.strerror}); choose another --runs-dir"
+        ) from None
     if name is not None:
         check_run_name(name)
         try:
             (runs_dir / name).mkdir()
         except FileExistsError:
-            raise CnnlabError(f"run {runs_dir / name} already exists; choose another --name (runs are never overwritten)") from None
+            raise CnnlabError(
+                f"run {runs_dir / name} already exists; choose another --name (runs are never overwritten)"
+            ) from None
         return runs_dir / name
     base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     for k in range(1, 10_000):

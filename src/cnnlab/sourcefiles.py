@@ -17,28 +17,36 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from .download import check_member_name
 from .errors import CnnlabError, brief
 from .names import shown
 
-MAX_MEMBER_BYTES = 256 << 20   # one image, inflated: far above any photo a CIFAR-class model is given
-MAX_ARCHIVE_BYTES = 16 << 30   # every member together, inflated
+MAX_MEMBER_BYTES = 256 << 20  # one image, inflated: far above any photo a CIFAR-class model is given
+MAX_ARCHIVE_BYTES = 16 << 30  # every member together, inflated
 MAX_MEMBERS = 1_000_000
 CHUNK = 1 << 20
 
 # What an archive error can look like coming out of tarfile, zipfile and zlib (an encrypted zip member
 # raises RuntimeError, an unsupported compression method NotImplementedError).
-ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
+ARCHIVE_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    RuntimeError,
+    NotImplementedError,
+)
 
 
 @dataclass(frozen=True)
 class SourceFile:
-    name: str    # the path inside the source, '/'-separated, spelled as the OS or the archive spells it
-    size: int    # bytes (declared, for archive members)
+    name: str  # the path inside the source, '/'-separated, spelled as the OS or the archive spells it
+    size: int  # bytes (declared, for archive members)
     mtime_ns: int = 0
 
     @property
@@ -48,7 +56,9 @@ class SourceFile:
 
 def is_litter(name: str) -> bool:
     """Hidden files and folders, and the `__MACOSX` folder zip adds on a Mac."""
-    return any(part.startswith(".") and part not in (".", "..") or part == "__MACOSX" for part in name.split("/") if part)
+    return any(
+        part.startswith(".") and part not in (".", "..") or part == "__MACOSX" for part in name.split("/") if part
+    )
 
 
 def is_archive(path: Path) -> bool:
@@ -93,7 +103,9 @@ def _read_capped(stream, archive: Path, name: str, budget: list[int]) -> bytes:
         total += len(chunk)
         budget[0] -= len(chunk)
         if total > MAX_MEMBER_BYTES:
-            raise _too_large(archive, name, f"inflates to more than {MAX_MEMBER_BYTES >> 20} MiB, the limit for one member")
+            raise _too_large(
+                archive, name, f"inflates to more than {MAX_MEMBER_BYTES >> 20} MiB, the limit for one member"
+            )
         if budget[0] < 0:
             raise _too_large(archive, name, f"takes the archive past {MAX_ARCHIVE_BYTES >> 30} GiB inflated, the limit")
         chunks.append(chunk)
@@ -101,15 +113,22 @@ def _read_capped(stream, archive: Path, name: str, budget: list[int]) -> bytes:
 
 
 def _too_large(archive: Path, name: str, what: str) -> CnnlabError:
-    return CnnlabError(f"{shown(archive)}: member '{shown(name)}' {what}; if the archive is genuine, unpack it and "
-                       "pass the folder instead")
+    return CnnlabError(
+        f"{shown(archive)}: member '{shown(name)}' {what}; if the archive is genuine, unpack it and "
+        "pass the folder instead"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-              (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
 
 
 def special_kind(mode: int) -> str | None:
@@ -143,7 +162,9 @@ def _list_folder(root: Path, exclude: tuple[Path, ...]) -> Iterator[SourceFile]:
             dirnames[:] = []
             continue  # a link back into the tree: its files are listed where it points
         walked.add((here.st_dev, here.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not is_litter(d) and os.path.realpath(os.path.join(dirpath, d)) not in skip)
+        dirnames[:] = sorted(
+            d for d in dirnames if not is_litter(d) and os.path.realpath(os.path.join(dirpath, d)) not in skip
+        )
         for name in sorted(filenames):
             if is_litter(name):
                 continue
@@ -152,11 +173,14 @@ def _list_folder(root: Path, exclude: tuple[Path, ...]) -> Iterator[SourceFile]:
             try:
                 info = os.stat(full)  # follows a link to what it points at
             except OSError as e:
-                raise CnnlabError(f"{shown(root)}: '{shown(rel)}' cannot be read ({e.strerror}; a broken link?); "
-                                  "remove it or fix it") from None
+                raise CnnlabError(
+                    f"{shown(root)}: '{shown(rel)}' cannot be read ({e.strerror}; a broken link?); remove it or fix it"
+                ) from None
             kind = special_kind(info.st_mode)
             if kind:
-                raise CnnlabError(f"{shown(root)}: '{shown(rel)}' is {kind}, not an image file; remove it from the folder")
+                raise CnnlabError(
+                    f"{shown(root)}: '{shown(rel)}' is {kind}, not an image file; remove it from the folder"
+                )
             yield SourceFile(rel, info.st_size, info.st_mtime_ns)
 
 
@@ -164,18 +188,24 @@ def _list_archive(path: Path) -> list[SourceFile]:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
-                entries = [(i.filename, i.is_dir(), stat.S_ISLNK(i.external_attr >> 16), i.file_size) for i in zf.infolist()]
+                entries = [
+                    (i.filename, i.is_dir(), stat.S_ISLNK(i.external_attr >> 16), i.file_size) for i in zf.infolist()
+                ]
         elif tarfile.is_tarfile(path):
             entries = []
             with tarfile.open(path, mode="r|*") as tf:
                 for member in tf:
                     entries.append((member.name, member.isdir(), not (member.isfile() or member.isdir()), member.size))
                     if len(entries) > MAX_MEMBERS:
-                        raise CnnlabError(f"{shown(path)} has more than {MAX_MEMBERS:,} members, the limit; unpack it and "
-                                          "pass the folder instead")
+                        raise CnnlabError(
+                            f"{shown(path)} has more than {MAX_MEMBERS:,} members, the limit; unpack it and "
+                            "pass the folder instead"
+                        )
         else:
-            raise CnnlabError(f"{shown(path)} is neither a folder nor a .tar, .tar.gz or .zip archive; give an image folder "
-                              "or an archive of one")
+            raise CnnlabError(
+                f"{shown(path)} is neither a folder nor a .tar, .tar.gz or .zip archive; give an image folder "
+                "or an archive of one"
+            )
     except ARCHIVE_ERRORS as e:
         if isinstance(e, CnnlabError):
             raise
@@ -186,10 +216,14 @@ def _list_archive(path: Path) -> list[SourceFile]:
         if is_dir or is_litter(name):
             continue
         if special:
-            raise CnnlabError(f"{shown(path)}: member '{shown(name)}' is a link or a special file, not an image; "
-                              "cnnlab reads only regular files from archives")
+            raise CnnlabError(
+                f"{shown(path)}: member '{shown(name)}' is a link or a special file, not an image; "
+                "cnnlab reads only regular files from archives"
+            )
         if size > MAX_MEMBER_BYTES:
-            raise _too_large(path, name, f"declares {size:,} bytes, over the {MAX_MEMBER_BYTES >> 20} MiB limit for one member")
+            raise _too_large(
+                path, name, f"declares {size:,} bytes, over the {MAX_MEMBER_BYTES >> 20} MiB limit for one member"
+            )
         total += size
         if total > MAX_ARCHIVE_BYTES:
             raise _too_large(path, name, f"takes the archive past {MAX_ARCHIVE_BYTES >> 30} GiB inflated, the limit")

@@ -16,7 +16,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float,
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     total_sq = torch.zeros_like(total)
     for start in range(0, len(images), chunk):
-        x = images[start:start + chunk].to(torch.float64)
+        x = images[start : start + chunk].to(torch.float64)
         total += x.sum(dim=(0, 2, 3))
         total_sq += (x * x).sum(dim=(0, 2, 3))
     n = images.shape[0] * images.shape[2] * images.shape[3]
@@ -32,8 +32,11 @@ def parse_count(value: str | float | int | None, total: int, what: str) -> int:
         return 0
     count = spec if isinstance(spec, int) else round(spec * total)
     if not 0 < count < total:
-        raise UsageError(f"{what} {value} does not fit the {total} training images; give a count from 1 to {total - 1} "
-                         "or a fraction between 0 and 1", parameters=(what,))
+        raise UsageError(
+            f"{what} {value} does not fit the {total} training images; give a count from 1 to {total - 1} "
+            "or a fraction between 0 and 1",
+            parameters=(what,),
+        )
     return count
 
 
@@ -54,8 +57,13 @@ def group_of(path: str, pattern: str) -> str | None:
 G = ("val_groups",)
 
 
-def group_take(files: list[str] | None, labels: torch.Tensor, count: int, pattern: str, seed: int,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def group_take(
+    files: list[str] | None,
+    labels: torch.Tensor,
+    count: int,
+    pattern: str,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Hold out whole groups (sessions, patients, scenes): every image of a group lands on one side.
 
     Groups are taken in a seeded random order until at least `count` images are held out; within a
@@ -63,8 +71,11 @@ def group_take(files: list[str] | None, labels: torch.Tensor, count: int, patter
     several classes stays together). Returns (taken, rest), both sorted.
     """
     if not files:
-        raise UsageError("val_groups needs an image-folder source (it groups images by their file paths); "
-                         "this source has no file paths", parameters=G)
+        raise UsageError(
+            "val_groups needs an image-folder source (it groups images by their file paths); "
+            "this source has no file paths",
+            parameters=G,
+        )
     try:
         re.compile(pattern)
     except re.error as e:
@@ -73,12 +84,16 @@ def group_take(files: list[str] | None, labels: torch.Tensor, count: int, patter
     unmatched = [f for f, g in zip(files, groups) if g is None]
     if unmatched:
         how = "has no subfolder inside its class folder" if pattern == "folder" else f"does not match {pattern!r}"
-        raise UsageError(f"val_groups: {len(unmatched)} training images have no group ({unmatched[0]} {how}); "
-                         "every image needs one", parameters=G)
+        raise UsageError(
+            f"val_groups: {len(unmatched)} training images have no group ({unmatched[0]} {how}); every image needs one",
+            parameters=G,
+        )
     names = sorted(set(groups))
     if len(names) < 2:
-        raise UsageError(f"val_groups {pattern!r} puts every image in one group ({names[0]}); a split needs at least two",
-                         parameters=G)
+        raise UsageError(
+            f"val_groups {pattern!r} puts every image in one group ({names[0]}); a split needs at least two",
+            parameters=G,
+        )
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
     members: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
@@ -89,8 +104,10 @@ def group_take(files: list[str] | None, labels: torch.Tensor, count: int, patter
             break
         taken.extend(members[names[k]])
     if len(taken) >= len(labels):
-        raise UsageError(f"val_groups: holding out {count} images takes every group; ask for fewer with val_split",
-                         parameters=("val_groups", "val_split"))
+        raise UsageError(
+            f"val_groups: holding out {count} images takes every group; ask for fewer with val_split",
+            parameters=("val_groups", "val_split"),
+        )
     taken_t = torch.tensor(sorted(taken), dtype=torch.long)
     mask = torch.ones(len(labels), dtype=torch.bool)
     mask[taken_t] = False

@@ -16,7 +16,14 @@ from .recipe import Recipe
 from .runs import CHECKPOINT_FORMAT
 
 # What a checkpoint needs besides the model to continue its run exactly (TrainState.restore reads them).
-RESUME_FIELDS = {"recipe": dict, "optimizer": dict, "loader": dict, "torch_rng": torch.Tensor, "rows": list, "best": dict}
+RESUME_FIELDS = {
+    "recipe": dict,
+    "optimizer": dict,
+    "loader": dict,
+    "torch_rng": torch.Tensor,
+    "rows": list,
+    "best": dict,
+}
 
 
 @dataclass
@@ -25,10 +32,10 @@ class Network:
     share its parameters or follow it."""
 
     model: torch.nn.Module
-    forward: torch.nn.Module                  # what runs the batches: the model, or its torch.compile'd form
-    ddp: torch.nn.Module | None = None        # DistributedDataParallel around the model, under torchrun
-    ema: torch.nn.Module | None = None        # AveragedModel of the weights, when recipe.ema
-    lookahead: Lookahead | None = None        # slow weights, when recipe.lookahead
+    forward: torch.nn.Module  # what runs the batches: the model, or its torch.compile'd form
+    ddp: torch.nn.Module | None = None  # DistributedDataParallel around the model, under torchrun
+    ema: torch.nn.Module | None = None  # AveragedModel of the weights, when recipe.ema
+    lookahead: Lookahead | None = None  # slow weights, when recipe.lookahead
     scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA
 
     @property
@@ -41,14 +48,14 @@ class Network:
 class Progress:
     """Where the run is: counted, remembered and checkpointed."""
 
-    epoch: int = 0                      # epochs completed
+    epoch: int = 0  # epochs completed
     rows: list[dict] = field(default_factory=list)
     best_metric: str = "test_acc"
     best_value: float = -math.inf
     best_epoch: int = 0
     stopped_early: bool = False
-    partial: dict | None = None         # sums of an epoch interrupted mid-way: loss_sum, correct, seen, seconds
-    stop_signal: int | None = None      # set by SIGINT/SIGTERM: finish the step, checkpoint, stop
+    partial: dict | None = None  # sums of an epoch interrupted mid-way: loss_sum, correct, seen, seconds
+    stop_signal: int | None = None  # set by SIGINT/SIGTERM: finish the step, checkpoint, stop
 
 
 @dataclass
@@ -67,7 +74,7 @@ class TrainState:
     cluster: Cluster = field(default_factory=Cluster.single)
     progress: Progress = field(default_factory=Progress)
     notes: list[str] = field(default_factory=list)
-    rank_states: list | None = None     # every rank's loader and partial sums, gathered for the checkpoint
+    rank_states: list | None = None  # every rank's loader and partial sums, gathered for the checkpoint
 
     def checkpoint(self, weights: torch.nn.Module | None = None) -> dict:
         """The run as it stands: `weights` (default: the model's) with everything needed to continue."""
@@ -106,14 +113,17 @@ class TrainState:
         try:
             self._restore(checkpoint)
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:  # fields of the wrong shape
-            raise CnnlabError(f"the checkpoint cannot be resumed: it does not fit this run ({brief(e)}); "
-                              "start the run again") from None
+            raise CnnlabError(
+                f"the checkpoint cannot be resumed: it does not fit this run ({brief(e)}); start the run again"
+            ) from None
 
     def _restore(self, checkpoint: dict) -> None:
         world = checkpoint.get("world_size", 1)
         if world != self.cluster.world_size:
-            raise CnnlabError(f"this run was trained by {world} process(es) and is resumed by {self.cluster.world_size}; "
-                              f"resume it with the same number (torchrun --nproc-per-node {world} ...)")
+            raise CnnlabError(
+                f"this run was trained by {world} process(es) and is resumed by {self.cluster.world_size}; "
+                f"resume it with the same number (torchrun --nproc-per-node {world} ...)"
+            )
         own = checkpoint["ranks"][self.cluster.rank] if checkpoint.get("ranks") else None
         net, p = self.net, self.progress
         net.model.load_state_dict(checkpoint["state_dict"])

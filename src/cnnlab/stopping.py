@@ -25,10 +25,15 @@ class Interrupted(Exception):
 
 class Diverged(CnnlabError):
     def __init__(self, epoch: int, step: int, steps: int, lr: float, good_epoch: int, run_dir: Path | None):
-        kept = (f"the last good checkpoint (epoch {good_epoch}) is kept in {run_dir / 'last.pt'}" if run_dir and good_epoch
-                else "nothing was kept")
-        super().__init__(f"the training loss became NaN or infinite in epoch {epoch}, step {step} of {steps}, at learning "
-                         f"rate {lr:.4g}; {kept}. Try a lower --lr, --precision fp32, or a run with batch norm")
+        kept = (
+            f"the last good checkpoint (epoch {good_epoch}) is kept in {run_dir / 'last.pt'}"
+            if run_dir and good_epoch
+            else "nothing was kept"
+        )
+        super().__init__(
+            f"the training loss became NaN or infinite in epoch {epoch}, step {step} of {steps}, at learning "
+            f"rate {lr:.4g}; {kept}. Try a lower --lr, --precision fp32, or a run with batch norm"
+        )
 
 
 class StopOnSignal:

@@ -50,10 +50,21 @@ class TrainResult:
     model: torch.nn.Module
 
 
-def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | Path = "data",
-          runs_dir: str | Path | None = "runs", name: str | None = None, progress: bool = True,
-          callbacks: list | None = None, log=None, plots: bool = True, tensorboard: bool = False,
-          resume_from: dict | None = None, cluster: Cluster | None = None) -> TrainResult:
+def train(
+    recipe: Recipe,
+    data: Dataset | str = "cifar10",
+    *,
+    data_root: str | Path = "data",
+    runs_dir: str | Path | None = "runs",
+    name: str | None = None,
+    progress: bool = True,
+    callbacks: list | None = None,
+    log=None,
+    plots: bool = True,
+    tensorboard: bool = False,
+    resume_from: dict | None = None,
+    cluster: Cluster | None = None,
+) -> TrainResult:
     """Train `recipe` on `data` (a Dataset, or a source for `load_dataset`) and return the result.
 
     With `runs_dir=None` nothing is written to disk (handy in notebooks and tests). With a run
@@ -71,8 +82,21 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
     cluster = cluster or distributed.start(recipe.device)
     finished = False
     try:
-        result = _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, plots, tensorboard,
-                        resume_from, cluster, started)
+        result = _train(
+            recipe,
+            data,
+            data_root,
+            runs_dir,
+            name,
+            progress,
+            callbacks,
+            log,
+            plots,
+            tensorboard,
+            resume_from,
+            cluster,
+            started,
+        )
         finished = True
         return result
     except RuntimeError as e:
@@ -84,8 +108,21 @@ def train(recipe: Recipe, data: Dataset | str = "cifar10", *, data_root: str | P
             distributed.stop(cluster, finished)
 
 
-def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, plots, tensorboard, resume_from,
-           cluster: Cluster, started: float) -> TrainResult:
+def _train(
+    recipe,
+    data,
+    data_root,
+    runs_dir,
+    name,
+    progress,
+    callbacks,
+    log,
+    plots,
+    tensorboard,
+    resume_from,
+    cluster: Cluster,
+    started: float,
+) -> TrainResult:
     if not cluster.is_main:  # the other ranks train and stay quiet
         runs_dir, progress, plots, tensorboard, callbacks = None, False, False, False, []
     if tensorboard and runs_dir is not None:
@@ -103,8 +140,11 @@ def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, pl
         callbacks.insert(0, ConsolePrinter(log or (lambda line: print(line, flush=True))))
     run_dir = lock = None
     if runs_dir is not None:
-        run_dir = claim_run_folder(runs_dir, name, stem=f"{recipe.name}-{recipe.model}") if resume_from is None \
+        run_dir = (
+            claim_run_folder(runs_dir, name, stem=f"{recipe.name}-{recipe.model}")
+            if resume_from is None
             else Path(runs_dir) / name
+        )
         lock = RunLock(run_dir)  # one process per run folder, also across --resume
         callbacks += _folder_callbacks(run_dir, data, setup, resume_from is not None, plots, tensorboard)
     try:
@@ -125,8 +165,9 @@ def _train(recipe, data, data_root, runs_dir, name, progress, callbacks, log, pl
 
 def _folder_callbacks(run_dir: Path, data: Dataset, setup, resumed: bool, plots: bool, tensorboard: bool) -> list:
     """What writes the run folder: its files every epoch, and at the end its figures (and TensorBoard's)."""
-    callbacks = [RunWriter(RunFolder(run_dir), data, train_count=setup.train_count, val_count=setup.val_count,
-                           resumed=resumed)]
+    callbacks = [
+        RunWriter(RunFolder(run_dir), data, train_count=setup.train_count, val_count=setup.val_count, resumed=resumed)
+    ]
     if plots:
         from .plots import PlotWriter
 
@@ -184,29 +225,44 @@ def resume(run_dir: str | Path, data: Dataset | str | None = None, **options) ->
     checkpoint = load_checkpoint(resolve_checkpoint(run_dir, "last.pt"))
     missing = [k for k, kind in RESUME_FIELDS.items() if not isinstance(checkpoint.get(k), kind)]
     if missing:
-        raise CnnlabError(f"{shown(run_dir / 'last.pt')} cannot be resumed (its '{missing[0]}' is missing or damaged); "
-                          "start the run again")
+        raise CnnlabError(
+            f"{shown(run_dir / 'last.pt')} cannot be resumed (its '{missing[0]}' is missing or damaged); "
+            "start the run again"
+        )
     recipe = recipe_from_dict(checkpoint["recipe"], where=f"{run_dir}/last.pt")
     if data is None:
         data = recorded_source(run_dir)
     return train(recipe, data, runs_dir=run_dir.parent, name=run_dir.name, resume_from=checkpoint, **options)
 
 
-def _loop(state: TrainState, eval_loaders: dict, callbacks: list, progress: bool, train_count: int,
-          run_dir: Path | None) -> None:
+def _loop(
+    state: TrainState, eval_loaders: dict, callbacks: list, progress: bool, train_count: int, run_dir: Path | None
+) -> None:
     """The epochs: set the rate, train, evaluate, hand the row to the callbacks; stop early or on a signal."""
     recipe, p = state.recipe, state.progress
     for epoch in range(p.epoch, recipe.epochs):
-        lr = learning_rate(recipe, epoch, 0, len(state.train_loader))  # the epoch's rate (per-step schedules set each step)
+        lr = learning_rate(
+            recipe, epoch, 0, len(state.train_loader)
+        )  # the epoch's rate (per-step schedules set each step)
         set_learning_rate(state.optimizer, lr, epoch)
         if p.stop_signal is None:
-            train_loss, train_acc, seconds, seen = train_one_epoch(state, progress and sys.stderr.isatty(), epoch, run_dir)
+            train_loss, train_acc, seconds, seen = train_one_epoch(
+                state, progress and sys.stderr.isatty(), epoch, run_dir
+            )
         if p.stop_signal is not None:  # mid-epoch: the sums so far are in progress.partial
             _gather_rank_states(state)
             _emit(callbacks, "on_interrupt", state)
             raise Interrupted(p.stop_signal, epoch + 1, state.train_loader.position, run_dir)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc, "train_images": seen,
-               **evaluate_epoch(state, eval_loaders, epoch), "seconds": seconds, "images_per_s": train_count / seconds}
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "train_images": seen,
+            **evaluate_epoch(state, eval_loaders, epoch),
+            "seconds": seconds,
+            "images_per_s": train_count / seconds,
+        }
         p.epoch = epoch + 1
         p.rows.append(row)
         if row[p.best_metric] > p.best_value:
@@ -243,12 +299,17 @@ def evaluate_epoch(state: TrainState, eval_loaders: dict, epoch: int) -> dict:
 def _gather_rank_states(state: TrainState) -> None:
     """Under DDP each rank's loader (its augmentation stream) and partial sums differ: rank 0 keeps them all."""
     if state.cluster.distributed:
-        state.rank_states = state.cluster.gather({"loader": state.train_loader.state_dict(),
-                                                  "partial": state.progress.partial})
+        state.rank_states = state.cluster.gather(
+            {"loader": state.train_loader.state_dict(), "partial": state.progress.partial}
+        )
 
 
-def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir: Path | None = None,
-                    ) -> tuple[float, float, float, int]:
+def train_one_epoch(
+    state: TrainState,
+    show_progress: bool,
+    epoch: int,
+    run_dir: Path | None = None,
+) -> tuple[float, float, float, int]:
     """One pass over the training loader: (mean loss, accuracy, seconds, images seen by every rank together).
 
     Loss and accuracy are summed on the device and read once at the end, so the loop never waits on the
@@ -268,8 +329,15 @@ def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir:
     finite = torch.ones((), device=state.device, dtype=torch.bool)
     check_every = 1 if state.device.type == "cpu" else CHECK_EVERY
     start = time.perf_counter()
-    batches = tqdm(loader, desc=f"epoch {epoch + 1:2d}", leave=False, disable=not show_progress, unit="batch",
-                   initial=loader.position, total=len(loader))
+    batches = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1:2d}",
+        leave=False,
+        disable=not show_progress,
+        unit="batch",
+        initial=loader.position,
+        total=len(loader),
+    )
     for step, (x, y) in enumerate(batches, start=loader.position + 1):
         loss, hits = train_step(state, x, y, epoch, step)
         finite &= torch.isfinite(loss)
@@ -279,8 +347,12 @@ def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir:
         correct += hits
         seen += len(y)
         if _stopping(state, step, check_every) and step < len(loader):
-            p.partial = {"loss_sum": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
-                         "seconds": seconds_before + time.perf_counter() - start}
+            p.partial = {
+                "loss_sum": loss_sum.cpu(),
+                "correct": correct.cpu(),
+                "seen": seen,
+                "seconds": seconds_before + time.perf_counter() - start,
+            }
             batches.close()
             return math.nan, math.nan, math.nan, seen
     if not bool(finite):
@@ -293,7 +365,9 @@ def train_one_epoch(state: TrainState, show_progress: bool, epoch: int, run_dir:
     return float(loss_sum) / seen, 100.0 * int(correct) / seen, seconds, seen  # the one synchronisation of the epoch
 
 
-def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    state: TrainState, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One gradient step on batch (x, y), the `step`-th (1-based) of `epoch`: (its loss, its correct count),
     both still on the device."""
     recipe, net, optimizer, steps = state.recipe, state.net, state.optimizer, len(state.train_loader)
@@ -306,7 +380,9 @@ def train_step(state: TrainState, x: torch.Tensor, y: torch.Tensor, epoch: int, 
         logits = net.trainer(x)
         loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
         if mixing:
-            loss = weight * loss + (1 - weight) * F.cross_entropy(logits, y_partner, label_smoothing=recipe.label_smoothing)
+            loss = weight * loss + (1 - weight) * F.cross_entropy(
+                logits, y_partner, label_smoothing=recipe.label_smoothing
+            )
     optimizer.zero_grad(set_to_none=True)
     if net.scaler is not None:  # fp16: scale the loss so small gradients survive, unscale before the step
         net.scaler.scale(loss).backward()
@@ -339,8 +415,15 @@ def _epoch_totals(state: TrainState, loss_sum, correct, seen: int):
     if not cluster.distributed:
         return loss_sum, correct, seen
     cluster.broadcast_buffers(state.net.model)
-    totals = cluster.all_sum(torch.stack([loss_sum.double(), correct.double(),
-                                          torch.tensor(float(seen), device=loss_sum.device, dtype=torch.float64)]))
+    totals = cluster.all_sum(
+        torch.stack(
+            [
+                loss_sum.double(),
+                correct.double(),
+                torch.tensor(float(seen), device=loss_sum.device, dtype=torch.float64),
+            ]
+        )
+    )
     return totals[0], totals[1], int(totals[2])
 
 

@@ -11,8 +11,9 @@ Every model also answers `stage_sequence()`: the nn.Sequential of its stages, wh
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 
@@ -32,8 +33,8 @@ class Option:
 class ModelSpec:
     name: str
     description: str
-    family: str                              # smallcnn, resnet, speedrun or torchvision
-    build: Callable[..., "nn.Module"]        # (num_classes, **options) -> the network
+    family: str  # smallcnn, resnet, speedrun or torchvision
+    build: Callable[..., nn.Module]  # (num_classes, **options) -> the network
     options: dict[str, Option] = field(default_factory=dict)
 
     def resolve_options(self, given: dict) -> dict:
@@ -41,10 +42,13 @@ class ModelSpec:
         have is a UsageError naming the models that do."""
         for key, value in given.items():
             if key not in self.options:
-                having = sorted(n for n, s in MODELS.items() if key in s.options) + (["speedrun-W1-W2-W3"] if key in
-                                                                                        SPEEDRUN_OPTIONS else [])
-                raise UsageError(f"model {self.name} has no option {key} (it applies to {', '.join(having) or 'no model'})",
-                                 parameters=(key,))
+                having = sorted(n for n, s in MODELS.items() if key in s.options) + (
+                    ["speedrun-W1-W2-W3"] if key in SPEEDRUN_OPTIONS else []
+                )
+                raise UsageError(
+                    f"model {self.name} has no option {key} (it applies to {', '.join(having) or 'no model'})",
+                    parameters=(key,),
+                )
             if not isinstance(value, bool):
                 raise UsageError(f"model option {key} should be true or false, got {value!r}", parameters=(key,))
         return {key: given.get(key, option.default) for key, option in self.options.items()}
@@ -61,6 +65,7 @@ def _smallcnn(batch_norm: bool):
         from .smallcnn import SmallCNN
 
         return SmallCNN(num_classes, batch_norm=batch_norm)
+
     return build
 
 
@@ -75,25 +80,48 @@ def _speedrun(widths: tuple[int, int, int]):
         from .speedrun import SpeedrunNet
 
         return SpeedrunNet(num_classes, widths, **options)
+
     return build
 
 
 def _torchvision(name: str):
     def build(num_classes: int, **_options):
         return torchvision_model(name, num_classes)
+
     return build
 
 
-MODELS: dict[str, ModelSpec] = {s.name: s for s in (
-    ModelSpec("smallcnn", "the chapter's SmallCNN: 3 stages of conv-BN-ReLU, 288,746 parameters", "smallcnn",
-              _smallcnn(True)),
-    ModelSpec("smallcnn-nobn", "SmallCNN without batch norm (the Exercise 19.5.2 ablation)", "smallcnn", _smallcnn(False)),
-    ModelSpec("resnet18", "ResNet-18 for 32x32 inputs: 3x3 stem, no max-pool, 11,173,962 parameters", "resnet", _resnet18),
-    ModelSpec("speedrun", "the airbench-style speedrun net: whitening, 3 stages 64/256/256, GELU, 1,972,792 parameters",
-              "speedrun", _speedrun((64, 256, 256)), SPEEDRUN_OPTIONS),
-    ModelSpec("speedrun-small", "the speedrun net at half width (32/128/128) for CPUs, 498,104 parameters", "speedrun",
-              _speedrun((32, 128, 128)), SPEEDRUN_OPTIONS),
-)}
+MODELS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in (
+        ModelSpec(
+            "smallcnn",
+            "the chapter's SmallCNN: 3 stages of conv-BN-ReLU, 288,746 parameters",
+            "smallcnn",
+            _smallcnn(True),
+        ),
+        ModelSpec(
+            "smallcnn-nobn", "SmallCNN without batch norm (the Exercise 19.5.2 ablation)", "smallcnn", _smallcnn(False)
+        ),
+        ModelSpec(
+            "resnet18", "ResNet-18 for 32x32 inputs: 3x3 stem, no max-pool, 11,173,962 parameters", "resnet", _resnet18
+        ),
+        ModelSpec(
+            "speedrun",
+            "the airbench-style speedrun net: whitening, 3 stages 64/256/256, GELU, 1,972,792 parameters",
+            "speedrun",
+            _speedrun((64, 256, 256)),
+            SPEEDRUN_OPTIONS,
+        ),
+        ModelSpec(
+            "speedrun-small",
+            "the speedrun net at half width (32/128/128) for CPUs, 498,104 parameters",
+            "speedrun",
+            _speedrun((32, 128, 128)),
+            SPEEDRUN_OPTIONS,
+        ),
+    )
+}
 TORCHVISION_PREFIX = "tv:"
 # The speedrun net at any stage widths, for trading width against epochs: speedrun-48-192-192.
 SPEEDRUN_WIDTHS = re.compile(r"speedrun-([1-9][0-9]{0,3})-([1-9][0-9]{0,3})-([1-9][0-9]{0,3})")
@@ -106,10 +134,11 @@ def model_spec(name: str) -> ModelSpec:
         return MODELS[name]
     if widths := SPEEDRUN_WIDTHS.fullmatch(name):
         w = tuple(int(x) for x in widths.groups())
-        return ModelSpec(name, f"the speedrun net with stage widths {w[0]}/{w[1]}/{w[2]}", "speedrun", _speedrun(w),
-                         SPEEDRUN_OPTIONS)
+        return ModelSpec(
+            name, f"the speedrun net with stage widths {w[0]}/{w[1]}/{w[2]}", "speedrun", _speedrun(w), SPEEDRUN_OPTIONS
+        )
     if name.startswith(TORCHVISION_PREFIX) and len(name) > len(TORCHVISION_PREFIX):
-        tv = name[len(TORCHVISION_PREFIX):]
+        tv = name[len(TORCHVISION_PREFIX) :]
         return ModelSpec(name, f"torchvision's {tv}", "torchvision", _torchvision(tv))
     raise UsageError(f"unknown model {name!r}: choose one of {MODEL_CHOICES}", parameters=("model",))
 
@@ -122,27 +151,29 @@ def is_known_model(name: str) -> bool:
         return False
 
 
-def build_model(name: str, num_classes: int, **options) -> "nn.Module":
+def build_model(name: str, num_classes: int, **options) -> nn.Module:
     """The network `name` for `num_classes` classes, with its options (defaults for those not given)."""
     spec = model_spec(name)
     return spec.build(num_classes, **spec.resolve_options(options))
 
 
-def torchvision_model(name: str, num_classes: int) -> "nn.Module":
+def torchvision_model(name: str, num_classes: int) -> nn.Module:
     """torchvision.models by name, randomly initialised, with the head sized for `num_classes`
     (optional: torchvision must import; load pretrained weights with --weights)."""
     try:
         import torchvision
     except Exception as e:  # ImportError, or a torchvision built for another torch
-        raise UsageError(f"tv:{name} needs torchvision, which cannot be imported here ({type(e).__name__}); "
-                         "install a torchvision that matches your torch, or use a cnnlab model") from None
+        raise UsageError(
+            f"tv:{name} needs torchvision, which cannot be imported here ({type(e).__name__}); "
+            "install a torchvision that matches your torch, or use a cnnlab model"
+        ) from None
     try:
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     except ValueError:
         raise UsageError(f"torchvision has no model '{name}'; see torchvision.models.list_models()") from None
 
 
-def head(model: "nn.Module") -> tuple[str, "nn.Linear"]:
+def head(model: nn.Module) -> tuple[str, nn.Linear]:
     """The classifier: the last Linear layer, by name (what fine-tuning replaces when classes differ)."""
     from torch import nn
 
@@ -152,9 +183,18 @@ def head(model: "nn.Module") -> tuple[str, "nn.Linear"]:
     return linears[-1]
 
 
-def count_parameters(model: "nn.Module") -> int:
+def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "MODEL_CHOICES", "ModelSpec", "Option", "build_model", "count_parameters", "head", "is_known_model",
-           "model_spec"]
+__all__ = [
+    "MODELS",
+    "MODEL_CHOICES",
+    "ModelSpec",
+    "Option",
+    "build_model",
+    "count_parameters",
+    "head",
+    "is_known_model",
+    "model_spec",
+]

@@ -18,9 +18,12 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int = 10, batch_norm: bool = True):
         super().__init__()
         self.features = nn.Sequential(
-            conv_block(3, 32, batch_norm=batch_norm), conv_block(32, 32, stride=2, batch_norm=batch_norm),
-            conv_block(32, 64, batch_norm=batch_norm), conv_block(64, 64, stride=2, batch_norm=batch_norm),
-            conv_block(64, 128, batch_norm=batch_norm), conv_block(128, 128, stride=2, batch_norm=batch_norm),
+            conv_block(3, 32, batch_norm=batch_norm),
+            conv_block(32, 32, stride=2, batch_norm=batch_norm),
+            conv_block(32, 64, batch_norm=batch_norm),
+            conv_block(64, 64, stride=2, batch_norm=batch_norm),
+            conv_block(64, 128, batch_norm=batch_norm),
+            conv_block(128, 128, stride=2, batch_norm=batch_norm),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(128, num_classes)

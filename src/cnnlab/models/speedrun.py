@@ -10,8 +10,8 @@ image through.
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 WHITEN_KERNEL = 2  # 2x2 patches: 12 dimensions, each eigenvector used with both signs -> 24 channels
 WHITEN_EPS = 5e-4  # added to the eigenvalues: keeps the near-zero directions from exploding
@@ -43,10 +43,16 @@ class ConvStage(nn.Module):
 class SpeedrunNet(nn.Module):
     """3x32x32 -> whiten 24x31x31 -> w1x15x15 -> w2x7x7 -> w3x3x3 -> max -> linear / 9."""
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
-                 whiten: bool = True, identity_init: bool = True, logit_scale: float = 1 / 9):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        widths: tuple[int, int, int] = (64, 256, 256),
+        whiten: bool = True,
+        identity_init: bool = True,
+        logit_scale: float = 1 / 9,
+    ):
         super().__init__()
-        whiten_channels = 2 * 3 * WHITEN_KERNEL ** 2
+        whiten_channels = 2 * 3 * WHITEN_KERNEL**2
         self.whiten = nn.Conv2d(3, whiten_channels, WHITEN_KERNEL, padding=0, bias=True)
         self.whiten_from_data = whiten
         if whiten:  # set from the data by `initialise_from_data`, then frozen (its bias still trains)
@@ -73,7 +79,7 @@ class SpeedrunNet(nn.Module):
             return
         x = images.float()
         patches = x.unfold(2, WHITEN_KERNEL, 1).unfold(3, WHITEN_KERNEL, 1)  # N, C, H', W', k, k
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * WHITEN_KERNEL ** 2)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * WHITEN_KERNEL**2)
         patches = patches - patches.mean(dim=0)
         covariance = (patches.T @ patches / len(patches)).double()
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
@@ -92,4 +98,3 @@ class SpeedrunNet(nn.Module):
         x = self.stages(self.whiten(x))
         x = F.adaptive_max_pool2d(x, 1).flatten(1)
         return self.head(x) * self.logit_scale
-
