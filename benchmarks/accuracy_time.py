@@ -27,7 +27,8 @@ def main(runs: list[str]) -> None:
     spread = lambda xs: f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.2f}"
     print(f"final test acc {spread(final)}" + (f"; with TTA {spread(tta)}" if tta else ""))
     print(
-        f"median wall (train() call, data from the cache): {statistics.median(s['wall_seconds'] for s in summaries):.0f} s; "
+        "median wall (train() call, data from the cache): "
+        f"{statistics.median(s['wall_seconds'] for s in summaries):.0f} s; "
         f"median training time {statistics.median(s['train_seconds'] for s in summaries):.0f} s"
     )
 

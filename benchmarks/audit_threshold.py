@@ -66,7 +66,8 @@ def main(source: str, run: str | None = None) -> None:
         print(f"  test image vs nearest train image: median {q[0]:.4f}, 90th percentile {q[1]:.4f}, 99th {q[2]:.4f}")
         for t in (0.90, 0.93, 0.95, 0.97, 0.99):
             print(
-                f"    at >= {t}: {int((cross >= t).sum())} test images ({100 * float((cross >= t).double().mean()):.2f}%)"
+                f"    at >= {t}: {int((cross >= t).sum())} test images "
+                f"({100 * float((cross >= t).double().mean()):.2f}%)"
             )
 
 

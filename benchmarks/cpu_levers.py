@@ -5,7 +5,8 @@
     python benchmarks/cpu_levers.py first-conv-padding  # the 3-channel first convolution padded to 4, 8, 16
     python benchmarks/cpu_levers.py no-mmap DATA      # glibc never using mmap, against cnnlab's tuning
     python benchmarks/cpu_levers.py conv-backend      # oneDNN's convolutions or PyTorch's own, NCHW and channels-last
-    python benchmarks/cpu_levers.py newton-schulz     # Muon's orthogonalization of speedrun-small's filters, bf16 or fp32
+    python benchmarks/cpu_levers.py newton-schulz     # Muon's orthogonalization of speedrun-small's filters,
+                                                      # bf16 or fp32
 
 Repeats are interleaved so that a noisy moment slows every arm alike; medians and ranges are printed.
 """
@@ -39,7 +40,7 @@ def spread(values) -> str:
 def batch_sizes(repeats: int = 3) -> None:
     from cnnlab.models import build_model
     from cnnlab.optim import make_optimizer
-    from cnnlab.recipe import load_recipe
+    from cnnlab.recipe_files import load_recipe
 
     tune_cpu_allocator()
     recipe = load_recipe("speedrun-cpu")
@@ -120,7 +121,7 @@ def conv_backend(repeats: int = 5) -> None:
     from cnnlab.device import resolve_precision
     from cnnlab.models import build_model
     from cnnlab.optim import make_optimizer
-    from cnnlab.recipe import load_recipe
+    from cnnlab.recipe_files import load_recipe
 
     tune_cpu_allocator()
     precision = resolve_precision("auto", torch.device("cpu"))
@@ -148,7 +149,8 @@ def conv_backend(repeats: int = 5) -> None:
                 results[(layout, backend)].append(rate(step, 128, 10))
     for (layout, backend), values in results.items():
         print(
-            f"SmallCNN {precision} {layout:13s} {backend:6s} convolutions: {spread(values)} images/s ({repeats} repeats)"
+            f"SmallCNN {precision} {layout:13s} {backend:6s} convolutions: {spread(values)} images/s ({repeats} "
+            "repeats)"
         )
 
 

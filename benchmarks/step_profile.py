@@ -19,7 +19,7 @@ from torch.profiler import profile
 from cnnlab.device import autocast, resolve_precision, tune_cpu_allocator
 from cnnlab.models import build_model
 from cnnlab.optim import make_optimizer
-from cnnlab.recipe import load_recipe
+from cnnlab.recipe_files import load_recipe
 
 GROUPS = {"convolution": ("convolution",), "batch norm": ("batch_norm",), "ReLU": ("threshold", "clamp_min", "relu")}
 
@@ -54,7 +54,8 @@ def main(steps: int, by_shape: bool, precision: str) -> None:
         group = next((g for g, keys in GROUPS.items() if any(k in e.key for k in keys)), "everything else")
         shares[group] += e.self_cpu_time_total
     print(
-        f"{precision}: {total / steps / 1000:.1f} ms per step ({128 * steps / (total / 1e6):,.0f} images/s on the operators alone)"
+        f"{precision}: {total / steps / 1000:.1f} ms per step ({128 * steps / (total / 1e6):,.0f} images/s on "
+        "the operators alone)"
     )
     for name, t in shares.items():
         print(f"  {name:16s} {100 * t / total:5.1f}%  {t / steps / 1000:5.1f} ms")
@@ -68,7 +69,8 @@ def main(steps: int, by_shape: bool, precision: str) -> None:
         for shape, t in sorted(per_shape.items(), key=lambda item: -item[1]):
             elements = torch.Size(shape).numel() if shape else 0
             print(
-                f"  {str(list(shape)):22s} {t / steps / 1000:5.2f} ms  {t / steps / max(elements, 1) * 1e3:6.2f} ns per element"
+                f"  {str(list(shape)):22s} {t / steps / 1000:5.2f} ms  "
+                f"{t / steps / max(elements, 1) * 1e3:6.2f} ns per element"
             )
 
 

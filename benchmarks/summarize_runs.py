@@ -32,8 +32,9 @@ def main(runs_dir: str, prefixes: list[str]) -> None:
         std = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
         tta_text = f"{statistics.mean(tta):.2f} ± {std(tta):.2f}" if tta else "-"
         print(
-            f"{prefix:<16} {len(accs):>2} {statistics.mean(accs):>20.2f} ± {std(accs):<5.2f} {min(accs):7.2f} {max(accs):7.2f} "
-            f"{tta_text:>15} {statistics.median(per_epoch):14.1f} {statistics.median(s['train_seconds'] for s in summaries):8.0f} "
+            f"{prefix:<16} {len(accs):>2} {statistics.mean(accs):>20.2f} ± {std(accs):<5.2f} {min(accs):7.2f} "
+            f"{max(accs):7.2f} {tta_text:>15} {statistics.median(per_epoch):14.1f} "
+            f"{statistics.median(s['train_seconds'] for s in summaries):8.0f} "
             f"{statistics.median(s['wall_seconds'] for s in summaries):7.0f}"
         )
 

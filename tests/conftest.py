@@ -180,7 +180,7 @@ def archive(tmp_path_factory):
 def tiny_run(archive, tmp_path_factory):
     """A real 4-epoch run folder on `archive`, with a validation split. Treat it as read-only."""
     from cnnlab.data import load_dataset
-    from cnnlab.recipe import load_recipe
+    from cnnlab.recipe_files import load_recipe
     from cnnlab.train import train
 
     data = load_dataset(str(archive), cache_dir=tmp_path_factory.mktemp("cache"), progress=False)

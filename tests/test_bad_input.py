@@ -22,7 +22,7 @@ from PIL import Image
 
 from cnnlab.data import load_dataset
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import load_recipe
+from cnnlab.recipe_files import load_recipe
 
 
 def png_bytes(size=8, colour=(10, 200, 30)) -> bytes:
@@ -50,7 +50,7 @@ def _checkpoint(root: Path, mutate) -> Path:
     from conftest import class_images
 
     from cnnlab.data import Dataset
-    from cnnlab.recipe import load_recipe as recipe
+    from cnnlab.recipe_files import load_recipe as recipe
     from cnnlab.runfiles import load_checkpoint
     from cnnlab.train import train
 
@@ -211,7 +211,7 @@ def _template_run() -> Path:
     from conftest import CLASSES, class_images
 
     from cnnlab.data import Dataset
-    from cnnlab.recipe import load_recipe as recipe
+    from cnnlab.recipe_files import load_recipe as recipe
     from cnnlab.train import train
 
     x, y = class_images(4)

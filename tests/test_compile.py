@@ -4,7 +4,7 @@ import pytest
 import torch
 from test_train import TIMING, synthetic_dataset
 
-from cnnlab.recipe import load_recipe
+from cnnlab.recipe_files import load_recipe
 from cnnlab.train import train
 
 

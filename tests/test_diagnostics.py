@@ -12,7 +12,7 @@ from PIL import Image
 from cnnlab.ablate import ABLATIONS, variant_recipes
 from cnnlab.data import load_dataset
 from cnnlab.evaluate import confusion_matrix, most_confused
-from cnnlab.recipe import load_recipe
+from cnnlab.recipe_files import load_recipe
 from cnnlab.runfiles import load_checkpoint
 from cnnlab.train import train
 

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from conftest import run_cli, write_image_folder
 
 from cnnlab.augment import random_crop_flip
-from cnnlab.bench import ChapterDataset, forward_macs
+from cnnlab.bench import ChapterDataset
 from cnnlab.device import autocast, resolve_precision, tune_cpu_allocator
+from cnnlab.flops import forward_macs
 from cnnlab.loader import Normalizer
 from cnnlab.models import build_model
 

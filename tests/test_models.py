@@ -33,7 +33,7 @@ def test_unknown_model_is_a_usage_error():
 
 
 def test_speedrun_widths_by_name():
-    from cnnlab.recipe import load_recipe
+    from cnnlab.recipe_files import load_recipe
 
     model = build_model("speedrun-48-192-192", 10)
     assert [stage.conv1.out_channels for stage in model.stages] == [48, 192, 192]

@@ -20,11 +20,11 @@ def test_quickstart_pins_torch():
 
 
 def test_the_readme_lists_every_training_flag_as_declared():
-    from cnnlab.recipe import fields_markdown
+    from cnnlab.recipe_flags import fields_markdown
 
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- recipe-fields:start -->\n", 1)[1].split("\n<!-- recipe-fields:end -->", 1)[0]
-    assert block == fields_markdown(), "regenerate the table with: python -m cnnlab.recipe"
+    assert block == fields_markdown(), "regenerate the table with: python -m cnnlab.recipe_flags"
 
 
 def test_every_declared_flag_is_a_training_flag():
@@ -32,7 +32,8 @@ def test_every_declared_flag_is_a_training_flag():
     from dataclasses import fields
 
     from cnnlab.cli import build_parser
-    from cnnlab.recipe import Recipe, declaration, flag
+    from cnnlab.recipe import Recipe, declaration
+    from cnnlab.recipe_flags import flag
 
     train = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
     flags = {option for action in train._actions for option in action.option_strings}

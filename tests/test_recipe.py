@@ -8,7 +8,8 @@ import warnings
 import pytest
 
 from cnnlab.errors import CnnlabWarning, UsageError
-from cnnlab.recipe import Recipe, load_recipe, recipe_from_dict, rescaled
+from cnnlab.recipe import Recipe
+from cnnlab.recipe_files import load_recipe, recipe_from_dict, rescaled
 
 
 def test_every_field_is_declared_and_checked_by_its_declaration():

@@ -13,7 +13,7 @@ from cnnlab.augment import color_jitter, cutout, mix, random_erasing
 from cnnlab.errors import CnnlabError, UsageError
 from cnnlab.finetune import load_weights, parameter_groups
 from cnnlab.models import build_model, count_parameters
-from cnnlab.recipe import load_recipe, shipped_recipes
+from cnnlab.recipe_files import load_recipe, shipped_recipes
 from cnnlab.runfiles import load_checkpoint
 from cnnlab.schedule import learning_rate
 from cnnlab.train import train

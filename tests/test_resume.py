@@ -249,7 +249,8 @@ def test_resume_is_exact_with_every_random_regularizer(archive, tmp_path):
 
 def test_resume_is_exact_with_the_speedrun_recipe(archive, tmp_path):
     """Lookahead's slow weights, Muon's momentum, the alternating flips' epoch parity, the early crops'
-    epoch count and the whitening layer (set from the data only on a fresh start) must all come back from the checkpoint. The recipe's rate is for
+    epoch count and the whitening layer (set from the data only on a fresh start) must all come back from the
+    checkpoint. The recipe's rate is for
     batch 512; at batch 16 it is chaotic enough to turn last-bit differences of multithreaded kernels
     into different runs (seen once in CI), so the rate is lowered and each process uses one thread."""
     extra = [

@@ -16,7 +16,7 @@ from cnnlab.loader import Loader, Normalizer
 from cnnlab.lookahead import Lookahead
 from cnnlab.models import build_model
 from cnnlab.optim import make_optimizer
-from cnnlab.recipe import load_recipe
+from cnnlab.recipe_files import load_recipe
 from cnnlab.schedule import learning_rate
 
 

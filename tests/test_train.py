@@ -10,7 +10,7 @@ import torch
 from conftest import class_images
 
 from cnnlab.data import Dataset
-from cnnlab.recipe import load_recipe
+from cnnlab.recipe_files import load_recipe
 from cnnlab.schedule import learning_rate
 from cnnlab.train import train
 

@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .recipe import Recipe, recipe_from_dict, rescaled
+from .recipe import Recipe
+from .recipe_files import recipe_from_dict, rescaled
 from .runs import atomic_write_bytes, atomic_write_json
 
 
@@ -162,15 +163,16 @@ def format_table(comparison: dict) -> str:
     lines = [
         f"{comparison['question']}",
         "",
-        "| variant | final test acc | vs reference | with TTA | best test acc (epoch) | final train acc | train-test gap "
-        "| first epoch > 70% | training time |",
+        "| variant | final test acc | vs reference | with TTA | best test acc (epoch) | final train acc | "
+        "train-test gap | first epoch > 70% | training time |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in comparison["table"]:
         over = r["first_epoch_over_70"] if r["first_epoch_over_70"] is not None else f"never in {r['epochs']}"
         tta = f"{r['final_tta_test_acc']:.2f}%" if r.get("final_tta_test_acc") is not None else "-"
         lines.append(
-            f"| {r['variant']} | {r['final_test_acc']:.2f}% | {r['vs_reference']:+.2f} | {tta} | {r['best_test_acc']:.2f}% "
+            f"| {r['variant']} | {r['final_test_acc']:.2f}% | {r['vs_reference']:+.2f} | {tta} | "
+            f"{r['best_test_acc']:.2f}% "
             f"({r['best_epoch']}) | {r['final_train_acc']:.2f}% | {r['train_test_gap']:+.2f} | {over} "
             f"| {r.get('train_seconds', 0):.0f} s |"
         )

@@ -173,62 +173,27 @@ def save_audit(
     most similar first), nearest_train.csv (each test image's closest training image, to re-threshold
     by hand), gallery.png (the closest test/train pairs) and gallery_threshold.png (pairs either side of
     the threshold, to judge it). Returns the summary written to audit.json."""
-    import csv
-    import io
     import json
     from pathlib import Path
 
-    from .plots import plot_duplicate_pairs
     from .runs import atomic_write_bytes
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    images = {"train": (data.train_images, data.train_labels), "test": (data.test_images, data.test_labels)}
-    label_of = lambda split, i: data.classes[int(images[split][1][i])]
-
-    def table(pairs: list[Pair]) -> bytes:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["rank", "kind", "image_a", "class_a", "image_b", "class_b", "similarity", "exact"])
-        for rank, p in enumerate(pairs, 1):
-            writer.writerow(
-                [
-                    rank,
-                    p.kind,
-                    data.image_name(p.split_a, p.index_a),
-                    label_of(p.split_a, p.index_a),
-                    data.image_name(p.split_b, p.index_b),
-                    label_of(p.split_b, p.index_b),
-                    f"{p.similarity:.5f}",
-                    int(p.exact),
-                ]
-            )
-        return buffer.getvalue().encode()
-
-    atomic_write_bytes(folder / "pairs.csv", table(result.pairs))
-    atomic_write_bytes(folder / "nearest_train.csv", table(result.closest_cross))
-
-    def gallery(pairs: list[Pair], path: Path, title: str) -> None:
-        if not pairs:
-            return
-        a = torch.stack([images[p.split_a][0][p.index_a] for p in pairs])
-        b = torch.stack([images[p.split_b][0][p.index_b] for p in pairs])
-        captions = [
-            f"{'=' if p.exact else f'{p.similarity:.3f}'} {data.image_name(p.split_a, p.index_a)} | "
-            f"{data.image_name(p.split_b, p.index_b)}"
-            for p in pairs
-        ]
-        plot_duplicate_pairs(a, b, captions, path, title)
-
-    gallery(
-        result.closest_cross[:GALLERY_PAIRS],
+    atomic_write_bytes(folder / "pairs.csv", _pairs_csv(result.pairs, data))
+    atomic_write_bytes(folder / "nearest_train.csv", _pairs_csv(result.closest_cross, data))
+    closest = result.closest_cross[:GALLERY_PAIRS]
+    _gallery(
+        closest,
+        data,
         folder / "gallery.png",
         f"the {GALLERY_PAIRS} closest test (left) / train (right) pairs, {result.space} features",
     )
     above = [p for p in result.closest_cross if p.similarity >= result.threshold and not p.exact][-GALLERY_PAIRS // 2 :]
     below = [p for p in result.closest_cross if p.similarity < result.threshold][: GALLERY_PAIRS // 2]
-    gallery(
+    _gallery(
         above + below,
+        data,
         folder / "gallery_threshold.png",
         f"pairs either side of the threshold {result.threshold} (first {len(above)} count as duplicates)",
     )
@@ -247,14 +212,60 @@ def save_audit(
     return summary
 
 
+def _images(data: Dataset, split: str):
+    return (data.train_images, data.train_labels) if split == "train" else (data.test_images, data.test_labels)
+
+
+def _pairs_csv(pairs: list[Pair], data: Dataset) -> bytes:
+    """Ranked pairs, each image named by its file path (or split[index]) with its class."""
+    import csv
+    import io
+
+    label_of = lambda split, i: data.classes[int(_images(data, split)[1][i])]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["rank", "kind", "image_a", "class_a", "image_b", "class_b", "similarity", "exact"])
+    for rank, p in enumerate(pairs, 1):
+        writer.writerow(
+            [
+                rank,
+                p.kind,
+                data.image_name(p.split_a, p.index_a),
+                label_of(p.split_a, p.index_a),
+                data.image_name(p.split_b, p.index_b),
+                label_of(p.split_b, p.index_b),
+                f"{p.similarity:.5f}",
+                int(p.exact),
+            ]
+        )
+    return buffer.getvalue().encode()
+
+
+def _gallery(pairs: list[Pair], data: Dataset, path, title: str) -> None:
+    """The pairs side by side, for a person to judge (nothing when there are none)."""
+    from .plots import plot_duplicate_pairs
+
+    if not pairs:
+        return
+    a = torch.stack([_images(data, p.split_a)[0][p.index_a] for p in pairs])
+    b = torch.stack([_images(data, p.split_b)[0][p.index_b] for p in pairs])
+    captions = [
+        f"{'=' if p.exact else f'{p.similarity:.3f}'} {data.image_name(p.split_a, p.index_a)} | "
+        f"{data.image_name(p.split_b, p.index_b)}"
+        for p in pairs
+    ]
+    plot_duplicate_pairs(a, b, captions, path, title)
+
+
 def format_audit(summary: dict) -> str:
     c = summary["counts"]
     return "\n".join(
         [
-            f"leak audit of {summary['source']} ({summary['space']} features, cosine similarity >= {summary['threshold']})",
+            f"leak audit of {summary['source']} ({summary['space']} features, "
+            f"cosine similarity >= {summary['threshold']})",
             f"  test images with an exact duplicate in train: {c['test_with_exact_train_duplicate']}",
-            f"  test images with a near duplicate in train:   {c['test_with_near_train_duplicate']} of {c['test_images']} "
-            f"({c['test_with_near_train_duplicate_percent']:.2f}%)",
+            f"  test images with a near duplicate in train:   {c['test_with_near_train_duplicate']} "
+            f"of {c['test_images']} ({c['test_with_near_train_duplicate_percent']:.2f}%)",
             f"  pairs within train: {c['within_train']['near_pairs']} ({c['within_train']['exact_pairs']} exact); "
             f"within test: {c['within_test']['near_pairs']} ({c['within_test']['exact_pairs']} exact)",
         ]

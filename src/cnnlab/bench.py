@@ -25,6 +25,7 @@ import torch
 
 from .device import cpu_description
 from .errors import UsageError
+from .flops import ASSUMED_GHZ, FP32_FLOP_PER_CYCLE_PER_CORE, forward_macs, peak_flops
 
 
 @dataclass(frozen=True)
@@ -137,46 +138,6 @@ class ChapterDataset(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------------------------------
-# Work counting
-
-
-def forward_macs(model: torch.nn.Module, image_size: int = 32) -> int:
-    """Multiply-adds of one image's forward pass through the conv and linear layers."""
-    total = 0
-
-    def count(module, inputs, output):
-        nonlocal total
-        if isinstance(module, torch.nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-            total += output[0].numel() * k
-        elif isinstance(module, torch.nn.Linear):
-            total += module.in_features * module.out_features
-
-    handles = [
-        m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
-    ]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, image_size, image_size))
-    for h in handles:
-        h.remove()
-    return total
-
-
-# The peak we compare against, and why. AMD Zen 2-4 and Intel cores since Haswell retire two 256-bit
-# FMAs per cycle (Zen 4 runs AVX-512 on the same two pipes): 16 fp32 FMAs = 32 FLOP per cycle per core.
-# Native bf16 dot products (AVX-512 BF16's VDPBF16PS, or AMX) do twice that; without them oneDNN
-# converts bf16 to fp32 and computes there, so bf16's peak is fp32's. A VM does not show its clock:
-# we assume 3.0 GHz, and percentages scale inversely with the true clock.
-ASSUMED_GHZ = 3.0
-FP32_FLOP_PER_CYCLE_PER_CORE = 32
-
-
-def peak_flops(precision: str, cores: int, native_bf16: bool) -> float:
-    per_cycle = FP32_FLOP_PER_CYCLE_PER_CORE * (2 if precision == "bf16" and native_bf16 else 1)
-    return per_cycle * cores * ASSUMED_GHZ * 1e9
-
-
-# ---------------------------------------------------------------------------------------------
 # One measurement (runs inside a worker subprocess)
 
 
@@ -188,7 +149,7 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
 
     from .data import load_dataset
     from .prepare import prepare
-    from .recipe import load_recipe
+    from .recipe_files import load_recipe
 
     if variant.threads:
         torch.set_num_threads(variant.threads)
@@ -223,7 +184,7 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
 
 def _cnnlab_loop(state, warmup: int, steps: int) -> float:
     """cnnlab's own train_one_epoch: a short epoch to warm up (and compile), then the timed one."""
-    from .train import train_one_epoch
+    from .epoch import train_one_epoch
 
     loader, split = state.train_loader, warmup * state.recipe.batch_size
     state.train_loader = loader.part(0, split)
@@ -295,6 +256,7 @@ def run_bench(
     batch_size: int = 128,
     log=print,
 ) -> dict:
+    """Every variant measured `repeats` times, interleaved, each in a fresh worker process; a table of medians."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise UsageError(f"unknown bench variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
@@ -303,50 +265,55 @@ def run_bench(
     from .data import load_dataset
 
     load_dataset(data_source, progress=False)  # decode once here, so workers read the cache
-    samples: dict[str, list[float]] = {v: [] for v in variants}
-    faults: dict[str, list[float]] = {v: [] for v in variants}
-    precision_of: dict[str, str] = {}  # "auto" as the worker resolved it on this machine
+    results: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(repeats):
         for name in variants:
-            args = [
-                sys.executable,
-                "-m",
-                "cnnlab.bench",
-                name,
-                data_source,
-                str(steps),
-                str(warmup),
-                str(batch_size),
-                str(r),
-            ]
-            done = subprocess.run(args, capture_output=True, text=True)
+            args = [sys.executable, "-m", "cnnlab.bench", name, data_source, str(steps), str(warmup), str(batch_size)]
+            done = subprocess.run([*args, str(r)], capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"bench worker for {name} failed:\n{done.stderr}")
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            samples[name].append(result["images_per_s"])
-            faults[name].append(result["page_faults_per_step"])
-            precision_of[name] = result["precision"]
-            log(f"  repeat {r + 1}/{repeats}  {name:<22} {result['images_per_s']:7.0f} img/s")
-
-    from .models import build_model
-    from .recipe import load_recipe
-
-    model_of = lambda name: load_recipe(VARIANTS[name].recipe).model
-    macs_of = {m: forward_macs(build_model(m, 10)) for m in {model_of(name) for name in variants}}
-    cores = os.cpu_count() or 1
+            results[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            log(f"  repeat {r + 1}/{repeats}  {name:<22} {results[name][-1]['images_per_s']:7.0f} img/s")
+    rows, macs_of = _rows(variants, results)
     cpu = cpu_description()
-    baseline = statistics.median(samples[variants[0]])
+    machine = {
+        "cores": os.cpu_count() or 1,
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "assumed_ghz": ASSUMED_GHZ,
+    }
+    return {
+        "machine": machine,
+        "forward_macs_per_image": macs_of,
+        "batch_size": batch_size,
+        "steps": steps,
+        "warmup": warmup,
+        "repeats": repeats,
+        "data": data_source,
+        "rows": rows,
+    }
+
+
+def _rows(variants: list[str], results: dict[str, list[dict]]) -> tuple[list[dict], dict]:
+    """One row per variant: median and spread, speed-up against the first, work done against the peak."""
+    from .models import build_model
+
+    model_of = {name: results[name][0]["model"] for name in variants}
+    macs_of = {m: forward_macs(build_model(m, 10)) for m in set(model_of.values())}
+    cores, native_bf16 = os.cpu_count() or 1, cpu_description()["native_bf16"]
+    baseline = statistics.median(r["images_per_s"] for r in results[variants[0]])
     rows = []
     for name in variants:
-        v, s = VARIANTS[name], samples[name]
-        median = statistics.median(s)
-        achieved = median * 6 * macs_of[model_of(name)]  # forward 2 FLOP per MAC, backward about twice the forward
-        peak = peak_flops(precision_of[name], cores, cpu["native_bf16"])
+        s = [r["images_per_s"] for r in results[name]]
+        median, precision = statistics.median(s), results[name][0]["precision"]  # "auto" as the worker resolved it
+        achieved = median * 6 * macs_of[model_of[name]]  # forward 2 FLOP per MAC, backward about twice the forward
+        peak = peak_flops(precision, cores, native_bf16)
         rows.append(
             {
                 "variant": name,
-                "description": v.description,
-                "precision": precision_of[name],
+                "description": VARIANTS[name].description,
+                "precision": precision,
                 "images_per_s_median": median,
                 "images_per_s_min": min(s),
                 "images_per_s_max": max(s),
@@ -356,27 +323,12 @@ def run_bench(
                 "achieved_gflops": achieved / 1e9,
                 "peak_gflops_assumed": peak / 1e9,
                 "fraction_of_peak": achieved / peak,
-                "page_faults_per_step_median": statistics.median(faults[name]),
-                "model": model_of(name),
-                "forward_macs_per_image": macs_of[model_of(name)],
+                "page_faults_per_step_median": statistics.median(r["page_faults_per_step"] for r in results[name]),
+                "model": model_of[name],
+                "forward_macs_per_image": macs_of[model_of[name]],
             }
         )
-    return {
-        "machine": {
-            "cores": cores,
-            "cpu": cpu,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "assumed_ghz": ASSUMED_GHZ,
-        },
-        "forward_macs_per_image": macs_of,
-        "batch_size": batch_size,
-        "steps": steps,
-        "warmup": warmup,
-        "repeats": repeats,
-        "data": data_source,
-        "rows": rows,
-    }
+    return rows, macs_of
 
 
 def format_table(result: dict) -> str:

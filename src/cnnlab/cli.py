@@ -67,7 +67,8 @@ def _train_options(
     from dataclasses import fields
 
     from .models import MODELS
-    from .recipe import Recipe, declaration, flag, in_flags, metavar
+    from .recipe import Recipe, declaration
+    from .recipe_flags import flag, in_flags, metavar
 
     t.add_argument("--recipe", help="a shipped recipe name or a TOML file (default: seed)")
     _data_options(t, default=data_default, image_size=False)
@@ -104,7 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
+    _making_commands(commands)
+    _data_commands(commands)
+    _analysis_commands(commands)
+    _model_commands(commands)
+    return parser
 
+
+def _making_commands(commands) -> None:
+    """train and ablate: the recipe's flags, made from its declarations."""
     t = commands.add_parser("train", help="train a model with a recipe; writes a run folder")
     _train_options(t, data_default=None)
     t.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run from its last checkpoint, exactly")
@@ -122,6 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("ablation", choices=["bn", "recipe", "regularizers", "speedrun"])
     _train_options(a, epochs_help="epochs per variant (default: 15)")
 
+
+def _data_commands(commands) -> None:
+    d = commands.add_parser("data", help="download a dataset, or describe one")
+    d.add_argument("action", choices=["download", "info", "stats"])
+    _data_options(d)
+    d.add_argument("--md5", help="expected md5 of the archive, for a private mirror serving another build")
+
+    b = commands.add_parser("bench", help="training throughput of the chapter's recipe, variants side by side")
+    b.add_argument("--data", default="cifar10", help="data source (default: %(default)s)")
+    b.add_argument("--variants", help="comma-separated variant names (default: all; first is the baseline)")
+    b.add_argument("--repeats", type=int, default=3, help="interleaved repeats per variant (default: %(default)s)")
+    b.add_argument("--steps", type=int, default=40, help="timed training steps per measurement (default: %(default)s)")
+    b.add_argument("--warmup", type=int, default=8, help="untimed steps first (default: %(default)s)")
+    b.add_argument("--json", dest="json_out", help="also write the full result as JSON to this file")
+    b.add_argument("--list", action="store_true", help="list the variants and exit")
+    commands.add_parser("recipes", help="list the shipped recipes")
+    commands.add_parser("models", help="list the models by name")
+
+
+def _analysis_commands(commands) -> None:
+    """The commands that read a trained run's records and predictions (and audit, which may use a run)."""
     p = commands.add_parser("plot", help="draw a run's figures: curves, confusion, errors, per-class")
     p.add_argument("run", help="a run folder")
     _weights_option(p)
@@ -146,19 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
     _weights_option(r)
     r.add_argument("--out", help="output file (default: RUN/report.html for one run, else report.html here)")
     _data_options(r, default=None)
-
-    e = commands.add_parser("evaluate", help="test accuracy, overall and per class, of a run or checkpoint")
-    e.add_argument("run", help="a run folder (see --weights) or a checkpoint file")
-    _weights_option(e)
-    _data_options(e, default=None)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and one-pixel shifts")
-    e.add_argument(
-        "--exclude-duplicates",
-        metavar="AUDIT",
-        help="also report accuracy without the test images an audit found duplicated in train",
-    )
-    e.add_argument("--json", action="store_true", help="print one JSON object")
 
     au = commands.add_parser("audit", help="exact and near-duplicate images between and within the splits (leaks)")
     _data_options(au)
@@ -186,19 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--device", default="auto")
     rb.add_argument("--json", action="store_true", help="print one JSON object")
 
-    d = commands.add_parser("data", help="download a dataset, or describe one")
-    d.add_argument("action", choices=["download", "info", "stats"])
-    _data_options(d)
-    d.add_argument("--md5", help="expected md5 of the archive, for a private mirror serving another build")
 
-    b = commands.add_parser("bench", help="training throughput of the chapter's recipe, variants side by side")
-    b.add_argument("--data", default="cifar10", help="data source (default: %(default)s)")
-    b.add_argument("--variants", help="comma-separated variant names (default: all; first is the baseline)")
-    b.add_argument("--repeats", type=int, default=3, help="interleaved repeats per variant (default: %(default)s)")
-    b.add_argument("--steps", type=int, default=40, help="timed training steps per measurement (default: %(default)s)")
-    b.add_argument("--warmup", type=int, default=8, help="untimed steps first (default: %(default)s)")
-    b.add_argument("--json", dest="json_out", help="also write the full result as JSON to this file")
-    b.add_argument("--list", action="store_true", help="list the variants and exit")
+def _model_commands(commands) -> None:
+    """The commands that use a trained model: evaluate, inspect, predict, export."""
+    e = commands.add_parser("evaluate", help="test accuracy, overall and per class, of a run or checkpoint")
+    e.add_argument("run", help="a run folder (see --weights) or a checkpoint file")
+    _weights_option(e)
+    _data_options(e, default=None)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and one-pixel shifts")
+    e.add_argument(
+        "--exclude-duplicates",
+        metavar="AUDIT",
+        help="also report accuracy without the test images an audit found duplicated in train",
+    )
+    e.add_argument("--json", action="store_true", help="print one JSON object")
 
     i = commands.add_parser(
         "inspect", help="first-layer filters, feature maps and Grad-CAM evidence, as PNGs in the run"
@@ -240,10 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="ONNX input: uint8 0-255 or float32 0-1 (TorchScript takes both; default: %(default)s)",
     )
 
-    commands.add_parser("recipes", help="list the shipped recipes")
-    commands.add_parser("models", help="list the models by name")
-    return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     # Whatever the locale, a character the terminal cannot show is written as an escape, never a crash.
@@ -281,7 +296,7 @@ def _in_flags(error: CnnlabError) -> str:
     """The library's message with the parameters it names written as this CLI's flags (val_split: --val-split)."""
     import re
 
-    from .recipe import flag
+    from .recipe_flags import flag
 
     message = str(error)
     for name in error.parameters:

@@ -11,7 +11,8 @@ from .errors import CnnlabError, UsageError
 
 def _recipe(args):
     """The recipe the flags ask for: --recipe with every field flag given on top."""
-    from .recipe import Recipe, load_recipe
+    from .recipe import Recipe
+    from .recipe_files import load_recipe
 
     fields = Recipe.__dataclass_fields__
     overrides = {k: v for k, v in vars(args).items() if k in fields and k != "name" and v is not None}
@@ -25,7 +26,8 @@ def _recipe(args):
 
 def cmd_train(args) -> int:
     if args.resume:
-        from .recipe import Recipe, flag
+        from .recipe import Recipe
+        from .recipe_flags import flag
         from .train import resume
 
         given = [
@@ -121,7 +123,8 @@ def cmd_audit(args) -> int:
     else:
         print(format_audit(summary))
         print(
-            f"pairs (pairs.csv, nearest_train.csv), galleries (gallery.png, gallery_threshold.png) and audit.json in {out}"
+            "pairs (pairs.csv, nearest_train.csv), galleries (gallery.png, gallery_threshold.png) and "
+            f"audit.json in {out}"
         )
     return 0
 
@@ -143,7 +146,8 @@ def cmd_data(args) -> int:
         info = data.summary()
         counts = lambda labels: [int(c) for c in labels.bincount(minlength=data.num_classes)]
         print(
-            f"source      {info['source']}\nchecksum    {info['checksum']}\nimage size  {info['image_size']}x{info['image_size']}"
+            f"source      {info['source']}\nchecksum    {info['checksum']}\n"
+            f"image size  {info['image_size']}x{info['image_size']}"
         )
         print(f"train       {info['train']} images\ntest        {info['test']} images\nclasses     {data.num_classes}")
         width = max(len(c) for c in data.classes)
@@ -176,7 +180,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_recipes(args) -> int:
-    from .recipe import load_recipe, shipped_recipes
+    from .recipe_files import load_recipe, shipped_recipes
 
     for name in sorted(shipped_recipes()):
         print(f"{name:<14} {load_recipe(name).description}")

@@ -38,7 +38,8 @@ REMEDIES = {
     "larger": "a larger network (more channels or blocks; Chapter 20's ResNets)",
     "less_regularization": "less regularisation (lower --weight-decay, lighter augmentation)",
     "higher_lr": "a better learning-rate schedule (cosine from a tuned --lr) if the loss is falling slowly",
-    "nothing": "nothing urgent: the curves look healthy; gains now come from the recipe (test-time augmentation, label smoothing)",
+    "nothing": "nothing urgent: the curves look healthy; gains now come from the recipe "
+    "(test-time augmentation, label smoothing)",
 }
 
 
@@ -78,8 +79,9 @@ class Diagnosis:
         return "\n".join(lines)
 
 
-def diagnose_rows(rows: list[dict]) -> Diagnosis:
-    """The verdict from metric rows (dicts with epoch, train_loss, train_acc and val_acc or test_acc)."""
+def curve_numbers(rows: list[dict]) -> dict:
+    """What the verdict is read from: final, best and recent accuracies, the gap, the decline since the
+    peak, the recent trend of loss and accuracy, and whether the schedule has annealed."""
     split = "val" if "val_acc" in rows[0] else "test"
     held_out = [r[f"{split}_acc"] for r in rows]
     losses = [r["train_loss"] for r in rows]
@@ -104,9 +106,16 @@ def diagnose_rows(rows: list[dict]) -> Diagnosis:
     rates = [r["lr"] for r in rows if "lr" in r]
     numbers["schedule_annealed"] = bool(rates) and rates[-1] <= ANNEALED * max(rates)
     if numbers["schedule_annealed"]:
-        still_improving = numbers["recent_gain"] >= STILL_RISING_ANNEALED
+        numbers["still_improving"] = numbers["recent_gain"] >= STILL_RISING_ANNEALED
     else:
-        still_improving = numbers["recent_gain"] >= STILL_RISING or numbers["loss_still_falling"]
+        numbers["still_improving"] = numbers["recent_gain"] >= STILL_RISING or numbers["loss_still_falling"]
+    return numbers
+
+
+def diagnose_rows(rows: list[dict]) -> Diagnosis:
+    """The verdict from metric rows (dicts with epoch, train_loss, train_acc and val_acc or test_acc)."""
+    numbers = curve_numbers(rows)
+    split, still_improving = numbers["split"], numbers["still_improving"]
     peaked_early = numbers["best_epoch"] <= numbers["last_epoch"] - 2
     reasons, notes = [], []
 

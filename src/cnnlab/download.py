@@ -106,7 +106,8 @@ def check_member_name(archive: Path, name: str) -> PurePosixPath:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
         raise CnnlabError(
-            f"{shown(archive)} contains the member '{shown(name)}', which points outside the archive's folder; refusing to use it"
+            f"{shown(archive)} contains the member '{shown(name)}', which points outside the archive's folder; "
+            "refusing to use it"
         )
     return path
 

@@ -182,11 +182,11 @@ def inspect_model(
     info = [
         {
             "image": name,
-            "label": classes[l] if l is not None else None,
+            "label": classes[label] if label is not None else None,
             "predicted": classes[p],
             "confidence": float(probabilities[i, p]),
         }
-        for i, (name, l, p) in enumerate(zip(names, labels, predicted))
+        for i, (name, label, p) in enumerate(zip(names, labels, predicted))
     ]
     figures = [
         plot_filters(weight, kinds, out_dir / "filters.png"),

@@ -89,7 +89,7 @@ class Run:
 
     @property
     def recipe(self):
-        from .recipe import recipe_from_dict
+        from .recipe_files import recipe_from_dict
 
         saved = self.checkpoint.get("recipe")
         return recipe_from_dict(saved, where=str(self.weights.file)) if isinstance(saved, dict) else None

@@ -62,14 +62,7 @@ def prepare(
     """Everything `recipe` needs on `data`. `fresh` (not a resume) sets data-dependent layers and loads
     the recipe's starting weights; a resume restores its checkpoint over the result instead."""
     cluster = cluster or Cluster.single()
-    device = resolve_device(recipe.device)
-    if cluster.backend == "nccl":
-        device = torch.device("cuda", cluster.local_rank)  # one GPU per process
-    precision = resolve_precision(recipe.precision, device)
-    if cluster.is_main:
-        warn_if_emulated(precision, device)
-    if device.type == "cpu" and tune_allocator:
-        tune_cpu_allocator()
+    device, precision = _execution(recipe, cluster, tune_allocator)
     torch.manual_seed(recipe.seed)
 
     train_index, val_index = split_images(recipe, data)
@@ -84,25 +77,9 @@ def prepare(
     if recipe.sync_bn and cluster.distributed:
         model = distributed.synchronize_batch_norm(model, device)  # same parameters and state-dict names
 
-    train_loader = Loader(
-        train_images,
-        data.train_labels[train_index],
-        recipe.batch_size,
-        normalize,
-        device=device,
-        augment=Augmentation.of(recipe),
-        seed=recipe.seed,
-        channels_last=cl,
-        rank=cluster.rank,
-        world_size=cluster.world_size,
+    train_loader, eval_loaders = _loaders(
+        recipe, data, train_images, train_index, val_index, normalize, device, cl, cluster
     )
-    evaluation = lambda images, labels: Loader(
-        images, labels, recipe.eval_batch_size, normalize, device=device, channels_last=cl
-    )
-    eval_loaders = {"test": evaluation(data.test_images, data.test_labels)}
-    if len(val_index):
-        eval_loaders["val"] = evaluation(data.train_images[val_index], data.train_labels[val_index])
-
     state = TrainState(
         recipe,
         _network(recipe, model, device, precision, cluster),
@@ -118,6 +95,42 @@ def prepare(
         notes,
     )
     return Setup(state, eval_loaders, len(train_index), len(val_index))
+
+
+def _execution(recipe: Recipe, cluster: Cluster, tune_allocator: bool) -> tuple[torch.device, str]:
+    """The device and the numeric precision, resolved for this machine (and set up: the CPU allocator)."""
+    device = resolve_device(recipe.device)
+    if cluster.backend == "nccl":
+        device = torch.device("cuda", cluster.local_rank)  # one GPU per process
+    precision = resolve_precision(recipe.precision, device)
+    if cluster.is_main:
+        warn_if_emulated(precision, device)
+    if device.type == "cpu" and tune_allocator:
+        tune_cpu_allocator()
+    return device, precision
+
+
+def _loaders(recipe, data, train_images, train_index, val_index, normalize, device, channels_last, cluster):
+    """The training loader (augmented, this rank's slice of each batch) and the evaluation loaders."""
+    train_loader = Loader(
+        train_images,
+        data.train_labels[train_index],
+        recipe.batch_size,
+        normalize,
+        device=device,
+        augment=Augmentation.of(recipe),
+        seed=recipe.seed,
+        channels_last=channels_last,
+        rank=cluster.rank,
+        world_size=cluster.world_size,
+    )
+    evaluation = lambda images, labels: Loader(
+        images, labels, recipe.eval_batch_size, normalize, device=device, channels_last=channels_last
+    )
+    eval_loaders = {"test": evaluation(data.test_images, data.test_labels)}
+    if len(val_index):
+        eval_loaders["val"] = evaluation(data.train_images[val_index], data.train_labels[val_index])
+    return train_loader, eval_loaders
 
 
 def _model(recipe: Recipe, data: Dataset, sample, device, channels_last: bool):

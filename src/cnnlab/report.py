@@ -168,7 +168,8 @@ def _comparison(records: list[RunRecord], opened: list, names: list[str]) -> str
             f"<td class='num'>{last['epoch']}</td><td class='num'>{_weights_accuracy(record, run):.2f}% "
             f"({_e(run.weights.describe())})</td>"
             f"<td class='num'>{d.numbers['best_eval_acc']:.2f}% ({d.numbers['best_epoch']})</td>"
-            f"<td class='num'>{d.numbers['gap']:+.2f}</td><td>{_e(d.verdict)}</td><td class='num'>{seconds:.0f} s</td></tr>"
+            f"<td class='num'>{d.numbers['gap']:+.2f}</td><td>{_e(d.verdict)}</td>"
+            f"<td class='num'>{seconds:.0f} s</td></tr>"
         )
     rows.append("</table>")
 
@@ -200,13 +201,84 @@ def _comparison(records: list[RunRecord], opened: list, names: list[str]) -> str
 def _run_section(record: RunRecord, run, name: str, level: int | None) -> str:
     h = (lambda text: f"<h{level}>{_e(text)}</h{level}>") if level else (lambda text: "")
     sub = lambda text: f"<h{(level or 1) + 1}>{_e(text)}</h{(level or 1) + 1}>"
-    config, summary, last = record.config, record.summary, record.rows[-1]
-    recipe = config.get("recipe", {})
     d = diagnose(record)
     out = [h(f"Run {name}"), f"<p class='meta'>{_e(record.path)}</p>"]
-    if not summary:
+    if not record.summary:
         out.append("<p><b>This run has not finished</b>: the numbers below are from its last completed epoch.</p>")
+    out += [
+        _headline(record, run, d),
+        sub("Diagnosis"),
+        _diagnosis(d),
+        sub("Learning curves"),
+        _img(record.path / "curves.png", "learning curves"),
+        sub("Confusion"),
+        _confusion_table(record),
+        sub("Per-class accuracy"),
+        _img(record.path / "per_class.png", "per-class accuracy"),
+        sub("Most confident mistakes"),
+        _img(record.path / "errors.png", "most confident mistakes"),
+    ]
+    for title, file in EXTRA_FIGURES:
+        if (record.path / file).is_file():
+            out += [sub(title), _img(record.path / file, title)]
+    if (record.path / "robustness.json").is_file():
+        out.append(_robustness_section(_robustness(record.path / "robustness.json"), record.path, sub))
+    out += [sub("Configuration"), _configuration(record), sub("Metrics per epoch"), _metrics_table(record)]
+    return "\n".join(out)
 
+
+def _diagnosis(d) -> str:
+    return (
+        f"<p>Verdict: <span class='verdict'>{_e(d.verdict)}</span></p><ul>"
+        + "".join(f"<li>{_e(r)}</li>" for r in d.reasons)
+        + "</ul>"
+        + "<p>Remedies, most promising first:</p><ol>"
+        + "".join(f"<li>{_e(r)}</li>" for r in d.remedies)
+        + "</ol>"
+        + "".join(f"<p class='meta'>Note: {_e(n)}</p>" for n in d.notes)
+    )
+
+
+def _confusion_table(record: RunRecord) -> str:
+    confusion = _confusion(record)
+    classes, out = confusion["classes"], [_img(record.path / "confusion.png", "confusion matrix")]
+    if confusion["most_confused"]:
+        out.append("<table><tr><th>most confused pair</th><th>errors</th><th>one way</th><th>the other way</th></tr>")
+        for p in confusion["most_confused"]:
+            a, b = classes[p["a"]], classes[p["b"]]
+            out.append(
+                f"<tr><td>{_e(a)} / {_e(b)}</td><td class='num'>{p['total']}</td>"
+                f"<td>{_e(a)} taken for {_e(b)}: {p['a_as_b']}</td>"
+                f"<td>{_e(b)} taken for {_e(a)}: {p['b_as_a']}</td></tr>"
+            )
+        out.append("</table>")
+    return "\n".join(out)
+
+
+def _configuration(record: RunRecord) -> str:
+    config = record.config
+    data = config.get("data", {})
+    recipe = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in config.get("recipe", {}).items())
+    versions = ", ".join(f"{k} {v}" for k, v in config.get("versions", {}).items())
+    return (
+        f"<table>{recipe}</table><p>Data: {_e(data.get('source', '?'))} (checksum {_e(data.get('checksum', '?'))}), "
+        f"{data.get('train_used', '?')} training images, {data.get('val_held_out', 0)} held out for validation. "
+        f"Versions: {_e(versions)}.</p>"
+    )
+
+
+def _metrics_table(record: RunRecord) -> str:
+    wanted = ("epoch", "lr", "train_loss", "train_acc", "val_acc", "test_loss", "test_acc", "seconds")
+    columns = [c for c in wanted if c in record.rows[-1]]
+    body = "".join(
+        "<tr>" + "".join(f"<td class='num'>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in record.rows
+    )
+    return "<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>" + body + "</table>"
+
+
+def _headline(record: RunRecord, run, d) -> str:
+    """The cards at the top of a run's section: the reported weights' accuracy first."""
+    config, summary, last = record.config, record.summary, record.rows[-1]
     cards = [
         (f"test accuracy, {run.weights.describe()}", f"{_weights_accuracy(record, run):.2f}%"),
         (f"best {d.numbers['split']} accuracy", f"{d.numbers['best_eval_acc']:.2f}% (epoch {d.numbers['best_epoch']})"),
@@ -215,72 +287,7 @@ def _run_section(record: RunRecord, run, name: str, level: int | None) -> str:
         ("parameters", f"{config.get('parameters', 0):,}"),
         ("device", f"{config.get('device', '?')} ({config.get('precision', '?')})"),
     ]
-    out.append("<div class='headline'>" + "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in cards) + "</div>")
-
-    out.append(sub("Diagnosis"))
-    out.append(
-        f"<p>Verdict: <span class='verdict'>{_e(d.verdict)}</span></p><ul>"
-        + "".join(f"<li>{_e(r)}</li>" for r in d.reasons)
-        + "</ul>"
-    )
-    out.append(
-        "<p>Remedies, most promising first:</p><ol>" + "".join(f"<li>{_e(r)}</li>" for r in d.remedies) + "</ol>"
-    )
-    out += [f"<p class='meta'>Note: {_e(n)}</p>" for n in d.notes]
-
-    out.append(sub("Learning curves"))
-    out.append(_img(record.path / "curves.png", "learning curves"))
-
-    confusion = _confusion(record)
-    classes = confusion["classes"]
-    out.append(sub("Confusion"))
-    out.append(_img(record.path / "confusion.png", "confusion matrix"))
-    if confusion["most_confused"]:
-        out.append("<table><tr><th>most confused pair</th><th>errors</th><th>one way</th><th>the other way</th></tr>")
-        for p in confusion["most_confused"]:
-            a, b = classes[p["a"]], classes[p["b"]]
-            out.append(
-                f"<tr><td>{_e(a)} / {_e(b)}</td><td class='num'>{p['total']}</td>"
-                f"<td>{_e(a)} taken for {_e(b)}: {p['a_as_b']}</td><td>{_e(b)} taken for {_e(a)}: {p['b_as_a']}</td></tr>"
-            )
-        out.append("</table>")
-    out.append(sub("Per-class accuracy"))
-    out.append(_img(record.path / "per_class.png", "per-class accuracy"))
-    out.append(sub("Most confident mistakes"))
-    out.append(_img(record.path / "errors.png", "most confident mistakes"))
-    for title, file in EXTRA_FIGURES:
-        if (record.path / file).is_file():
-            out.append(sub(title))
-            out.append(_img(record.path / file, title))
-    if (record.path / "robustness.json").is_file():
-        out.append(_robustness_section(_robustness(record.path / "robustness.json"), record.path, sub))
-
-    out.append(sub("Configuration"))
-    out.append(
-        "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in recipe.items()) + "</table>"
-    )
-    data = config.get("data", {})
-    out.append(
-        f"<p>Data: {_e(data.get('source', '?'))} (checksum {_e(data.get('checksum', '?'))}), "
-        f"{data.get('train_used', '?')} training images, {data.get('val_held_out', 0)} held out for validation. "
-        f"Versions: {_e(', '.join(f'{k} {v}' for k, v in config.get('versions', {}).items()))}.</p>"
-    )
-    out.append(sub("Metrics per epoch"))
-    columns = [
-        c
-        for c in ("epoch", "lr", "train_loss", "train_acc", "val_acc", "test_loss", "test_acc", "seconds")
-        if c in last
-    ]
-    out.append(
-        "<table><tr>"
-        + "".join(f"<th>{c}</th>" for c in columns)
-        + "</tr>"
-        + "".join(
-            "<tr>" + "".join(f"<td class='num'>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in record.rows
-        )
-        + "</table>"
-    )
-    return "\n".join(out)
+    return "<div class='headline'>" + "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in cards) + "</div>"
 
 
 def _robustness_section(result: dict, folder: Path, sub) -> str:

@@ -43,8 +43,9 @@ def cmd_evaluate(args) -> int:
         return 0
     tta = " with test-time augmentation" if args.tta else ""
     print(
-        f"{shown(run.folder or run.weights.file)}, {run.weights.describe()}: test accuracy {report['test_acc']:.2f}%{tta} "
-        f"on {report['test_images']} images (loss {report['test_loss']:.4f})"
+        f"{shown(run.folder or run.weights.file)}, {run.weights.describe()}: "
+        f"test accuracy {report['test_acc']:.2f}%{tta} on {report['test_images']} images "
+        f"(loss {report['test_loss']:.4f})"
     )
     if "duplicate_free" in report:
         free = report["duplicate_free"]

@@ -1,0 +1,145 @@
+"""Recipes from files and plain data: a shipped recipe by name or any TOML file, with overrides on top, and
+a run's saved recipe read back. Lengthening or shortening a recipe keeps its shape (`rescaled`)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import fields
+from importlib import resources
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import CnnlabWarning, UsageError
+from .recipe import Recipe, declaration
+
+
+def shipped_recipes() -> dict[str, Path]:
+    folder = resources.files("cnnlab") / "recipes"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".toml")}
+
+
+def load_recipe(name_or_path: str = "seed", overrides: dict | None = None) -> Recipe:
+    """Load a shipped recipe by name or a TOML file by path, then apply `overrides` (None values skipped).
+
+    An `epochs` override that changes the recipe's length scales its epoch-denominated fields
+    (warm-up, early crops, the whitening bias's epochs) unless they are overridden too, so a shortened
+    recipe keeps its shape; a CnnlabWarning says what changed."""
+    shipped = shipped_recipes()
+    if name_or_path in shipped:
+        path = shipped[name_or_path]
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise UsageError(
+                f"unknown recipe '{name_or_path}': use one of {', '.join(sorted(shipped))} or the path of a TOML file",
+                parameters=("recipe",),
+            )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
+        raise UsageError(f"recipe {path} is not valid TOML ({e}); fix the file") from None
+    data.setdefault("name", path.stem)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "epochs" in overrides:
+        data = rescaled(data, overrides["epochs"], set(overrides), where=data["name"])
+    return recipe_from_dict(data, overrides, where=str(path))
+
+
+def rescaled(data: dict, epochs: int, keep: set[str] = frozenset(), where: str = "the recipe") -> dict:
+    """`data` (a recipe's fields) made `epochs` long: each epoch-denominated field not in `keep` scales with
+    the length, so the schedule keeps its shape (said in one warning when anything changes)."""
+    default_epochs = Recipe.__dataclass_fields__["epochs"].default
+    old = data.get("epochs", default_epochs)
+    if (
+        not isinstance(old, int)
+        or not isinstance(epochs, int)
+        or isinstance(epochs, bool)
+        or epochs < 1
+        or old == epochs
+    ):
+        return data
+    data, changed = dict(data), []
+    for f in fields(Recipe):
+        value = data.get(f.name, 0)
+        if not declaration(f).epochs or f.name in keep or not isinstance(value, (int, float)) or not value:
+            continue
+        scaled = value * epochs / old
+        if f.type == "int":
+            scaled = min(max(1, round(scaled)), epochs - 1)
+        data[f.name] = scaled
+        changed.append(f"{f.name} {value:g} -> {scaled:g}")
+    if data.get("early_crop_epochs", 0) == 0 and data.get("early_crop"):
+        data["early_crop"] = 0
+        changed.append("early_crop off (no epoch is left for it)")
+    if changed:
+        warnings.warn(
+            f"{where} is {old} epochs; at {epochs} its epoch-denominated fields scale with it: {', '.join(changed)}",
+            CnnlabWarning,
+            stacklevel=3,
+        )
+    return data
+
+
+# Fields that older cnnlab versions kept on every recipe and are now the speedrun models' own options.
+LEGACY_MODEL_OPTIONS = ("whiten", "identity_init")
+
+
+def recipe_from_dict(data: dict, overrides: dict | None = None, where: str = "recipe") -> Recipe:
+    """A validated Recipe from plain data (a TOML file's, a run's saved recipe), with `overrides` on top
+    (model_options are merged, not replaced)."""
+    from .models import model_spec
+
+    known = {f.name: f for f in fields(Recipe)}
+    merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    options = dict(_table(data.get("model_options", {}), where))
+    options.update(_table((overrides or {}).get("model_options") or {}, where))
+    for key in LEGACY_MODEL_OPTIONS:  # a flat `whiten = true` becomes a model option where the model has it
+        if key in merged:
+            value = merged.pop(key)
+            try:
+                has_it = key in model_spec(str(merged.get("model", known["model"].default))).options
+            except UsageError:
+                has_it = True  # the unknown model is reported by validate
+            if has_it and key not in options:
+                options[key] = value
+            elif not has_it and value is not True:  # older runs stored the ignored default: drop only that
+                options[key] = value  # and let validate say that this model has no such option
+    merged["model_options"] = options
+    values = {}
+    for key, value in merged.items():
+        if key not in known:
+            raise UsageError(f"{where}: unknown field '{key}'; known fields are {', '.join(known)}")
+        values[key] = _coerce(key, value, known[key].type, where)
+    return Recipe(**values).validate()
+
+
+def _table(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise UsageError(f"{where}: model_options should be a table of true/false switches, got {value!r}")
+    return value
+
+
+def _coerce(key: str, value, type_name, where: str):
+    """TOML and argparse give the right types already; this catches a recipe file's mistakes."""
+    type_name = str(type_name)
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+    elif type_name == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif type_name == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif type_name == "str":
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif type_name == "dict":
+        if isinstance(value, dict):
+            return dict(value)
+    raise UsageError(f"{where}: field '{key}' should be {type_name}, got {value!r}")
