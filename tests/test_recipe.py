@@ -70,3 +70,13 @@ def test_a_shortened_recipe_keeps_its_shape_and_says_so():
     with pytest.warns(CnnlabWarning, match="early_crop off"):
         one = recipe_from_dict(rescaled(cropped.to_dict(), 1))
     assert (one.early_crop, one.early_crop_epochs) == (0, 0)  # no epoch left for early crops: off, and said
+
+
+def test_library_errors_speak_in_parameters_and_the_cli_in_flags():
+    from conftest import run_cli
+
+    with pytest.raises(UsageError) as caught:
+        load_recipe("seed", {"val_split": "nan"})
+    assert "val_split" in str(caught.value) and "--val-split" not in str(caught.value)
+    result = run_cli("train", "--val-split", "nan")
+    assert result.returncode == 2 and "--val-split 'nan'" in result.stderr

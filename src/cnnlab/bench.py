@@ -261,7 +261,7 @@ def run_bench(
     if unknown:
         raise UsageError(f"unknown bench variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
     if repeats < 1 or steps < 1 or warmup < 1:
-        raise UsageError("--repeats, --steps and --warmup must be at least 1")
+        raise UsageError("repeats, steps and warmup must be at least 1", parameters=("repeats", "steps", "warmup"))
     from .data import load_dataset
 
     load_dataset(data_source, progress=False)  # decode once here, so workers read the cache

@@ -89,7 +89,9 @@ def load_dataset(
 ) -> Dataset:
     """Load `source` into memory (see the module docstring for what a source can be)."""
     if image_size < 8 or image_size > 512:
-        raise UsageError(f"--image-size {image_size} is out of range; use a size between 8 and 512")
+        raise UsageError(
+            f"image_size {image_size} is out of range; use a size between 8 and 512", parameters=("image_size",)
+        )
     if source in CIFAR_ARCHIVES:
         folder = ensure_cifar(source, Path(root), mirror=mirror, progress=progress)
         ds = read_cifar(source, folder_opener(folder), source)

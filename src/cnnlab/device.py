@@ -65,9 +65,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     kind = name.split(":")[0]
     if kind == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: this PyTorch build sees no CUDA GPU; use --device cpu or auto")
+        raise UsageError(f"device {name}: this PyTorch build sees no CUDA GPU; use cpu or auto", parameters=("device",))
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+        raise UsageError(f"device {name}: MPS is not available here; use cpu or auto", parameters=("device",))
     try:
         return torch.device(name)
     except RuntimeError:
@@ -80,7 +80,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             return "bf16" if cpu_has_native_bf16() else "fp32"
         return AUTO_PRECISION.get(device.type, "fp32")
     if precision == "fp16" and device.type == "cpu":
-        raise UsageError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32")
+        raise UsageError("precision fp16 needs a GPU; on the CPU use bf16 or fp32", parameters=("precision",))
     return precision
 
 

@@ -79,7 +79,10 @@ def start(device_name: str) -> Cluster:
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     use_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
     if device_name.startswith("mps"):
-        raise UsageError("torchrun training runs on CUDA (nccl) or the CPU (gloo), not on MPS; use --device cpu")
+        raise UsageError(
+            "torchrun training runs on CUDA (nccl) or the CPU (gloo), not on MPS; set device to cpu",
+            parameters=("device",),
+        )
     if use_cuda:
         torch.cuda.set_device(local_rank)
     backend = "nccl" if use_cuda else "gloo"

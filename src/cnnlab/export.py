@@ -67,7 +67,9 @@ def export_model(run, fmt: str, out: Path, input_type: str = "uint8") -> Path:
         example = example.float() / 255
     out = Path(out)
     if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; give a file name such as {out / ('model' + FORMATS[fmt])}")
+        raise UsageError(
+            f"out {out} is a folder; give a file name such as {out / ('model' + FORMATS[fmt])}", parameters=("out",)
+        )
     if not out.parent.is_dir():
         raise CnnlabError(f"cannot write {out}: the folder {out.parent} does not exist")
     data = (

@@ -22,7 +22,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if not path.is_file():
-        raise CnnlabError(f"--weights {path}: no such file")
+        raise CnnlabError(f"weights {path}: no such file", parameters=("weights",))
     payload = load_tensors(path)
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         payload = payload["state_dict"]
@@ -30,8 +30,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         payload = payload.get("state_dict") or payload.get("model")
     if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
         raise CnnlabError(
-            f"--weights {path} holds no state dict (a mapping of names to tensors); save one with "
-            "torch.save(model.state_dict(), path)"
+            f"weights {path} holds no state dict (a mapping of names to tensors); save one with "
+            "torch.save(model.state_dict(), path)",
+            parameters=("weights",),
         )
     prefix = "module."  # weights saved from DistributedDataParallel or torch.compile wrappers
     return {k[len(prefix) :] if k.startswith(prefix) else k.replace("_orig_mod.", ""): v for k, v in payload.items()}
@@ -51,15 +52,17 @@ def load_weights(model: nn.Module, path: str | Path) -> list[str]:
     if missing or len(unexpected) > 2 or (unexpected and len(head_keys_given) != len(unexpected)):
         listing = ", ".join((missing + unexpected)[:4])
         raise CnnlabError(
-            f"--weights {path} does not fit this model: {len(missing)} layers missing and {len(unexpected)} "
-            f"unexpected ({listing}); use weights of the same architecture"
+            f"weights {path} does not fit this model: {len(missing)} layers missing and {len(unexpected)} "
+            f"unexpected ({listing}); use weights of the same architecture",
+            parameters=("weights",),
         )
     wrong = [k for k in own if k in given and given[k].shape != own[k].shape and not in_head(k)]
     if wrong:
         k = wrong[0]
         raise CnnlabError(
-            f"--weights {path}: {k} has shape {tuple(given[k].shape)} there and {tuple(own[k].shape)} here; "
-            "use weights of the same architecture and width"
+            f"weights {path}: {k} has shape {tuple(given[k].shape)} there and {tuple(own[k].shape)} here; "
+            "use weights of the same architecture and width",
+            parameters=("weights",),
         )
     replaced = [k for k in own if in_head(k) and (k not in given or given[k].shape != own[k].shape)]
     model.load_state_dict({k: v for k, v in given.items() if k in own and k not in replaced}, strict=False)

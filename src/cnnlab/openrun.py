@@ -52,7 +52,7 @@ def reported_weights(best_metric: str, best_epoch: int, last_epoch: int) -> Weig
 def weights_file(folder: Path, which: str = "auto") -> Path:
     """The checkpoint of run `folder` that `which` (auto, best, last, ema) names."""
     if which not in WEIGHTS:
-        raise UsageError(f"--weights {which!r}: choose one of {', '.join(WEIGHTS)}", parameters=("weights",))
+        raise UsageError(f"weights {which!r}: choose one of {', '.join(WEIGHTS)}", parameters=("weights",))
     if which == "auto":
         if not (folder / "config.json").exists() and not any(folder.glob("*.pt")):
             raise CnnlabError(f"{shown(folder)} has no best.pt or last.pt; is it a cnnlab run folder?")

@@ -61,7 +61,7 @@ def write_report(runs: list[str | Path], out: str | Path | None = None, data=Non
         out = records[0].path / "report.html" if len(records) == 1 else Path("report.html")
     out = Path(out)
     if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")
+        raise UsageError(f"out {out} is a folder; give a file name such as {out / 'report.html'}", parameters=("out",))
     title = f"cnnlab report: {names[0]}" if len(records) == 1 else f"cnnlab comparison of {len(records)} runs"
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>",

@@ -54,7 +54,9 @@ def recorded_source(folder: Path) -> str:
     config = read_json(Path(folder) / "config.json")
     source = config.get("data", {}).get("source") if isinstance(config.get("data"), dict) else None
     if not isinstance(source, str) or not source:
-        raise CnnlabError(f"{shown(Path(folder) / 'config.json')} does not name the run's data; pass --data")
+        raise CnnlabError(
+            f"{shown(Path(folder) / 'config.json')} does not name the run's data; pass data", parameters=("data",)
+        )
     return source
 
 

@@ -88,8 +88,9 @@ def check_run_name(name: str) -> str:
         or not name.isprintable()
     ):
         raise UsageError(
-            f"--name {shown(name)!r} is not a usable folder name: use one name without '/', a leading "
-            "'.' or control characters (letters, digits, '-' and '_' are safe)"
+            f"name {shown(name)!r} is not a usable folder name: use one name without '/', a leading "
+            "'.' or control characters (letters, digits, '-' and '_' are safe)",
+            parameters=("name",),
         )
     return name
 

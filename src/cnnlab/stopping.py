@@ -32,7 +32,8 @@ class Diverged(CnnlabError):
         )
         super().__init__(
             f"the training loss became NaN or infinite in epoch {epoch}, step {step} of {steps}, at learning "
-            f"rate {lr:.4g}; {kept}. Try a lower --lr, --precision fp32, or a run with batch norm"
+            f"rate {lr:.4g}; {kept}. Try a lower lr, precision fp32, or a run with batch norm",
+            parameters=("lr", "precision"),
         )
 
 

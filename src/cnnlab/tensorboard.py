@@ -11,7 +11,9 @@ def require_tensorboard() -> None:
     try:
         import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
     except ImportError:
-        raise UsageError("--tensorboard needs the tensorboard package: pip install 'cnnlab[tensorboard]'") from None
+        raise UsageError(
+            "tensorboard needs the tensorboard package: pip install 'cnnlab[tensorboard]'", parameters=("tensorboard",)
+        ) from None
 
 
 class TensorBoardWriter:
