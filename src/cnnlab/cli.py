@@ -319,31 +319,15 @@ def _warnings_as_lines(prefix: str) -> None:
     warnings.showwarning = one_line
 
 
-# Which module runs each command: the commands that make things, and those that use a trained run.
-COMMANDS = {
-    "train": "commands",
-    "ablate": "commands",
-    "audit": "commands",
-    "data": "commands",
-    "bench": "commands",
-    "recipes": "commands",
-    "models": "commands",
-    "evaluate": "run_commands",
-    "predict": "run_commands",
-    "inspect": "run_commands",
-    "export": "run_commands",
-    "plot": "run_commands",
-    "confusion": "run_commands",
-    "diagnose": "run_commands",
-    "report": "run_commands",
-    "robustness": "run_commands",
-}
-
-
 def _command(name: str):
+    """cmd_NAME from the module that has it: commands.py (making things) or run_commands.py (using a run)."""
     import importlib
 
-    return getattr(importlib.import_module(f".{COMMANDS[name]}", __package__), f"cmd_{name}")
+    for module in ("commands", "run_commands"):
+        found = getattr(importlib.import_module(f".{module}", __package__), f"cmd_{name}", None)
+        if found is not None:
+            return found
+    raise AssertionError(f"no cmd_{name}")  # a parser without its command: a bug
 
 
 if __name__ == "__main__":  # pragma: no cover
