@@ -289,3 +289,47 @@ def test_resume_is_exact_with_the_speedrun_recipe(archive, tmp_path):
         assert result.returncode == 0, result.stderr
     assert rows(run) == rows(tmp_path / "straight"), (process.returncode, stopped_err[-500:])
     assert "tta_test_acc" in rows(run)[-1]
+
+
+class SignalDuringLastStep:
+    """The run's training loader, unchanged, except that the stop flag is raised as the last batch of
+    `epoch` (1-based) is handed out: what a SIGTERM arriving during that step does. Timing a real signal
+    into one step is left to chance, so this one is placed by hand."""
+
+    def __init__(self, loader, progress, epoch: int):
+        self.loader, self.progress, self.epoch = loader, progress, epoch
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        for index, batch in enumerate(self.loader):
+            if self.progress.epoch + 1 == self.epoch and index == len(self.loader) - 1:
+                self.progress.stop_signal = signal.SIGTERM
+            yield batch
+
+
+def test_a_signal_during_an_epochs_last_step_keeps_that_epoch_once(archive, tmp_path):
+    """Found in CI: such a signal used to checkpoint the trained weights as if the epoch had not run, so
+    the resumed run trained it twice. The epoch must be recorded, checkpointed and not repeated."""
+    from cnnlab.data import load_dataset
+    from cnnlab.recipe_files import load_recipe
+    from cnnlab.stopping import Interrupted
+    from cnnlab.train import resume, train
+
+    class StopInEpoch2:
+        def on_train_start(self, state):
+            state.train_loader = SignalDuringLastStep(state.train_loader, state.progress, epoch=2)
+
+    data = load_dataset(str(archive), cache_dir=tmp_path / "cache", progress=False)
+    recipe = load_recipe("seed", {"epochs": 3, "batch_size": 32, "precision": "fp32"})
+    straight = train(recipe, data, runs_dir=tmp_path, name="straight", progress=False, plots=False)
+    with pytest.raises(Interrupted) as stopped:
+        train(recipe, data, runs_dir=tmp_path, name="stopped", progress=False, plots=False, callbacks=[StopInEpoch2()])
+    assert (stopped.value.epoch, stopped.value.step) == (2, 0)
+    assert len(rows(tmp_path / "stopped")) == 2
+    resume(tmp_path / "stopped", data, progress=False, plots=False)
+    assert rows(tmp_path / "stopped") == rows(straight.run_dir)

@@ -241,11 +241,13 @@ def _loop(
             recipe, epoch, 0, len(state.train_loader)
         )  # the epoch's rate (per-step schedules set each step)
         set_learning_rate(state.optimizer, lr, epoch)
+        cut_short = True  # a signal that came before the epoch began leaves nothing to train
         if p.stop_signal is None:
             train_loss, train_acc, seconds, seen = train_one_epoch(
                 state, progress and sys.stderr.isatty(), epoch, run_dir
             )
-        if p.stop_signal is not None:  # mid-epoch: the sums so far are in progress.partial
+            cut_short = p.partial is not None
+        if cut_short:  # mid-epoch: the sums so far are in progress.partial, the loader keeps its position
             _gather_rank_states(state)
             _emit(callbacks, "on_interrupt", state)
             raise Interrupted(p.stop_signal, epoch + 1, state.train_loader.position, run_dir)
@@ -268,7 +270,9 @@ def _loop(
         if recipe.early_stop and p.epoch - p.best_epoch >= recipe.early_stop:
             p.stopped_early = True  # no better val_acc for `early_stop` epochs: best.pt holds the winner
             break
-        if state.cluster.anyone(p.stop_signal is not None):  # arrived during evaluation: the checkpoint is written
+        # A signal that came during the epoch's last step or its evaluation: the epoch is whole, its
+        # checkpoint is written, so stop here (stopping before the row would train this epoch twice on resume).
+        if state.cluster.anyone(p.stop_signal is not None):
             raise Interrupted(p.stop_signal or signal.SIGTERM, epoch + 1, 0, run_dir)
 
 
