@@ -442,6 +442,11 @@ def hostile_cases():
         "--threshold nan": (lambda tmp: ["audit", "--data", "x", "--threshold", "nan"], 2, ["--threshold"]),
         "--name ../escape": (train("--name", "../escape"), 2, ["--name", "usable"]),
         "--name with a newline": (train("--name", "a\nb"), 2, ["--name"]),
+        "bench on too few images": (
+            lambda tmp: ["bench", "--data", str(write_cifar_archive(tmp / "c.tar.gz")), "--variants", "cnnlab"],
+            2,
+            ["needs", "training images", "steps"],
+        ),
         # output
         "predict on a URL": (
             predict_on("x", lambda tmp, name: "https://example.com/cat.jpg"),

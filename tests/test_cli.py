@@ -60,6 +60,7 @@ def test_train_then_evaluate(tmp_path):
         "test_loss",
         "test_acc",
         "seconds",
+        "eval_seconds",
         "images_per_s",
         "ema_val_acc",
         "ema_test_acc",

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
     reason="this torch build has no gloo backend",
 )
-TIMING = {"seconds", "images_per_s"}
+TIMING = {"seconds", "images_per_s", "eval_seconds"}
 
 
 def torchrun(nproc: int, *args: str, wait: bool = True, env: dict | None = None):

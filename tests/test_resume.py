@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-TIMING = {"seconds", "images_per_s"}
+TIMING = {"seconds", "images_per_s", "eval_seconds"}
 RECIPE = ["--epochs", "6", "--batch-size", "16", "--val-split", "50", "--precision", "fp32", "--no-plots"]
 
 

@@ -14,7 +14,7 @@ from cnnlab.recipe_files import load_recipe
 from cnnlab.schedule import learning_rate
 from cnnlab.train import train
 
-TIMING = {"seconds", "images_per_s"}
+TIMING = {"seconds", "images_per_s", "eval_seconds"}
 
 
 def synthetic_dataset(n_train=40, n_test=10, num_classes=4) -> Dataset:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .device import cpu_description
-from .errors import UsageError
+from .errors import CnnlabError, UsageError
 from .flops import ASSUMED_GHZ, FP32_FLOP_PER_CYCLE_PER_CORE, forward_macs, peak_flops
 
 
@@ -214,8 +214,11 @@ def _minimal_loop(state, warmup: int, steps: int) -> float:
 
     split = warmup * recipe.batch_size
     epoch(state.train_loader.part(0, split), 0)
+    synchronize = torch.cuda.synchronize if state.device.type == "cuda" else (lambda: None)
+    synchronize()
     start = time.perf_counter()
     epoch(state.train_loader.part(split, None), 1)
+    synchronize()  # a GPU runs ahead of Python: the clock stops when its queue is done
     return time.perf_counter() - start
 
 
@@ -247,6 +250,20 @@ def _chapter_loop(state, warmup: int, steps: int) -> float:
 # The driver
 
 
+def _check_enough_images(variant: Variant, available: int, steps: int, warmup: int, batch_size: int) -> None:
+    """A timed step needs a whole batch: refuse a data set too small for warm-up plus timed steps."""
+    from .recipe_files import load_recipe
+
+    batch = batch_size if variant.recipe == "seed" else load_recipe(variant.recipe, dict(variant.overrides)).batch_size
+    needed = (warmup + steps) * batch
+    if available < needed:
+        raise UsageError(
+            f"bench variant {variant.name} needs {needed} training images ({warmup} warm-up + {steps} timed steps "
+            f"of {batch}); the data has {available}: pass fewer steps or a larger data set",
+            parameters=("steps", "warmup"),
+        )
+
+
 def run_bench(
     variants: list[str],
     data_source: str,
@@ -264,14 +281,17 @@ def run_bench(
         raise UsageError("repeats, steps and warmup must be at least 1", parameters=("repeats", "steps", "warmup"))
     from .data import load_dataset
 
-    load_dataset(data_source, progress=False)  # decode once here, so workers read the cache
+    data = load_dataset(data_source, progress=False)  # decode once here, so workers read the cache
+    for name in variants:
+        _check_enough_images(VARIANTS[name], len(data.train_labels), steps, warmup, batch_size)
     results: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(repeats):
         for name in variants:
             args = [sys.executable, "-m", "cnnlab.bench", name, data_source, str(steps), str(warmup), str(batch_size)]
             done = subprocess.run([*args, str(r)], capture_output=True, text=True)
             if done.returncode != 0:
-                raise RuntimeError(f"bench worker for {name} failed:\n{done.stderr}")
+                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                raise CnnlabError(f"bench worker for {name} failed (exit {done.returncode}): {last}")
             results[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
             log(f"  repeat {r + 1}/{repeats}  {name:<22} {results[name][-1]['images_per_s']:7.0f} img/s")
     rows, macs_of = _rows(variants, results)

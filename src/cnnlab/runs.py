@@ -31,6 +31,7 @@ METRIC_COLUMNS = [
     "test_loss",
     "test_acc",
     "seconds",
+    "eval_seconds",
     "images_per_s",
     "ema_val_acc",
     "ema_test_acc",

@@ -131,6 +131,7 @@ def _train(
     state = setup.state
     if resume_from is not None:
         state.restore(resume_from)
+    setup_seconds = time.perf_counter() - started
     callbacks = list(callbacks or [])
     if progress:
         callbacks.insert(0, ConsolePrinter(log or (lambda line: print(line, flush=True))))
@@ -154,7 +155,7 @@ def _train(
     finally:
         if lock is not None:
             lock.release()
-    summary = _summary(state, time.perf_counter() - started, run_dir)
+    summary = _summary(state, time.perf_counter() - started, setup_seconds, run_dir)
     _emit(callbacks, "on_train_end", state, summary)
     return TrainResult(run_dir, state.progress.rows, summary, state.net.model)
 
@@ -175,7 +176,9 @@ def _folder_callbacks(run_dir: Path, data: Dataset, setup, resumed: bool, plots:
     return callbacks
 
 
-def _summary(state: TrainState, wall_seconds: float, run_dir: Path | None) -> dict:
+def _summary(state: TrainState, wall_seconds: float, setup_seconds: float, run_dir: Path | None) -> dict:
+    """What summary.json holds. Wall time = setup (data, model, optimizer, loaders; a resume's restore) +
+    training + evaluation + what the callbacks take (checkpoints, figures)."""
     p, last = state.progress, state.progress.rows[-1]
     summary = {
         "epochs": p.epoch,
@@ -188,6 +191,8 @@ def _summary(state: TrainState, wall_seconds: float, run_dir: Path | None) -> di
         "best_value": p.best_value,
         "wall_seconds": wall_seconds,
         "train_seconds": sum(r["seconds"] for r in p.rows),
+        "eval_seconds": sum(r.get("eval_seconds", 0.0) for r in p.rows),
+        "setup_seconds": setup_seconds,
         "device": str(state.device),
         "precision": state.precision,
         "parameters": count_parameters(state.net.model),
@@ -251,14 +256,17 @@ def _loop(
             _gather_rank_states(state)
             _emit(callbacks, "on_interrupt", state)
             raise Interrupted(p.stop_signal, epoch + 1, state.train_loader.position, run_dir)
+        evaluating = time.perf_counter()
+        held_out = evaluate_epoch(state, eval_loaders, epoch)  # ends in a read of the results: synchronous
         row = {
             "epoch": epoch + 1,
             "lr": lr,
             "train_loss": train_loss,
             "train_acc": train_acc,
             "train_images": seen,
-            **evaluate_epoch(state, eval_loaders, epoch),
+            **held_out,
             "seconds": seconds,
+            "eval_seconds": time.perf_counter() - evaluating,
             "images_per_s": train_count / seconds,
         }
         p.epoch = epoch + 1
