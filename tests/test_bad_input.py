@@ -3,6 +3,7 @@ and nothing created or damaged. Plus property-based tests of the readers and the
 
 from __future__ import annotations
 
+import atexit
 import functools
 import io
 import math
@@ -218,6 +219,7 @@ def _template_run() -> Path:
     t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     data = Dataset("synthetic", list(CLASSES), t, torch.from_numpy(y), t, torch.from_numpy(y), "s")
     root = Path(tempfile.mkdtemp(prefix="cnnlab-template-"))
+    atexit.register(shutil.rmtree, root, True)  # made at collection time, outside pytest's tmp_path
     return train(
         recipe("seed", {"epochs": 1, "batch_size": 8}), data, runs_dir=root, name="run", progress=False, plots=False
     ).run_dir
