@@ -33,7 +33,7 @@ from .sourcefiles import list_files
 if TYPE_CHECKING:
     from .data import Dataset
 
-CACHE_VERSION = 3  # 3: one verified file per source (digest, shapes, labels)
+CACHE_VERSION = 4  # 3: one verified file per source (digest, shapes, labels); 4: area-correct shrinking
 CACHE_ENV = "CNNLAB_CACHE"
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
 

@@ -128,18 +128,12 @@ def _read_path(path: Path, image_size: int, exclude: tuple[Path, ...] = ()) -> D
 
 
 def _resized(ds: Dataset, size: int) -> Dataset:
+    """A CIFAR-format dataset at another size, resized as images.picture_array resizes pictures: area
+    averaging to shrink, bilinear to enlarge."""
     if ds.image_size != size:
-        f = torch.nn.functional
-        ds.train_images = (
-            f.interpolate(ds.train_images.float(), size=size, mode="bilinear", antialias=True)
-            .round()
-            .clamp(0, 255)
-            .to(torch.uint8)
+        mode = "area" if size < ds.image_size else "bilinear"
+        resize = lambda x: (
+            torch.nn.functional.interpolate(x.float(), size=size, mode=mode).round().clamp(0, 255).to(torch.uint8)
         )
-        ds.test_images = (
-            f.interpolate(ds.test_images.float(), size=size, mode="bilinear", antialias=True)
-            .round()
-            .clamp(0, 255)
-            .to(torch.uint8)
-        )
+        ds.train_images, ds.test_images = resize(ds.train_images), resize(ds.test_images)
     return ds

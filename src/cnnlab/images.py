@@ -66,10 +66,15 @@ def _bit_depth(image: Image.Image) -> int:
 
 
 def picture_array(image: Image.Image, size: int) -> np.ndarray:
-    """A decoded picture as the model sees it: RGB, resized to size x size, uint8 [size, size, 3]."""
+    """A decoded picture as the model sees it: RGB, resized to size x size, uint8 [size, size, 3].
+
+    Shrinking averages the source pixels each output pixel covers (Pillow's BOX filter, area-correct), so a
+    picture enlarged by a whole factor and shrunk back is the original again: bilinear filtering is not,
+    and the model's answer moved with it. Enlarging interpolates bilinearly."""
     rgb = to_rgb(image)
     if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        shrinking = rgb.width >= size and rgb.height >= size
+        rgb = rgb.resize((size, size), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8)
 
 
@@ -78,7 +83,8 @@ def decode_image(data: bytes | Path, name: str, size: int) -> np.ndarray:
 
     The EXIF orientation is applied (a phone's portrait photo stands upright) and an animated image
     gives its first frame. Images of another size are resized (the whole picture, aspect ratio not
-    kept) with Pillow's antialiasing filter. Anything unreadable raises CnnlabError naming `name`.
+    kept): area averaging to shrink, bilinear to enlarge (picture_array). Anything unreadable raises
+    CnnlabError naming `name`.
     """
     try:
         source = io.BytesIO(data) if isinstance(data, bytes) else regular_file(data, name)
