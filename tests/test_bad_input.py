@@ -455,6 +455,28 @@ def hostile_cases():
             1,
             ["URLs are not fetched"],
         ),
+        "predict --min-confidence 1.5": (
+            lambda tmp: [
+                "predict",
+                str(_run_copy(tmp)),
+                str(_tree(tmp / "t", {"a.png": png_bytes()})),
+                "--min-confidence",
+                "1.5",
+            ],
+            2,
+            ["--min-confidence", "from 0 to 1"],
+        ),
+        "predict --min-confidence nan": (
+            lambda tmp: [
+                "predict",
+                str(_run_copy(tmp)),
+                str(_tree(tmp / "t", {"a.png": png_bytes()})),
+                "--min-confidence",
+                "nan",
+            ],
+            2,
+            ["--min-confidence"],
+        ),
         "predict on a FIFO": (predict_on("p.png", lambda tmp, name: os.mkfifo(tmp / name) or tmp / name), 1, ["FIFO"]),
     }
 

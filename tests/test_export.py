@@ -13,6 +13,7 @@ from conftest import real_test_files, run_cli
 
 from cnnlab.export import WithNormalization
 from cnnlab.images import decode_image
+from cnnlab.openrun import load_run
 from cnnlab.runfiles import load_checkpoint, model_from_checkpoint
 
 TOLERANCE = 1e-4  # float32 logits of the same network; measured differences are about 1e-6
@@ -25,11 +26,12 @@ def real_images(tmp_path_factory):
 
 
 def reference(run, images):
+    """The exported pair (logits, probabilities at the run's temperature), computed by PyTorch."""
     checkpoint = load_checkpoint(run / "best.pt")
+    temperature = load_run(run, "best").temperature
+    model = model_from_checkpoint(checkpoint)
     with torch.no_grad():
-        return WithNormalization(model_from_checkpoint(checkpoint), checkpoint["mean"], checkpoint["std"]).eval()(
-            images
-        )
+        return WithNormalization(model, checkpoint["mean"], checkpoint["std"], temperature).eval()(images)
 
 
 @pytest.mark.parametrize("input_type", ["uint8", "float32"])

@@ -244,6 +244,12 @@ def _model_commands(commands) -> None:
     pr.add_argument(
         "--tta", action="store_true", help="test-time augmentation: average over flips and one-pixel shifts"
     )
+    pr.add_argument(
+        "--min-confidence",
+        type=float,
+        metavar="P",
+        help="answer 'unknown' when the top probability (calibrated, when the run fitted a temperature) is below P",
+    )
     pr.add_argument("--json", action="store_true", help="one JSON object per image (JSON lines)")
     pr.add_argument("--device", default="cpu")
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .loader import Loader
+from .metrics import classification_metrics, expected_calibration_error, reliability_bins
 from .recipe import Recipe
 
 # Batches of every evaluation outside training (evaluate, plots, robustness, audit features): the recipe default.
@@ -52,10 +53,11 @@ def predict_logits(model: torch.nn.Module, loader: Loader, tta: bool = False) ->
 
 
 def evaluate(model: torch.nn.Module, loader: Loader, tta: bool = False) -> dict:
-    """{'loss', 'acc' (percent), 'probabilities', 'predictions', 'labels'} over the loader's split."""
+    """{'loss', 'acc' (percent), 'logits', 'probabilities', 'predictions', 'labels'} over the loader's split."""
     logits, labels = predict_logits(model, loader, tta)
     predictions = logits.argmax(dim=1)
     return {
+        "logits": logits.cpu(),
         "probabilities": logits.softmax(dim=1).cpu(),
         "loss": float(F.cross_entropy(logits, labels)),
         "acc": 100.0 * int((predictions == labels).sum()) / len(labels),
@@ -104,6 +106,7 @@ def evaluation_report(run, data, tta: bool = False, audit=None) -> dict:
     device = next(run.model.parameters()).device
     loader = Loader(data.test_images, data.test_labels, EVAL_BATCH_SIZE, run.normalizer, device=device)
     result = evaluate(run.model, loader, tta=tta)
+    calibrated = result["logits"] / run.temperature
     report = {
         "checkpoint": str(run.weights.file),
         "weights": run.weights.to_dict(),
@@ -115,6 +118,11 @@ def evaluation_report(run, data, tta: bool = False, audit=None) -> dict:
         "per_class_acc": dict(
             zip(data.classes, per_class_accuracy(result["predictions"], result["labels"], data.num_classes))
         ),
+        "metrics": classification_metrics(result["logits"], result["labels"], data.classes),
+        "temperature": run.temperature,
+        "temperature_fitted": run.fitted_temperature is not None,
+        "ece_calibrated": expected_calibration_error(calibrated, result["labels"]),
+        "reliability": reliability_bins(calibrated, result["labels"]),
     }
     if leaked is not None:
         keep = torch.ones(len(result["labels"]), dtype=torch.bool)

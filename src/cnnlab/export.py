@@ -2,8 +2,9 @@
 
 Input: images [N, 3, H, W], RGB. TorchScript takes uint8 (0-255) or float (0-1) in the same file.
 An ONNX input has one type, so the file is made for uint8 (default) or float32 (`input_type`).
-Outputs: logits and probabilities [N, classes]. The class names travel inside the file (ONNX
-metadata 'classes'; TorchScript extra file 'cnnlab.json').
+Outputs: logits (raw) and probabilities [N, classes], the latter softmax(logits / T) with the run's
+fitted temperature T (1 without a validation split; metadata 'temperature'). The class names travel
+inside the file (ONNX metadata 'classes'; TorchScript extra file 'cnnlab.json').
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ INPUT_TYPES = ("uint8", "float32")
 class WithNormalization(nn.Module):
     """The model behind the same scaling and normalisation as training (loader.Normalizer)."""
 
-    def __init__(self, model: nn.Module, mean, std):
+    def __init__(self, model: nn.Module, mean, std, temperature: float = 1.0):
         super().__init__()
-        self.model = model
+        self.model, self.temperature = model, float(temperature)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -36,7 +37,7 @@ class WithNormalization(nn.Module):
         if images.dtype == torch.uint8:
             x = x / 255.0
         logits = self.model((x - self.mean) / self.std)
-        return logits, logits.softmax(dim=1)
+        return logits, (logits / self.temperature).softmax(dim=1)  # logits raw; probabilities calibrated
 
 
 def metadata(run, input_type: str | None) -> dict:
@@ -50,6 +51,7 @@ def metadata(run, input_type: str | None) -> dict:
         "mean": checkpoint["mean"],
         "std": checkpoint["std"],
         "weights": run.weights.describe(),
+        "temperature": run.temperature,  # probabilities = softmax(logits / temperature)
     }
 
 
@@ -60,7 +62,7 @@ def export_model(run, fmt: str, out: Path, input_type: str = "uint8") -> Path:
         raise UsageError(f"unknown export format '{fmt}': choose onnx or torchscript")
     if input_type not in INPUT_TYPES:
         raise UsageError(f"unknown input type '{input_type}': choose uint8 or float32")
-    wrapped = WithNormalization(model.eval().cpu(), checkpoint["mean"], checkpoint["std"]).eval()
+    wrapped = WithNormalization(model.eval().cpu(), checkpoint["mean"], checkpoint["std"], run.temperature).eval()
     size = checkpoint["image_size"]
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
     if input_type == "float32":

@@ -13,6 +13,7 @@ split, else last.pt. `ema` is the moving average of the weights, when the recipe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,24 @@ class Run:
         """The data the run was trained on, as its config.json records it."""
         return recorded_source(self.folder) if self.folder is not None else None
 
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature fitted on the validation split at these weights' epoch (metrics.fit_temperature),
+        which predict, evaluate's calibrated ECE and exported probabilities divide the logits by; 1.0 (raw
+        probabilities) for a run without a validation split and for the EMA weights, which it was not fitted on."""
+        fitted = self.fitted_temperature
+        return 1.0 if fitted is None else fitted
+
+    @property
+    def fitted_temperature(self) -> float | None:
+        """The temperature of these weights' epoch row, or None when none was fitted for them."""
+        if self.weights.file.name == "ema.pt":
+            return None
+        rows = self.checkpoint.get("rows")
+        row = rows[self.weights.epoch - 1] if isinstance(rows, list) and 0 < self.weights.epoch <= len(rows) else {}
+        value = row.get("temperature") if isinstance(row, dict) else None
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
+
     def __repr__(self) -> str:
         return f"Run({str(self.folder or self.weights.file)!r}, {self.checkpoint['model']}, {self.weights.describe()})"
 
@@ -126,12 +145,13 @@ class Run:
         self.model = self.model.to(device)
         return self
 
-    def predict(self, images, top_k: int = 3, tta: bool = False) -> list:
+    def predict(self, images, top_k: int = 3, tta: bool = False, min_confidence: float | None = None) -> list:
         """Top-k (class, probability) per image, as `cnnlab predict` gives them: file paths, PIL images,
-        uint8 arrays [H, W, 3] or [H, W], or a uint8 tensor [N, 3, H, W]; one Prediction each, in order."""
+        uint8 arrays [H, W, 3] or [H, W], or a uint8 tensor [N, 3, H, W]; one Prediction each, in order.
+        Probabilities are calibrated by the run's temperature; below `min_confidence` the answer is 'unknown'."""
         from .predict import predict_any
 
-        return predict_any(self, images, top_k=top_k, tta=tta)
+        return predict_any(self, images, top_k=top_k, tta=tta, min_confidence=min_confidence)
 
     def evaluate(self, data=None, tta: bool = False, exclude_duplicates=None) -> dict:
         """What `cnnlab evaluate --json` prints: accuracy and loss on the test split, per class, with the

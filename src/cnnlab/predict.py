@@ -19,6 +19,22 @@ from .images import IMAGE_EXTENSIONS, decode_image
 from .names import portable, shown
 from .sourcefiles import regular_file
 
+UNKNOWN = "unknown"  # the answer below --min-confidence
+
+
+def check_min_confidence(value: float | None) -> None:
+    if value is not None and not 0 <= value <= 1:  # also refuses NaN
+        raise UsageError(
+            f"min_confidence must be a probability from 0 to 1 (got {value})", parameters=("min_confidence",)
+        )
+
+
+def mark_unknown(predictions: list, min_confidence: float | None) -> list:
+    """Predictions whose top probability is below `min_confidence` answer UNKNOWN (their top-k is kept)."""
+    for p in predictions:
+        p.unknown = min_confidence is not None and p.top is not None and p.top[0][1] < min_confidence
+    return predictions
+
 
 @dataclass
 class Prediction:
@@ -26,6 +42,11 @@ class Prediction:
     top: list[tuple[str, float]] | None = None  # (class, probability), most likely first
     error: str | None = None  # why it could not be read: a failure
     skipped: str | None = None  # why a file found in a folder is not an image: not a failure
+    unknown: bool = False  # the top probability was below the min_confidence asked for
+
+    @property
+    def predicted(self) -> str | None:
+        return None if self.top is None else UNKNOWN if self.unknown else self.top[0][0]
 
     def to_dict(self) -> dict:
         image = portable(self.image)
@@ -33,7 +54,7 @@ class Prediction:
             return {"image": image, **({"error": self.error} if self.error else {"skipped": self.skipped})}
         return {
             "image": image,
-            "predicted": self.top[0][0],
+            "predicted": self.predicted,
             "top": [{"class": c, "probability": p} for c, p in self.top],
         }
 
@@ -113,15 +134,19 @@ def predict_images(
     for start in range(0, len(images), batch_size):
         x = run.normalizer(images[start : start + batch_size].to(device))
         logits = tta_logits(run.model, x) if tta else run.model(x).float()
-        probabilities, index = logits.softmax(dim=1).topk(k, dim=1)
+        probabilities, index = (logits / run.temperature).softmax(dim=1).topk(k, dim=1)  # calibrated, when fitted
         for p_row, i_row in zip(probabilities.tolist(), index.tolist()):
             results.append([(classes[i], p) for i, p in zip(i_row, p_row)])
     return results
 
 
-def predict_files(run, paths: list[str | Path], top_k: int = 3, tta: bool = False) -> list[Prediction]:
+def predict_files(
+    run, paths: list[str | Path], top_k: int = 3, tta: bool = False, min_confidence: float | None = None
+) -> list[Prediction]:
     """A Prediction for every path given, in order (folders expanded in sorted order): the top classes, or
-    why the file could not be read (an error) or was left out (skipped)."""
+    why the file could not be read (an error) or was left out (skipped). Below `min_confidence` the
+    prediction is 'unknown'."""
+    check_min_confidence(min_confidence)
     found = collect_images(paths)
     wanted = [Path(p.image) for p in found if not (p.error or p.skipped)]
     if not wanted and not any(p.error for p in found):
@@ -133,14 +158,18 @@ def predict_files(run, paths: list[str | Path], top_k: int = 3, tta: bool = Fals
     tops = predict_images(run, images, top_k, tta) if kept else []
     done = {str(f): Prediction(str(f), top) for f, top in zip(kept, tops)}
     done.update({p.image: p for p in failed})
-    return [p if p.error or p.skipped else done[p.image] for p in found]
+    return mark_unknown([p if p.error or p.skipped else done[p.image] for p in found], min_confidence)
 
 
-def predict_any(run, images, top_k: int = 3, tta: bool = False) -> list[Prediction]:
+def predict_any(
+    run, images, top_k: int = 3, tta: bool = False, min_confidence: float | None = None
+) -> list[Prediction]:
     """run.predict: file paths, PIL images, uint8 arrays or a uint8 tensor [N, 3, H, W], preprocessed as
     `cnnlab predict` preprocesses files (the same resize, the same normalisation). A file that cannot be
-    read gets its error in its Prediction; the others are predicted."""
+    read gets its error in its Prediction; the others are predicted ('unknown' below `min_confidence`)."""
     from PIL import Image
+
+    check_min_confidence(min_confidence)
 
     if isinstance(images, torch.Tensor):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
@@ -163,7 +192,7 @@ def predict_any(run, images, top_k: int = 3, tta: bool = False) -> list[Predicti
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         for slot, top in zip(slots, predict_images(run, batch, top_k, tta)):
             answers[slot].top = top
-    return answers
+    return mark_unknown(answers, min_confidence)
 
 
 def _picture(item, k: int, size: int) -> np.ndarray:

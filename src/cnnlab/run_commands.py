@@ -53,10 +53,30 @@ def cmd_evaluate(args) -> int:
             f"  without the {free['excluded']} test images duplicated in train: {free['test_acc']:.2f}% on "
             f"{free['test_images']} images (on the duplicated ones: {free['acc_on_excluded']:.2f}%)"
         )
-    width = max(len(c) for c in data.classes)
-    for cls, acc in report["per_class_acc"].items():
-        print(f"  {cls:<{width}}  {acc:6.2f}%")
+    print(classification_table(report["metrics"]))
+    calibrated = f", {report['ece_calibrated']:.2f}% at temperature {report['temperature']:.3f}"
+    print(
+        f"  balanced accuracy {report['metrics']['balanced_acc']:.2f}%, top-5 accuracy "
+        f"{report['metrics']['top5_acc']:.2f}%, calibration error (ECE, 15 bins) {report['metrics']['ece']:.2f}%"
+        + (calibrated if report["temperature_fitted"] else " (no temperature was fitted for these weights)")
+    )
     return 0
+
+
+def classification_table(metrics: dict) -> str:
+    """scikit-learn's classification_report layout: precision, recall, F1 (percent) and support per class,
+    then the macro and weighted averages."""
+    rows = [(name, m["precision"], m["recall"], m["f1"], m["support"]) for name, m in metrics["per_class"].items()]
+    total = sum(r[4] for r in rows)
+    rows += [
+        (f"{kind} avg", *(metrics[kind][k] for k in ("precision", "recall", "f1")), total)
+        for kind in ("macro", "weighted")
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"  {'':<{width}}  precision  recall      f1  support"]
+    for name, precision, recall, f1, support in rows:
+        lines.append(f"  {name:<{width}}  {precision:8.2f}%  {recall:6.2f}%  {f1:6.2f}%  {support:7d}")
+    return "\n".join(lines)
 
 
 def cmd_predict(args) -> int:
@@ -65,13 +85,14 @@ def cmd_predict(args) -> int:
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1 (got {args.top_k})")
     run = _open(args)
-    results = predict_files(run, args.paths, top_k=args.top_k, tta=args.tta)
+    results = predict_files(run, args.paths, top_k=args.top_k, tta=args.tta, min_confidence=args.min_confidence)
     failed = [r for r in results if r.error]
     skipped = [r for r in results if r.skipped]
     if not args.json:
         print(
             f"weights: {shown(run.weights.file)} (epoch {run.weights.epoch}"
             + (f", chosen on {run.weights.chosen_on})" if run.weights.chosen_on else ")")
+            + (f"; probabilities at temperature {run.temperature:.3f}" if run.fitted_temperature else "")
         )
     for r in results:
         if r.error:
@@ -79,7 +100,8 @@ def cmd_predict(args) -> int:
         if args.json:
             print(json.dumps({**r.to_dict(), "weights": run.weights.describe()}), flush=True)
         elif not (r.error or r.skipped):
-            print(f"{shown(r.image)}  " + "  ".join(f"{c} {100 * p:.1f}%" for c, p in r.top))
+            answer = f"unknown (below {100 * args.min_confidence:.1f}%)  " if r.unknown else ""
+            print(f"{shown(r.image)}  {answer}" + "  ".join(f"{c} {100 * p:.1f}%" for c, p in r.top))
     if skipped and not args.json:
         print(
             f"cnnlab predict: note: {len(skipped)} file(s) in the folders given are not images and were skipped "

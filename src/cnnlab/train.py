@@ -26,6 +26,7 @@ from .distributed import Cluster
 from .epoch import train_one_epoch
 from .errors import CnnlabError
 from .evaluate import evaluate
+from .metrics import calibration_fields, classification_metrics, expected_calibration_error
 from .models import count_parameters
 from .names import shown
 from .openrun import reported_weights
@@ -156,6 +157,7 @@ def _train(
         if lock is not None:
             lock.release()
     summary = _summary(state, time.perf_counter() - started, setup_seconds, run_dir)
+    summary["test_metrics"] = final_test_metrics(state, setup.eval_loaders["test"], data.classes)
     _emit(callbacks, "on_train_end", state, summary)
     return TrainResult(run_dir, state.progress.rows, summary, state.net.model)
 
@@ -284,17 +286,32 @@ def _loop(
             raise Interrupted(p.stop_signal or signal.SIGTERM, epoch + 1, 0, run_dir)
 
 
+def final_test_metrics(state: TrainState, test_loader, classes: list[str]) -> dict:
+    """Precision, recall, F1, balanced and top-5 accuracy and ECE of the final weights on the test split,
+    in float32; with a validation split also the ECE after its fitted temperature."""
+    with autocast(state.device, "fp32"):
+        result = evaluate(state.net.forward, test_loader)
+    metrics = classification_metrics(result["logits"], result["labels"], classes)
+    temperature = state.progress.rows[-1].get("temperature")
+    if temperature is not None:
+        metrics["temperature"] = temperature
+        metrics["ece_calibrated"] = expected_calibration_error(result["logits"] / temperature, result["labels"])
+    return metrics
+
+
 def evaluate_epoch(state: TrainState, eval_loaders: dict, epoch: int) -> dict:
-    """The held-out numbers of an epoch's row: loss and accuracy per split (and the EMA's), and on the last
-    epoch the test split over 10 views when the recipe asks. A point on the learning curve may be judged in
-    the training precision; a result, or a row that selects a model on a validation split (best.pt, early
-    stopping), is judged in float32."""
+    """The held-out numbers of an epoch's row: loss and accuracy per split (and the EMA's), with a validation
+    split its fitted temperature and ECE, and on the last epoch the test split over 10 views when the recipe
+    asks. A point on the learning curve may be judged in the training precision; a result, or a row that
+    selects a model on a validation split (best.pt, early stopping), is judged in float32."""
     recipe, net, row = state.recipe, state.net, {}
     curve_only = recipe.eval_precision == "auto" and epoch + 1 < recipe.epochs and "val" not in eval_loaders
     with autocast(state.device, state.precision if curve_only else "fp32"):
         for split, loader in sorted(eval_loaders.items(), key=lambda kv: kv[0] != "val"):
             result = evaluate(net.forward, loader)
             row[f"{split}_loss"], row[f"{split}_acc"] = result["loss"], result["acc"]
+            if split == "val":  # the temperature these weights are used with, fitted on held-out images
+                row.update(calibration_fields(result["logits"], result["labels"]))
             if net.ema is not None:
                 row[f"ema_{split}_acc"] = evaluate(net.ema.module, loader)["acc"]
     if recipe.tta and epoch + 1 == recipe.epochs:  # the final model, also judged over 10 views
