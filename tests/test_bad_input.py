@@ -153,7 +153,11 @@ def setup_cases():
         ),
         "unknown device": (lambda tmp: ["train", "--device", "tpu"], 2, ["unknown --device"]),
         "unknown precision": (lambda tmp: ["train", "--precision", "fp8"], 2, ["unknown --precision"]),
-        "early stop without validation": (lambda tmp: ["train", "--early-stop", "3"], 2, ["--val-split"]),
+        "early stop without validation": (
+            lambda tmp: ["train", "--data", str(write_cifar_archive(tmp / "c.tar.gz")), "--early-stop", "3"],
+            2,
+            ["--val-split", "val/ folder"],
+        ),
         "unknown schedule": (lambda tmp: ["train", "--schedule", "exponential"], 2, ["unknown --schedule"]),
         "early crop without its epochs": (lambda tmp: ["train", "--early-crop", "24"], 2, ["--early-crop-epochs"]),
         "early crop as large as the image": (

@@ -57,6 +57,8 @@ def test_train_then_evaluate(tmp_path):
         "train_acc",
         "val_loss",
         "val_acc",
+        "val_balanced_acc",
+        "val_macro_f1",
         "val_ece",
         "val_ece_calibrated",
         "temperature",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tarfile
@@ -11,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, real_data, write_image_folder
+from conftest import CLASSES, real_data, run_cli, write_image_folder
 from PIL import Image
 
 from cnnlab.data import load_dataset
@@ -87,11 +88,52 @@ def test_different_class_sets_are_an_error(tmp_path):
         load_dataset(str(root))
 
 
-def test_missing_test_split_is_an_error(tmp_path):
-    root = write_image_folder(tmp_path / "tree", n_train_per_class=2, n_test_per_class=1)
+def test_a_train_only_tree_gets_a_seeded_stratified_test_split_and_says_so(tmp_path):
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=10, n_test_per_class=1)
     shutil.rmtree(root / "test")
-    with pytest.raises(CnnlabError, match="no images under test/"):
-        load_dataset(str(root))
+    data = load_dataset(str(root), progress=False)
+    assert len(data.test_labels) == 8 and data.test_labels.bincount().tolist() == [2, 2, 2, 2]  # 20% of each class
+    assert len(data.train_labels) == 32 and not set(data.test_files) & set(data.train_files)
+    assert data.carved_test and "carved from train/: 8 images" in data.summary()["layout"]["test"]
+    again = load_dataset(str(root), progress=False, cache_dir=tmp_path / "other-cache")
+    assert again.test_files == data.test_files  # the same carve every time
+    shutil.rmtree(root / "train")
+    with pytest.raises(CnnlabError, match="no images under train/"):
+        load_dataset(str(root), progress=False)
+
+
+@pytest.mark.parametrize("name", ["val", "valid"])
+def test_a_val_folder_is_the_validation_split(tmp_path, name):
+    from cnnlab.prepare import split_images
+    from cnnlab.recipe_files import load_recipe
+
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=6, n_test_per_class=2)
+    shutil.copytree(root / "test", root / name)  # 8 validation images
+    data = load_dataset(str(root), progress=False)
+    assert len(data.train_labels) == 24 + 8 and len(data.given_val) == 8
+    train_index, val_index = split_images(load_recipe("seed", {}), data)
+    assert val_index.tolist() == data.given_val.tolist() and len(train_index) == 24
+    assert all(data.train_files[k].startswith(f"{name}/") for k in val_index)
+    assert data.summary()["layout"]["val"] == "the val/ folder (8 images)"
+    with pytest.raises(UsageError, match="own val/ folder"):
+        split_images(load_recipe("seed", {"val_split": "4"}), data)
+    (root / name / "zebra").mkdir()
+    Image.new("RGB", (32, 32)).save(root / name / "zebra" / "z.png")
+    with pytest.raises(CnnlabError, match="val/ has classes that train/ has not"):
+        load_dataset(str(root), progress=False)
+
+
+def test_a_val_folder_run_chooses_best_pt_on_it_from_the_cli(tmp_path):
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=6, n_test_per_class=2)
+    shutil.copytree(root / "test", root / "val")
+    done = run_cli(
+        "train", "--data", str(root), "--epochs", "1", "--runs-dir", str(tmp_path / "runs"), "--name", "r", "--no-plots"
+    )
+    assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "runs" / "r" / "config.json").read_text())
+    assert config["data"]["val_held_out"] == 8 and config["data"]["layout"]["val"].startswith("the val/ folder")
+    info = run_cli("data", "info", "--data", str(root))
+    assert "the val/ folder (8 images)" in info.stdout and "imbalance   1.0" in info.stdout, info.stdout
 
 
 def test_unknown_name_and_missing_path_are_usage_errors(tmp_path):

@@ -125,6 +125,33 @@ def test_early_stopping_keeps_the_best_epoch(archive, tmp_path):
     assert result.rows[summary["best_epoch"] - 1]["val_acc"] == best
 
 
+def test_the_early_stopping_rule_with_min_delta_and_grace():
+    from cnnlab.stopping import stops_early
+
+    rows = lambda *values: [{"epoch": k + 1, "m": v} for k, v in enumerate(values)]
+    assert not stops_early(rows(50, 60, 60), "m", patience=2)
+    assert stops_early(rows(50, 60, 60, 59), "m", patience=2)  # 2 epochs past the best (epoch 2)
+    assert not stops_early(rows(50, 60, 60, 59), "m", patience=2, grace=4)  # still within the grace epochs
+    # A gain of 0.5 is no improvement with min_delta 1: the best stays epoch 2, so epoch 4 stops.
+    assert stops_early(rows(50, 60, 60.5, 60.5), "m", patience=2, min_delta=1.0)
+    assert not stops_early(rows(50, 60, 60.5, 60.5), "m", patience=2)
+    assert not stops_early(rows(50, 60, 60, 59), "m", patience=0)
+
+
+def test_best_pt_can_be_chosen_on_macro_f1(archive, tmp_path):
+    data = load_dataset(str(archive), progress=False)
+    recipe = load_recipe(
+        "seed",
+        {"epochs": 3, "batch_size": 32, "val_split": "50", "precision": "fp32", "early_stop_metric": "val_macro_f1"},
+    )
+    result = train(recipe, data, runs_dir=tmp_path, name="f1", progress=False, plots=False)
+    assert result.summary["best_metric"] == "val_macro_f1"
+    best_epoch = max(result.rows, key=lambda r: (r["val_macro_f1"], -r["epoch"]))["epoch"]
+    assert result.summary["best_epoch"] == best_epoch
+    assert result.summary["reported"]["weights"] == f"best.pt (epoch {best_epoch}, chosen on val_macro_f1)"
+    assert all(0 <= r["val_balanced_acc"] <= 100 for r in result.rows)
+
+
 def test_early_stopping_needs_a_validation_split(archive, tmp_path):
     result = run_cli("train", "--data", str(archive), "--early-stop", "3", "--runs-dir", str(tmp_path))
     assert result.returncode == 2 and "--val-split" in result.stderr

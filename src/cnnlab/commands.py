@@ -143,16 +143,32 @@ def cmd_data(args) -> int:
         return 0
     data = _load(args, args.image_size or 32)
     if args.action == "info":
+        import torch
+
         info = data.summary()
         counts = lambda labels: [int(c) for c in labels.bincount(minlength=data.num_classes)]
         print(
             f"source      {info['source']}\nchecksum    {info['checksum']}\n"
             f"image size  {info['image_size']}x{info['image_size']}"
         )
-        print(f"train       {info['train']} images\ntest        {info['test']} images\nclasses     {data.num_classes}")
+        given = data.given_val
+        in_val = torch.zeros(len(data.train_labels), dtype=torch.bool)
+        if given is not None:
+            in_val[given] = True
+        val_note = f"\nval         {int(in_val.sum())} images" if given is not None else ""
+        print(
+            f"train       {int((~in_val).sum())} images{val_note}\ntest        {info['test']} images\n"
+            f"classes     {data.num_classes}"
+        )
+        for split, where in info["layout"].items():
+            print(f"{split:<11} {where}")
         width = max(len(c) for c in data.classes)
-        for cls, tr, te in zip(data.classes, counts(data.train_labels), counts(data.test_labels)):
+        train_counts = counts(data.train_labels[~in_val])
+        for cls, tr, te in zip(data.classes, train_counts, counts(data.test_labels)):
             print(f"  {cls:<{width}}  train {tr:6d}  test {te:6d}")
+        smallest = min(train_counts)
+        ratio = f"{max(train_counts) / smallest:.1f}" if smallest else "infinite (a class has no training image)"
+        print(f"imbalance   {ratio} (largest class / smallest class, training images)")
     else:
         mean, std = channel_stats(data.train_images)
         print(f"training split of {data.source}: {len(data.train_labels)} images")

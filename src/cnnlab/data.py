@@ -19,7 +19,7 @@ from .cache import cached
 from .cifar import archive_opener, find_cifar_folder, folder_opener, read_cifar
 from .download import CIFAR_ARCHIVES, ensure_cifar
 from .errors import UsageError
-from .imagetree import read_image_tree
+from .imagetree import CARVED_TEST_FRACTION, CARVED_TEST_SEED, read_image_tree
 from .names import shown
 from .sourcefiles import list_files, special_kind
 
@@ -57,6 +57,33 @@ class Dataset:
         return files[index] if files else f"{split}[{index}]"
 
     @property
+    def given_val(self) -> torch.Tensor | None:
+        """Indices of the training images that came from a val/ (or valid/) folder: the validation split the
+        data brings (prepare.split_images holds them out). None when it brings none."""
+        if not self.train_files:
+            return None
+        marked = [k for k, name in enumerate(self.train_files) if name.split("/", 1)[0] in ("val", "valid")]
+        return torch.tensor(marked, dtype=torch.long) if marked else None
+
+    @property
+    def carved_test(self) -> bool:
+        """Whether the test split was carved from train/ (an image folder without test/)."""
+        return bool(self.test_files) and all(name.startswith("train/") for name in self.test_files)
+
+    def layout(self) -> dict:
+        """Where the validation and test splits come from, in words a config file keeps."""
+        given = self.given_val
+        layout = {"val": f"the val/ folder ({len(given)} images)" if given is not None else "from --val-split, if any"}
+        if self.carved_test:
+            layout["test"] = (
+                f"carved from train/: {len(self.test_labels)} images, {CARVED_TEST_FRACTION:.0%} of each class, "
+                f"seed {CARVED_TEST_SEED}"
+            )
+        else:
+            layout["test"] = "the test split of the source"
+        return layout
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
@@ -72,6 +99,7 @@ class Dataset:
             "train": int(self.train_labels.numel()),
             "test": int(self.test_labels.numel()),
             "image_size": self.image_size,
+            "layout": self.layout(),
         }
 
 

@@ -1,5 +1,9 @@
 """Image-folder trees: train/<class>/<file>, test/<class>/<file>, optionally under one top folder, read
-from a folder or from a .tar, .tar.gz or .zip of one, and decoded into a Dataset."""
+from a folder or from a .tar, .tar.gz or .zip of one, and decoded into a Dataset.
+
+The layouts people have: a val/ (or valid/) folder beside train/ is the validation split (kept with the
+training images, named val/..., and held out by prepare.split_images); a tree with train/ alone gets a
+test split carved from it: CARVED_TEST_FRACTION of each class, seeded, said so in the data's summary."""
 
 from __future__ import annotations
 
@@ -17,11 +21,14 @@ from .errors import CnnlabError
 from .images import IMAGE_EXTENSIONS, decode_image
 from .names import portable, shown
 from .sourcefiles import SourceFile, read_files
+from .splits import stratified_take
 
 if TYPE_CHECKING:
     from .data import Dataset
 
 SPLITS = ("train", "test")
+VAL_FOLDERS = ("val", "valid")  # either name: the given validation split
+CARVED_TEST_FRACTION, CARVED_TEST_SEED = 0.2, 0  # a train-only tree's test split
 NOT_DATA = ("readme.md", "readme.txt", "license", "license.txt")
 DECODE_CHUNK = 128  # images per decoding task
 DECODE_AHEAD = 8  # tasks in flight per thread: bounds the archive bytes held while decoding
@@ -44,28 +51,33 @@ def plan_tree(files: list[SourceFile], description: str) -> list[TreeImage]:
             raise CnnlabError(f"{description}: '{shown(file.name)}' appears twice in the archive; keep one copy")
         seen.add(file.name)
         parts = [p for p in file.rel.parts if p]
-        if parts and parts[0] not in SPLITS and len(parts) > 1:
+        known = (*SPLITS, *VAL_FOLDERS)
+        if parts and parts[0] not in known and len(parts) > 1:
             parts = parts[1:]  # a single wrapping folder, as when a tree is zipped by its parent
-        if len(parts) < 3 or parts[0] not in SPLITS:
+        if len(parts) < 3 or parts[0] not in known:
             if parts and parts[-1].lower() in NOT_DATA:
                 continue
             raise CnnlabError(
                 f"{description}: unexpected file '{shown(file.name)}'; an image folder holds "
-                "train/<class>/<image> and test/<class>/<image>"
+                "train/<class>/<image>, optionally val/<class>/<image> and test/<class>/<image>"
             )
         if not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
             raise CnnlabError(
                 f"{description}: '{shown(file.name)}' is not an image ({', '.join(IMAGE_EXTENSIONS)}); "
                 "remove it from the folder"
             )
-        images.append(TreeImage(parts[0], portable(parts[1]), portable("/".join(parts)), file.name))
-    for split in SPLITS:
-        if not any(i.split == split for i in images):
-            raise CnnlabError(
-                f"{description}: no images under {split}/; an image folder needs train/<class>/ and test/<class>/"
-            )
+        split = "val" if parts[0] in VAL_FOLDERS else parts[0]
+        images.append(TreeImage(split, portable(parts[1]), portable("/".join(parts)), file.name))
+    if not any(i.split == "train" for i in images):
+        raise CnnlabError(f"{description}: no images under train/; an image folder needs train/<class>/<image>")
     train_classes = sorted({i.cls for i in images if i.split == "train"})
-    test_classes = sorted({i.cls for i in images if i.split == "test"})
+    val_classes = sorted({i.cls for i in images if i.split == "val"})
+    if set(val_classes) - set(train_classes):
+        raise CnnlabError(
+            f"{description}: val/ has classes that train/ has not ({sorted(set(val_classes) - set(train_classes))}); "
+            "give val/ only class folders of train/"
+        )
+    test_classes = sorted({i.cls for i in images if i.split == "test"}) or train_classes  # none: carved
     if train_classes != test_classes:
         only_train = sorted(set(train_classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(train_classes))
@@ -121,11 +133,23 @@ def read_image_tree(path: Path, files: list[SourceFile], size: int) -> Dataset:
     arrays = decode_tree(path, images, size)
     classes = sorted({i.cls for i in images})
     index = {c: k for k, c in enumerate(classes)}
-    split_of = {}
-    for split in SPLITS:
-        members = [k for k, image in enumerate(images) if image.split == split]
-        x = torch.from_numpy(np.stack([arrays[k] for k in members])).permute(0, 3, 1, 2).contiguous()
-        y = torch.tensor([index[images[k].cls] for k in members], dtype=torch.int64)
-        split_of[split] = (x, y, [images[k].rel for k in members])
-    (tx, ty, train_files), (vx, vy, test_files) = split_of["train"], split_of["test"]
+    members = {
+        split: [k for k, image in enumerate(images) if image.split == split] for split in ("train", "val", "test")
+    }
+    if not members["test"]:  # train/ alone: a seeded, stratified share of each class becomes the test split
+        train = torch.tensor(members["train"])
+        labels = torch.tensor([index[images[k].cls] for k in members["train"]])
+        count = max(1, round(CARVED_TEST_FRACTION * len(train)))
+        if count >= len(train):
+            raise CnnlabError(f"{description}: {len(train)} training image(s) are too few to carve a test split from")
+        taken, kept = stratified_take(labels, count, CARVED_TEST_SEED)
+        members["test"], members["train"] = train[taken].tolist(), train[kept].tolist()
+
+    def tensors(ks: list[int]):
+        x = torch.from_numpy(np.stack([arrays[k] for k in ks])).permute(0, 3, 1, 2).contiguous()
+        return x, torch.tensor([index[images[k].cls] for k in ks], dtype=torch.int64), [images[k].rel for k in ks]
+
+    # The given val/ images travel with the training images, after them; their names (val/...) mark them.
+    tx, ty, train_files = tensors(members["train"] + members["val"])
+    vx, vy, test_files = tensors(members["test"])
     return Dataset(str(path), classes, tx, ty, vx, vy, checksum="", train_files=train_files, test_files=test_files)

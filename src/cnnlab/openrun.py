@@ -45,7 +45,7 @@ class Weights:
 
 def reported_weights(best_metric: str, best_epoch: int, last_epoch: int) -> Weights:
     """The weights a run reports by default: best.pt when it was chosen on a validation split, else the last."""
-    if best_metric == "val_acc":
+    if best_metric.startswith("val_"):
         return Weights(Path("best.pt"), best_epoch, best_metric)
     return Weights(Path("last.pt"), last_epoch)
 

@@ -15,10 +15,12 @@ from .augment import Augmentation
 from .data import Dataset
 from .device import resolve_device, resolve_precision, tune_cpu_allocator, warn_if_emulated
 from .distributed import Cluster
+from .errors import UsageError
 from .finetune import load_weights
 from .loader import Loader, Normalizer
 from .lookahead import Lookahead
 from .models import build_model
+from .names import shown
 from .optim import make_optimizer
 from .recipe import Recipe
 from .splits import channel_stats, group_take, parse_count, stratified_take
@@ -40,10 +42,28 @@ def split_images(recipe: Recipe, data: Dataset) -> tuple[torch.Tensor, torch.Ten
     class, or by whole groups with val_groups; then the train_subset of what is left."""
     labels = data.train_labels
     val_count = parse_count(recipe.val_split, len(labels), "val_split")
-    if recipe.val_groups:  # whole groups (sessions, scenes) on one side: no near-twins across the split
+    given = data.given_val
+    if given is not None:  # the data brings its own val/ folder: that is the validation split
+        if val_count or recipe.val_groups:
+            raise UsageError(
+                f"{shown(data.source)} has its own val/ folder ({len(given)} images), which is the validation "
+                "split; drop val_split and val_groups",
+                parameters=("val_split", "val_groups"),
+            )
+        val_index = given
+        mask = torch.ones(len(labels), dtype=torch.bool)
+        mask[given] = False
+        train_index = mask.nonzero().flatten()
+    elif recipe.val_groups:  # whole groups (sessions, scenes) on one side: no near-twins across the split
         val_index, train_index = group_take(data.train_files, labels, val_count, recipe.val_groups, recipe.seed)
     else:
         val_index, train_index = stratified_take(labels, val_count, recipe.seed)
+    if recipe.early_stop and not len(val_index):  # decided here: a val/ folder in the data also counts
+        raise UsageError(
+            "early stopping (early_stop) watches validation accuracy: add val_split (for example 5000) "
+            "or give data with a val/ folder",
+            parameters=("early_stop", "val_split"),
+        )
     subset_count = parse_count(recipe.train_subset, len(train_index), "train_subset")
     if subset_count:
         picked, _ = stratified_take(labels[train_index], subset_count, recipe.seed + 1)
@@ -91,7 +111,7 @@ def prepare(
         device,
         precision,
         cluster,
-        Progress(best_metric="val_acc" if len(val_index) else "test_acc"),
+        Progress(best_metric=recipe.early_stop_metric if len(val_index) else "test_acc"),
         notes,
     )
     return Setup(state, eval_loaders, len(train_index), len(val_index))

@@ -76,6 +76,7 @@ SCHEDULES = ("cosine", "constant", "onecycle", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 EVAL_PRECISIONS = ("auto", "fp32")
+SELECTION_METRICS = ("val_acc", "val_balanced_acc", "val_macro_f1")  # higher is better, all in percent
 
 
 @dataclass
@@ -164,11 +165,23 @@ class Recipe:
     )
     early_stop: int = knob(
         0,
-        "stop after this many epochs without a better validation accuracy (0 = off; needs val_split)",
+        "stop after this many epochs without a better validation metric (0 = off; needs a validation split)",
         "optimisation",
         low=0,
         high=100_000,
         metavar="PATIENCE",
+    )
+    early_stop_metric: str = knob(
+        "val_acc",
+        "the validation metric that chooses best.pt and that early stopping watches",
+        "optimisation",
+        choices=SELECTION_METRICS,
+    )
+    early_stop_min_delta: float = knob(
+        0.0, "for early stopping, a gain of at most this many points is no improvement", "optimisation", low=0, high=100
+    )
+    early_stop_grace: int = knob(
+        0, "early stopping never stops within the first this many epochs", "optimisation", low=0, high=100_000
     )
     whiten_bias_epochs: float = knob(
         0.0,
@@ -339,11 +352,6 @@ class Recipe:
                 not self.val_groups or held_out,
                 "val_groups decides how validation images are chosen: add val_split (for example 0.2)",
                 ("val_groups", "val_split"),
-            ),
-            (
-                self.early_stop == 0 or held_out,
-                "early stopping (early_stop) watches validation accuracy: add val_split (for example 5000)",
-                ("early_stop", "val_split"),
             ),
         ]
 

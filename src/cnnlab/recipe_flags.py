@@ -44,8 +44,9 @@ def fields_markdown() -> str:
                 if f.default != ""
                 else ""
             )
+            choices = metavar(f).replace("|", " \\| ")  # a bare | would end the table cell
             name = f"`{flag(f.name)}`" + (
-                f" / `--no-{f.name.replace('_', '-')}`" if f.type == "bool" else f" {metavar(f)}"
+                f" / `--no-{f.name.replace('_', '-')}`" if f.type == "bool" else f" {choices}"
             )
             lines.append(f"| {group} | {name} | {default} | {in_flags(k.help)} |")
     options = {k: o for spec in MODELS.values() for k, o in spec.options.items()}

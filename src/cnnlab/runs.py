@@ -28,6 +28,8 @@ METRIC_COLUMNS = [
     "train_acc",
     "val_loss",
     "val_acc",
+    "val_balanced_acc",
+    "val_macro_f1",
     "val_ece",
     "val_ece_calibrated",
     "temperature",

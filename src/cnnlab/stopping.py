@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 from pathlib import Path
@@ -21,6 +22,19 @@ class Interrupted(Exception):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+def stops_early(rows: list[dict], metric: str, patience: int, min_delta: float = 0.0, grace: int = 0) -> bool:
+    """Whether early stopping ends the run after these epoch rows: `patience` epochs have passed since the
+    metric last rose by more than `min_delta`, and the run is past its first `grace` epochs. Decided from
+    the rows alone, so a resumed run decides as the uninterrupted one would."""
+    if not patience or len(rows) <= grace:
+        return False
+    best, best_epoch = -math.inf, 0
+    for row in rows:
+        if row[metric] > best + (min_delta if best_epoch else 0.0):
+            best, best_epoch = row[metric], row["epoch"]
+    return rows[-1]["epoch"] - best_epoch >= patience
 
 
 class Diverged(CnnlabError):

@@ -36,7 +36,7 @@ from .runfiles import load_checkpoint, recorded_source, resolve_checkpoint
 from .runs import RunFolder, RunLock, claim_run_folder
 from .schedule import learning_rate, set_learning_rate
 from .state import RESUME_FIELDS, TrainState
-from .stopping import Interrupted, StopOnSignal
+from .stopping import Interrupted, StopOnSignal, stops_early
 
 
 @dataclass
@@ -277,8 +277,10 @@ def _loop(
             p.best_value, p.best_epoch = row[p.best_metric], epoch + 1
         _gather_rank_states(state)
         _emit(callbacks, "on_epoch_end", state, row)
-        if recipe.early_stop and p.epoch - p.best_epoch >= recipe.early_stop:
-            p.stopped_early = True  # no better val_acc for `early_stop` epochs: best.pt holds the winner
+        if p.best_metric != "test_acc" and stops_early(
+            p.rows, p.best_metric, recipe.early_stop, recipe.early_stop_min_delta, recipe.early_stop_grace
+        ):
+            p.stopped_early = True  # no better validation metric for `early_stop` epochs: best.pt holds the winner
             break
         # A signal that came during the epoch's last step or its evaluation: the epoch is whole, its
         # checkpoint is written, so stop here (stopping before the row would train this epoch twice on resume).
@@ -310,7 +312,9 @@ def evaluate_epoch(state: TrainState, eval_loaders: dict, epoch: int) -> dict:
         for split, loader in sorted(eval_loaders.items(), key=lambda kv: kv[0] != "val"):
             result = evaluate(net.forward, loader)
             row[f"{split}_loss"], row[f"{split}_acc"] = result["loss"], result["acc"]
-            if split == "val":  # the temperature these weights are used with, fitted on held-out images
+            if split == "val":  # what best.pt may be chosen on, and the temperature fitted on held-out images
+                chosen = classification_metrics(result["logits"], result["labels"], state.classes)
+                row["val_balanced_acc"], row["val_macro_f1"] = chosen["balanced_acc"], chosen["macro"]["f1"]
                 row.update(calibration_fields(result["logits"], result["labels"]))
             if net.ema is not None:
                 row[f"ema_{split}_acc"] = evaluate(net.ema.module, loader)["acc"]
