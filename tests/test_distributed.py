@@ -178,6 +178,7 @@ def test_killing_one_rank_ends_the_job_quickly_and_keeps_the_checkpoint(archive,
     assert "lost contact with another rank" in err or "exitcode" in err.lower() or "Signal 9" in err
 
 
+@pytest.mark.slow  # one of the longest default tests; the other resume tests cover the path (run with -m slow)
 def test_resume_under_ddp_is_exact(archive, tmp_path):
     args = [
         "train",

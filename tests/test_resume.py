@@ -87,6 +87,7 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_exact(archive, tmp_pat
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # the resumed run cleaned up after itself
 
 
+@pytest.mark.slow  # one of the longest default tests; the other resume tests cover the path (run with -m slow)
 def test_sigkill_at_random_moments_then_resume_is_exact(archive, tmp_path):
     longer = ["--epochs", "12"]  # long enough for three kills in different epochs, at random points inside them
     straight = start(archive, tmp_path, "straight", None, *longer)
@@ -210,6 +211,7 @@ def test_resume_refuses_what_it_cannot_continue(archive, tmp_path, reference):
     assert override.returncode == 2 and "drop --lr" in override.stderr
 
 
+@pytest.mark.slow  # one of the longest default tests; the other resume tests cover the path (run with -m slow)
 def test_resume_is_exact_with_every_random_regularizer(archive, tmp_path):
     """Mixup/CutMix draw from torch's global generator, the box augmentations from the loader's, EMA
     and warm-up carry state across steps: all of it must come back from the checkpoint."""
