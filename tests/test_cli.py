@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from conftest import files_under, run_cli, write_image_folder
+from conftest import files_under, run_cli, write_cifar_archive, write_image_folder
 
 RUN_FILES = {
     ".lock",
@@ -195,3 +195,13 @@ def test_names_of_any_bytes_print_under_a_strict_utf8_locale(tiny_run, tmp_path)
     ]
     assert [r.get("skipped", "")[:20] for r in records].count("not an image file (c") == 1  # notes.txt, with its reason
     assert sum("predicted" in r for r in records) == 2
+
+
+def test_threads_limits_a_run_and_is_recorded(tmp_path):
+    data = write_cifar_archive(tmp_path / "c.tar.gz", n_train_per_class=4, n_test_per_class=2)
+    args = ["train", "--data", str(data), "--epochs", "1", "--runs-dir", str(tmp_path / "runs"), "--no-plots"]
+    done = run_cli(*args, "--name", "one", "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "runs" / "one" / "config.json").read_text())["threads"] == 1
+    bad = run_cli(*args, "--name", "bad", "--threads", "-1")
+    assert bad.returncode == 2 and "--threads" in bad.stderr and not (tmp_path / "runs" / "bad").exists()

@@ -115,6 +115,7 @@ class RunWriter:
                 },
                 "device": str(state.device),
                 "precision": state.precision,
+                "threads": torch.get_num_threads(),
                 "parameters": count_parameters(state.net.model),
                 "versions": {
                     "cnnlab": __version__,

@@ -127,6 +127,8 @@ def _execution(recipe: Recipe, cluster: Cluster, tune_allocator: bool) -> tuple[
         warn_if_emulated(precision, device)
     if device.type == "cpu" and tune_allocator:
         tune_cpu_allocator()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)  # the CLI also sets OMP_NUM_THREADS before torch starts its pools
     return device, precision
 
 

@@ -277,6 +277,14 @@ class Recipe:
     )
     channels_last: bool = knob(True, "channels-last memory format", "execution")
     sync_bn: bool = knob(False, "under torchrun: batch-norm statistics over the global batch", "execution")
+    threads: int = knob(
+        0,
+        "CPU threads for this run's training and evaluation (0 = one per core, PyTorch's default); give each "
+        "of several runs sharing a machine its own share, or they thrash",
+        "execution",
+        low=0,
+        high=4096,
+    )
     compile: str = knob(
         "off",
         "torch.compile mode for the forward passes: off, default, reduce-overhead (CUDA graphs) or max-autotune",
