@@ -65,25 +65,17 @@ def top_k_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
     """ECE in percent: the images are binned by their top probability into `bins` equal-width bins, and
     the gap between each bin's mean confidence and its accuracy is averaged, weighted by the bin's size."""
-    confidence, predictions = logits.float().softmax(dim=1).max(dim=1)
-    right = (predictions == labels).double()
-    # Bin b holds confidences in (b/bins, (b+1)/bins]; the top probability is never below 1/C > 0.
-    which = (confidence.double() * bins).ceil().long().clamp(1, bins) - 1
-    total = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            total += float(in_bin.double().sum()) * abs(
-                float(confidence[in_bin].double().mean() - right[in_bin].mean())
-            )
-    return 100.0 * total / len(labels)
+    rows = reliability_bins(logits, labels, bins)
+    gaps = sum(r["count"] * abs(r["confidence"] - r["accuracy"]) for r in rows if r["count"])
+    return gaps / len(labels)
 
 
 def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> list[dict]:
     """Per confidence bin: its range, image count, mean confidence and accuracy (percent): the points of a
-    reliability diagram."""
+    reliability diagram, and what the ECE averages."""
     confidence, predictions = logits.float().softmax(dim=1).max(dim=1)
     right = (predictions == labels).double()
+    # Bin b holds confidences in (b/bins, (b+1)/bins]; the top probability is never below 1/C > 0.
     which = (confidence.double() * bins).ceil().long().clamp(1, bins) - 1
     rows = []
     for b in range(bins):
