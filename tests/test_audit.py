@@ -14,7 +14,7 @@ from PIL import Image
 
 from cnnlab.audit import audit, nearest, pixel_features, unit_rows
 from cnnlab.data import load_dataset
-from cnnlab.splits import group_take, stratified_take
+from cnnlab.splits import group_take, path_groups, stratified_take
 
 CLASSES = ["ant", "bee", "cow"]
 
@@ -193,7 +193,7 @@ def test_random_split_leaks_sessions_and_group_split_does_not(session_folder):
     random_val, random_train = stratified_take(data.train_labels, count, seed=0)
     assert leaks(data, random_val, random_train) > count // 2
     for pattern in ("folder", r"session\d+", r"/(session\d)/"):
-        group_val, group_train = group_take(data.train_files, data.train_labels, count, pattern, seed=0)
+        group_val, group_train = group_take(path_groups(data.train_files, pattern), count, seed=0)
         assert len(group_val) >= count and leaks(data, group_val, group_train) == 0
         sessions = lambda index: {data.train_files[i].rsplit("/", 1)[0] for i in index.tolist()}
         assert not sessions(group_val) & sessions(group_train)

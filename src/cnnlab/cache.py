@@ -63,13 +63,23 @@ def cache_folders(path: Path, cache_dir: str | Path | None) -> list[Path]:
     return [user]
 
 
-def cached(path: Path, size: int, cache_dir, read: Callable[[tuple[Path, ...]], Dataset], progress: bool) -> Dataset:
-    """The dataset of `path` at `size`, from its cache when a verified one exists, else `read(exclude)`
-    (exclude: cache folders inside the source, which the reader must not walk into) and then cached."""
+def cached(
+    path: Path,
+    size: int,
+    cache_dir,
+    read: Callable[[tuple[Path, ...]], Dataset],
+    progress: bool,
+    labels: Path | None = None,
+) -> Dataset:
+    """The dataset of `path` at `size` (labelled by the `labels` file, if given), from its cache when a
+    verified one exists, else `read(exclude)` (exclude: cache folders inside the source, which the reader
+    must not walk into) and then cached."""
     folders = cache_folders(path, cache_dir)
     exclude = tuple(f for f in folders if _inside(f, path))
     fingerprint = source_fingerprint(path, exclude)
-    which = _source_key(path, size)
+    if labels is not None:  # another labels file, or an edited one, is another dataset
+        fingerprint += "+labels-sha256:" + file_digest(labels)
+    which = _source_key(path, size, labels)
     filename = f"{which}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}.npz"
     for folder in folders:
         if (folder / filename).is_file():
@@ -103,9 +113,11 @@ def _inside(folder: Path, source: Path) -> bool:
         return False
 
 
-def _source_key(path: Path, size: int) -> str:
+def _source_key(path: Path, size: int, labels: Path | None = None) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", portable(path.name))[:60] or "data"
     identity = os.fsencode(path) + f"|{size}|v{CACHE_VERSION}".encode()
+    if labels is not None:
+        identity += b"|labels:" + os.fsencode(labels)
     return f"{stem}-{hashlib.sha256(identity).hexdigest()[:12]}"
 
 
@@ -128,7 +140,7 @@ def _store(folder: Path, filename: str, ds: Dataset, size: int, fingerprint: str
         "test_x": ds.test_images.numpy(),
         "test_y": ds.test_labels.numpy(),
     }
-    files_json = json.dumps({"train": ds.train_files, "test": ds.test_files}).encode()
+    files_json = json.dumps({"train": ds.train_files, "test": ds.test_files, "groups": ds.train_groups}).encode()
     meta = {
         "version": CACHE_VERSION,
         "fingerprint": fingerprint,
@@ -175,6 +187,7 @@ def _load(file: Path, path: Path, size: int, fingerprint: str) -> tuple[Dataset 
         checksum=fingerprint,
         train_files=files["train"],
         test_files=files["test"],
+        train_groups=files.get("groups"),
     ), ""
 
 
@@ -201,6 +214,8 @@ def _check(meta, arrays: dict, files_json: bytes, size: int, fingerprint: str) -
     try:
         files = json.loads(files_json)
         ok = all(files[s] is None or len(files[s]) == len(arrays[f"{s}_y"]) for s in ("train", "test"))
+        groups = files.get("groups")
+        ok = ok and (groups is None or len(groups) == len(arrays["train_y"]))
     except (ValueError, KeyError, TypeError):
         ok = False
     return "" if ok else "file names that do not fit the images"

@@ -43,6 +43,12 @@ def _data_options(p: argparse.ArgumentParser, default: str | None = "cifar10", i
         help="cifar10, cifar100, or a path: CIFAR archive/folder, image folder, .tar[.gz] or .zip of one"
         + (" (default: %(default)s)" if default else " (default: the run's own data)"),
     )
+    p.add_argument(
+        "--labels",
+        metavar="FILE.csv",
+        help="a CSV naming each image's class (columns path, label, optionally split and group), for images "
+        "in any folder structure under --data",
+    )
     p.add_argument("--data-root", default="data", help="where cifar10/cifar100 are downloaded (default: %(default)s)")
     p.add_argument("--mirror", help="base URL to download the CIFAR archives from (or $CNNLAB_CIFAR_MIRROR)")
     if image_size:  # training takes it as a recipe field

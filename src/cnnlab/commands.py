@@ -38,6 +38,8 @@ def cmd_train(args) -> int:
         ]
         if given:
             raise UsageError(f"--resume continues the run with its own recipe; drop {', '.join(given)}")
+        if args.labels:
+            raise UsageError("--resume continues the run with its own data and labels file; drop --labels")
         resume(
             args.resume,
             args.data,
@@ -223,4 +225,4 @@ def cmd_models(args) -> int:
 def _load(args, image_size: int):
     from .data import load_dataset
 
-    return load_dataset(args.data, root=args.data_root, image_size=image_size, mirror=args.mirror)
+    return load_dataset(args.data, root=args.data_root, image_size=image_size, mirror=args.mirror, labels=args.labels)

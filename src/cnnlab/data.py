@@ -44,6 +44,10 @@ class Dataset:
     # For image-folder sources: each image's path inside the source (train/<class>/<name>), in order.
     train_files: list[str] | None = field(default=None, repr=False)
     test_files: list[str] | None = field(default=None, repr=False)
+    # From a labels file (labelfile.py): its path, and each training image's group when it has a group column.
+    labels_file: str | None = field(default=None, repr=False)
+    train_groups: list[str] | None = field(default=None, repr=False)
+    _grayscale: bool | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return (
@@ -81,7 +85,23 @@ class Dataset:
             )
         else:
             layout["test"] = "the test split of the source"
+        if self.labels_file:
+            layout["labels"] = f"classes and splits from {self.labels_file}"
+        if self.train_groups:
+            layout["groups"] = (
+                f"{len(set(self.train_groups))} groups from the labels file's group column, kept whole by "
+                "every split cnnlab makes"
+            )
         return layout
+
+    @property
+    def grayscale(self) -> bool:
+        """Whether every image is grey (its three channels equal): colour then carries nothing, so colour
+        corruptions are skipped and first-layer filters are read as intensity patterns."""
+        if self._grayscale is None:
+            grey = lambda x: bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all())
+            self._grayscale = grey(self.train_images) and grey(self.test_images)
+        return self._grayscale
 
     @property
     def num_classes(self) -> int:
@@ -100,6 +120,8 @@ class Dataset:
             "test": int(self.test_labels.numel()),
             "image_size": self.image_size,
             "layout": self.layout(),
+            "grayscale": self.grayscale,
+            **({"labels": self.labels_file} if self.labels_file else {}),
         }
 
 
@@ -114,12 +136,16 @@ def load_dataset(
     mirror: str | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    labels: str | Path | None = None,
 ) -> Dataset:
-    """Load `source` into memory (see the module docstring for what a source can be)."""
+    """Load `source` into memory (see the module docstring for what a source can be); with `labels`, a
+    labels file (labelfile.py) says the class, split and group of the source's images."""
     if image_size < 8 or image_size > 512:
         raise UsageError(
             f"image_size {image_size} is out of range; use a size between 8 and 512", parameters=("image_size",)
         )
+    if labels is not None:
+        return _labelled(source, labels, image_size, cache_dir, progress)
     if source in CIFAR_ARCHIVES:
         folder = ensure_cifar(source, Path(root), mirror=mirror, progress=progress)
         ds = read_cifar(source, folder_opener(folder), source)
@@ -139,6 +165,27 @@ def load_dataset(
     if kind and kind != "a folder":
         raise UsageError(f"{shown(source)} is {kind}; give an image folder or an archive file")
     return cached(path, image_size, cache_dir, lambda exclude: _read_path(path, image_size, exclude), progress)
+
+
+def _labelled(source: str, labels: str | Path, image_size: int, cache_dir, progress: bool) -> Dataset:
+    """The images of a folder or archive that a labels file names, with its classes, splits and groups."""
+    labels_path = Path(labels).expanduser()
+    if not labels_path.exists():
+        raise UsageError(f"{shown(str(labels))}: no such labels file; give the path of a CSV with path,label rows")
+    labels_path = labels_path.resolve()
+    path = Path(source).expanduser()
+    if source in CIFAR_ARCHIVES or not path.exists():
+        raise UsageError(
+            f"--labels labels the images of a folder or archive; {shown(source)} is not one (give --data PATH)"
+        )
+    path = path.resolve()
+    kind = special_kind(path.stat().st_mode)
+    if kind and kind != "a folder":
+        raise UsageError(f"{shown(source)} is {kind}; give an image folder or an archive file")
+    read = lambda exclude: read_image_tree(path, list_files(path, exclude), image_size, labels_path)
+    ds = cached(path, image_size, cache_dir, read, progress, labels=labels_path)
+    ds.labels_file = str(labels_path)
+    return ds
 
 
 def _read_path(path: Path, image_size: int, exclude: tuple[Path, ...] = ()) -> Dataset:

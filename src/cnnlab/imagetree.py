@@ -21,7 +21,8 @@ from .errors import CnnlabError
 from .images import IMAGE_EXTENSIONS, decode_image
 from .names import portable, shown
 from .sourcefiles import SourceFile, read_files
-from .splits import stratified_take
+from .labelfile import check_classes, match_files, read_labels
+from .splits import group_take, stratified_take
 
 if TYPE_CHECKING:
     from .data import Dataset
@@ -40,6 +41,7 @@ class TreeImage:
     cls: str  # class name as people read it (names.portable: valid Unicode whatever the bytes)
     rel: str  # train/<class>/.../<image>, without a wrapping folder (portable too)
     name: str  # the file's own name inside the source, for reading it
+    group: str | None = None  # from a labels file's group column
 
 
 def plan_tree(files: list[SourceFile], description: str) -> list[TreeImage]:
@@ -88,6 +90,20 @@ def plan_tree(files: list[SourceFile], description: str) -> list[TreeImage]:
     return sorted(images, key=lambda i: i.rel)
 
 
+def plan_labelled(files: list[SourceFile], labels: Path, description: str) -> list[TreeImage]:
+    """Split, class and group of each image a labels file names (labelfile.py); its name in the run is
+    <split>/<path>, so a val row reads as val/... like an image of a val/ folder."""
+    rows = read_labels(labels)
+    labels_name = shown(labels)
+    names = match_files(rows, files, description, labels_name)
+    check_classes(rows, labels_name)
+    images = [
+        TreeImage(row.split, portable(row.label), portable(f"{row.split}/{row.path}"), name, row.group)
+        for row, name in zip(rows, names)
+    ]
+    return sorted(images, key=lambda i: i.rel)
+
+
 def decode_tree(path: Path, images: list[TreeImage], size: int) -> list[np.ndarray]:
     """Each image decoded to uint8 [size, size, 3], in the order of `images`. Archive members are read in
     one pass and decoded in chunks by a pool of threads (Pillow releases the GIL while decoding, so they
@@ -124,12 +140,13 @@ def decode_tree(path: Path, images: list[TreeImage], size: int) -> list[np.ndarr
     return decoded
 
 
-def read_image_tree(path: Path, files: list[SourceFile], size: int) -> Dataset:
-    """Decode the image tree that `files` (listed from `path`) form."""
+def read_image_tree(path: Path, files: list[SourceFile], size: int, labels: Path | None = None) -> Dataset:
+    """Decode the image tree that `files` (listed from `path`) form, or with `labels` the images a labels
+    file names."""
     from .data import Dataset
 
     description = shown(path)
-    images = plan_tree(files, description)
+    images = plan_labelled(files, labels, description) if labels else plan_tree(files, description)
     arrays = decode_tree(path, images, size)
     classes = sorted({i.cls for i in images})
     index = {c: k for k, c in enumerate(classes)}
@@ -142,7 +159,11 @@ def read_image_tree(path: Path, files: list[SourceFile], size: int) -> Dataset:
         count = max(1, round(CARVED_TEST_FRACTION * len(train)))
         if count >= len(train):
             raise CnnlabError(f"{description}: {len(train)} training image(s) are too few to carve a test split from")
-        taken, kept = stratified_take(labels, count, CARVED_TEST_SEED)
+        if images[0].group is not None:  # whole groups, so no patient or session straddles train and test
+            groups = [images[k].group for k in members["train"]]
+            taken, kept = group_take(groups, count, CARVED_TEST_SEED, "the labels file's groups")
+        else:
+            taken, kept = stratified_take(labels, count, CARVED_TEST_SEED)
         members["test"], members["train"] = train[taken].tolist(), train[kept].tolist()
 
     def tensors(ks: list[int]):
@@ -150,6 +171,10 @@ def read_image_tree(path: Path, files: list[SourceFile], size: int) -> Dataset:
         return x, torch.tensor([index[images[k].cls] for k in ks], dtype=torch.int64), [images[k].rel for k in ks]
 
     # The given val/ images travel with the training images, after them; their names (val/...) mark them.
-    tx, ty, train_files = tensors(members["train"] + members["val"])
+    in_train = members["train"] + members["val"]
+    tx, ty, train_files = tensors(in_train)
     vx, vy, test_files = tensors(members["test"])
-    return Dataset(str(path), classes, tx, ty, vx, vy, checksum="", train_files=train_files, test_files=test_files)
+    groups = [images[k].group for k in in_train] if images[0].group is not None else None
+    return Dataset(
+        str(path), classes, tx, ty, vx, vy, "", train_files=train_files, test_files=test_files, train_groups=groups
+    )

@@ -22,7 +22,7 @@ import torch
 from .errors import CnnlabError, UsageError
 from .loader import Normalizer
 from .names import shown
-from .runfiles import load_checkpoint, model_from_checkpoint, read_json, recorded_source
+from .runfiles import load_checkpoint, model_from_checkpoint, read_json, recorded_labels, recorded_source
 
 WEIGHTS = ("auto", "best", "last", "ema")
 
@@ -101,6 +101,19 @@ class Run:
         return recorded_source(self.folder) if self.folder is not None else None
 
     @property
+    def grayscale(self) -> bool:
+        """Whether the run's data was all grey, as its config.json records (False when it does not say)."""
+        if self.folder is None or not (self.folder / "config.json").is_file():
+            return False
+        data = read_json(self.folder / "config.json").get("data")
+        return isinstance(data, dict) and data.get("grayscale") is True
+
+    @property
+    def labels_file(self) -> str | None:
+        """The labels file the run's data came with (labelfile.py), if any."""
+        return recorded_labels(self.folder) if self.folder is not None else None
+
+    @property
     def temperature(self) -> float:
         """The softmax temperature fitted on the validation split at these weights' epoch (metrics.fit_temperature),
         which predict, evaluate's calibrated ECE and exported probabilities divide the logits by; 1.0 (raw
@@ -133,6 +146,8 @@ class Run:
                     f"{shown(self.weights.file)} is outside a run folder, so it does not say its data; "
                     "pass the data (--data)"
                 )
+            if data is None and self.labels_file:
+                load_options.setdefault("labels", self.labels_file)
             data = load_dataset(source, image_size=image_size or self.image_size, progress=False, **load_options)
         if list(data.classes) != self.classes:
             raise CnnlabError(

@@ -23,7 +23,7 @@ from .models import build_model
 from .names import shown
 from .optim import make_optimizer
 from .recipe import Recipe
-from .splits import channel_stats, group_take, parse_count, stratified_take
+from .splits import channel_stats, group_take, parse_count, path_groups, stratified_take
 from .state import Network, Progress, TrainState
 
 WHITENING_IMAGES = 5000  # training images whose patches set a whitening first layer
@@ -39,7 +39,7 @@ class Setup:
 
 def split_images(recipe: Recipe, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices trained on, indices held out for validation) of the training split: seeded, stratified by
-    class, or by whole groups with val_groups; then the train_subset of what is left."""
+    class, or by whole groups (val_groups, or a labels file's group column); then the train_subset of what is left."""
     labels = data.train_labels
     val_count = parse_count(recipe.val_split, len(labels), "val_split")
     given = data.given_val
@@ -55,7 +55,10 @@ def split_images(recipe: Recipe, data: Dataset) -> tuple[torch.Tensor, torch.Ten
         mask[given] = False
         train_index = mask.nonzero().flatten()
     elif recipe.val_groups:  # whole groups (sessions, scenes) on one side: no near-twins across the split
-        val_index, train_index = group_take(data.train_files, labels, val_count, recipe.val_groups, recipe.seed)
+        groups = path_groups(data.train_files, recipe.val_groups)
+        val_index, train_index = group_take(groups, val_count, recipe.seed, f"val_groups {recipe.val_groups!r}")
+    elif data.train_groups and val_count:  # a labels file's group column: kept whole without being asked
+        val_index, train_index = group_take(data.train_groups, val_count, recipe.seed, "the labels file's groups")
     else:
         val_index, train_index = stratified_take(labels, val_count, recipe.seed)
     if recipe.early_stop and not len(val_index):  # decided here: a val/ folder in the data also counts

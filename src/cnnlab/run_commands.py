@@ -28,9 +28,12 @@ def _data(args, run):
     from .data import load_dataset
 
     if args.data is None:
+        if args.labels:
+            raise UsageError("--labels goes with --data (the images it labels); give both, or neither for the run's own")
         return run.dataset()
+    size = args.image_size or run.image_size
     return run.dataset(
-        load_dataset(args.data, root=args.data_root, image_size=args.image_size or run.image_size, mirror=args.mirror)
+        load_dataset(args.data, root=args.data_root, image_size=size, mirror=args.mirror, labels=args.labels)
     )
 
 
@@ -299,7 +302,7 @@ def cmd_report(args) -> int:
     data = (
         (
             lambda size: load_dataset(
-                args.data, root=args.data_root, image_size=args.image_size or size, mirror=args.mirror
+                args.data, root=args.data_root, image_size=args.image_size or size, mirror=args.mirror, labels=args.labels
             )
         )
         if args.data

@@ -60,6 +60,13 @@ def recorded_source(folder: Path) -> str:
     return source
 
 
+def recorded_labels(folder: Path) -> str | None:
+    """The labels file (labelfile.py) a run's config.json records with its data, if it had one."""
+    data = read_json(Path(folder) / "config.json").get("data")
+    labels = data.get("labels") if isinstance(data, dict) else None
+    return labels if isinstance(labels, str) and labels else None
+
+
 # Every metrics row has these, as finite numbers; an evaluated split adds its own.
 ROW_NUMBERS = ("epoch", "lr", "train_loss", "train_acc")
 

@@ -57,19 +57,9 @@ def group_of(path: str, pattern: str) -> str | None:
 G = ("val_groups",)
 
 
-def group_take(
-    files: list[str] | None,
-    labels: torch.Tensor,
-    count: int,
-    pattern: str,
-    seed: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hold out whole groups (sessions, patients, scenes): every image of a group lands on one side.
-
-    Groups are taken in a seeded random order until at least `count` images are held out; within a
-    class, the same group name in another class is the same group (a session that photographed
-    several classes stays together). Returns (taken, rest), both sorted.
-    """
+def path_groups(files: list[str] | None, pattern: str) -> list[str]:
+    """The group of each training image from its path, by the val_groups `pattern` (see group_of); every
+    image needs one."""
     if not files:
         raise UsageError(
             "val_groups needs an image-folder source (it groups images by their file paths); "
@@ -88,12 +78,20 @@ def group_take(
             f"val_groups: {len(unmatched)} training images have no group ({unmatched[0]} {how}); every image needs one",
             parameters=G,
         )
+    return groups
+
+
+def group_take(groups: list[str], count: int, seed: int, what: str = "val_groups") -> tuple[torch.Tensor, torch.Tensor]:
+    """Hold out whole groups (sessions, patients, scenes): every image of a group lands on one side.
+
+    `groups` names each image's group; the same name in two classes is one group (a session that
+    photographed several classes stays together). Groups are taken in a seeded random order until at
+    least `count` images are held out. Returns (taken, rest), both sorted; `what` names the groups'
+    origin in errors.
+    """
     names = sorted(set(groups))
     if len(names) < 2:
-        raise UsageError(
-            f"val_groups {pattern!r} puts every image in one group ({names[0]}); a split needs at least two",
-            parameters=G,
-        )
+        raise UsageError(f"{what} puts every image in one group ({names[0]}); a split needs at least two", parameters=G)
     order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
     members: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
@@ -103,13 +101,13 @@ def group_take(
         if len(taken) >= count:
             break
         taken.extend(members[names[k]])
-    if len(taken) >= len(labels):
+    if len(taken) >= len(groups):
         raise UsageError(
-            f"val_groups: holding out {count} images takes every group; ask for fewer with val_split",
+            f"{what}: holding out {count} images takes every group; ask for fewer with val_split",
             parameters=("val_groups", "val_split"),
         )
     taken_t = torch.tensor(sorted(taken), dtype=torch.long)
-    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask = torch.ones(len(groups), dtype=torch.bool)
     mask[taken_t] = False
     return taken_t, mask.nonzero().flatten()
 

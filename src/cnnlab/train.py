@@ -32,7 +32,7 @@ from .names import shown
 from .openrun import reported_weights
 from .prepare import prepare
 from .recipe import Recipe
-from .runfiles import load_checkpoint, recorded_source, resolve_checkpoint
+from .runfiles import load_checkpoint, recorded_labels, recorded_source, resolve_checkpoint
 from .runs import RunFolder, RunLock, claim_run_folder
 from .schedule import learning_rate, set_learning_rate
 from .state import RESUME_FIELDS, TrainState
@@ -234,7 +234,10 @@ def resume(run_dir: str | Path, data: Dataset | str | None = None, **options) ->
         )
     recipe = recipe_from_dict(checkpoint["recipe"], where=f"{run_dir}/last.pt")
     if data is None:
+        labels = recorded_labels(run_dir)
         data = recorded_source(run_dir)
+        if labels:  # a labelled source is loaded here: train() takes a source or a Dataset
+            data = load_dataset(data, image_size=recipe.image_size, progress=options.get("progress", True), labels=labels)
     return train(recipe, data, runs_dir=run_dir.parent, name=run_dir.name, resume_from=checkpoint, **options)
 
 
