@@ -95,10 +95,11 @@ def train_step(
         x, y, y_partner, weight = mix(x, y, recipe.mixup, recipe.cutmix)
     with autocast(state.device, state.precision):
         logits = net.trainer(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        # With class weights, cross_entropy's mean is over the batch's weights, so the loss keeps its scale.
+        loss = F.cross_entropy(logits, y, weight=state.class_weight, label_smoothing=recipe.label_smoothing)
         if mixing:
             loss = weight * loss + (1 - weight) * F.cross_entropy(
-                logits, y_partner, label_smoothing=recipe.label_smoothing
+                logits, y_partner, weight=state.class_weight, label_smoothing=recipe.label_smoothing
             )
     optimizer.zero_grad(set_to_none=True)
     if net.scaler is not None:  # fp16: scale the loss so small gradients survive, unscale before the step

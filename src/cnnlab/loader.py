@@ -69,8 +69,12 @@ class Loader:
         channels_last=False,
         rank=0,
         world_size=1,
+        sample_weights: torch.Tensor | None = None,
     ):
         self.images = images.to(device)
+        # Given (imbalance.balanced_sample_weights), each epoch draws len(labels) images with replacement,
+        # each with its weight's chance, instead of a permutation of them all.
+        self.sample_weights = None if sample_weights is None else sample_weights.to(self.images.device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
         self.normalize = normalize
@@ -107,7 +111,10 @@ class Loader:
             self.epoch_start = self.order_generator.get_state()
         else:  # resuming mid-epoch: the same shuffle as the interrupted epoch
             self.order_generator.set_state(self.epoch_start)
-        order = torch.randperm(n, generator=self.order_generator, device=self.images.device)
+        if self.sample_weights is None:
+            order = torch.randperm(n, generator=self.order_generator, device=self.images.device)
+        else:
+            order = torch.multinomial(self.sample_weights, n, replacement=True, generator=self.order_generator)
         for start in range(self.position * self.batch_size, n, self.batch_size):
             self.position = start // self.batch_size + 1  # handed out = trained on, once the step finishes
             index = order[start : start + self.batch_size]
@@ -140,6 +147,7 @@ class Loader:
             channels_last=self.channels_last,
             rank=self.rank,
             world_size=self.world_size,
+            sample_weights=None if self.sample_weights is None else self.sample_weights[start:stop],
         )
 
     def crop_size(self) -> int:

@@ -6,6 +6,7 @@ exactly a training configuration.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -15,8 +16,9 @@ from .augment import Augmentation
 from .data import Dataset
 from .device import resolve_device, resolve_precision, tune_cpu_allocator, warn_if_emulated
 from .distributed import Cluster
-from .errors import UsageError
+from .errors import CnnlabWarning, UsageError
 from .finetune import load_weights
+from .imbalance import balanced_sample_weights, class_weights
 from .loader import Loader, Normalizer
 from .lookahead import Lookahead
 from .models import build_model
@@ -97,6 +99,13 @@ def prepare(
     cl = recipe.channels_last and device.type != "mps"
     sample = (lambda: normalize(train_images[:WHITENING_IMAGES])) if fresh else None
     model, notes = _model(recipe, data, sample, device, cl)
+    if recipe.color_jitter and data.grayscale and fresh:
+        warnings.warn(
+            "the images are grey: colour jitter acts as brightness and contrast only (saturation has nothing to "
+            "change, and grey images stay grey)",
+            CnnlabWarning,
+            stacklevel=2,
+        )
     if recipe.sync_bn and cluster.distributed:
         model = distributed.synchronize_batch_norm(model, device)  # same parameters and state-dict names
 
@@ -117,6 +126,8 @@ def prepare(
         Progress(best_metric=recipe.early_stop_metric if len(val_index) else "test_acc"),
         notes,
     )
+    weights = class_weights(data.train_labels[train_index], data.num_classes, recipe.class_weights, recipe.class_weights_beta)
+    state.class_weight = None if weights is None else weights.to(device)
     return Setup(state, eval_loaders, len(train_index), len(val_index))
 
 
@@ -137,9 +148,11 @@ def _execution(recipe: Recipe, cluster: Cluster, tune_allocator: bool) -> tuple[
 
 def _loaders(recipe, data, train_images, train_index, val_index, normalize, device, channels_last, cluster):
     """The training loader (augmented, this rank's slice of each batch) and the evaluation loaders."""
+    train_labels = data.train_labels[train_index]
+    balanced = recipe.sampler == "balanced"
     train_loader = Loader(
         train_images,
-        data.train_labels[train_index],
+        train_labels,
         recipe.batch_size,
         normalize,
         device=device,
@@ -148,6 +161,7 @@ def _loaders(recipe, data, train_images, train_index, val_index, normalize, devi
         channels_last=channels_last,
         rank=cluster.rank,
         world_size=cluster.world_size,
+        sample_weights=balanced_sample_weights(train_labels, data.num_classes) if balanced else None,
     )
     evaluation = lambda images, labels: Loader(
         images, labels, recipe.eval_batch_size, normalize, device=device, channels_last=channels_last

@@ -76,6 +76,8 @@ SCHEDULES = ("cosine", "constant", "onecycle", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 EVAL_PRECISIONS = ("auto", "fp32")
+CLASS_WEIGHTINGS = ("none", "balanced", "effective")  # imbalance.class_weights
+SAMPLERS = ("none", "balanced")  # imbalance.balanced_sample_weights
 SELECTION_METRICS = ("val_acc", "val_balanced_acc", "val_macro_f1")  # higher is better, all in percent
 
 
@@ -98,6 +100,13 @@ class Recipe:
         "each class folder) or a regular expression over the image's path below train/",
         "data",
         metavar="PATTERN",
+    )
+    sampler: str = knob(
+        "none",
+        "none (each image once an epoch), or balanced: draw each epoch's images with replacement, every "
+        "class equally likely",
+        "data",
+        choices=SAMPLERS,
     )
     train_subset: str = knob(
         "0", "train on a seeded, stratified count or fraction of the training images (0 = all)", "data", count=True
@@ -145,6 +154,17 @@ class Recipe:
         metavar="STEPS",
     )
     label_smoothing: float = knob(0.0, "label smoothing of the cross-entropy", "optimisation", low=0, below=1)
+    class_weights: str = knob(
+        "none",
+        "weigh the cross-entropy per class: none, balanced (inverse frequency) or effective (Cui et al. 2019's "
+        "effective number of samples, with class_weights_beta)",
+        "optimisation",
+        choices=CLASS_WEIGHTINGS,
+    )
+    class_weights_beta: float = knob(
+        0.9999, "beta of the effective number of samples (0.9999 is the paper's choice for CIFAR-10-LT)",
+        "optimisation", low=0, below=1,
+    )  # fmt: skip
     warmup_epochs: float = knob(
         0.0, "linear warm-up of the rate over this many epochs (per step)", "optimisation", low=0, epochs=True
     )

@@ -75,6 +75,7 @@ class TrainState:
     progress: Progress = field(default_factory=Progress)
     notes: list[str] = field(default_factory=list)
     rank_states: list | None = None  # every rank's loader and partial sums, gathered for the checkpoint
+    class_weight: torch.Tensor | None = None  # the cross-entropy's per-class weights (recipe.class_weights)
 
     def checkpoint(self, weights: torch.nn.Module | None = None) -> dict:
         """The run as it stands: `weights` (default: the model's) with everything needed to continue."""
