@@ -137,6 +137,21 @@ def _making_commands(commands) -> None:
     a.add_argument("ablation", choices=["bn", "recipe", "regularizers", "speedrun"])
     _train_options(a, epochs_help="epochs per variant (default: 15)")
 
+    lf = commands.add_parser(
+        "lr-find", help="sweep the learning rate up over a few hundred steps and suggest a peak rate (no run folder)"
+    )
+    _train_options(lf)
+    lf.add_argument("--start", type=float, default=1e-5, help="the sweep's first rate (default: %(default)g)")
+    lf.add_argument("--end", type=float, default=10.0, help="its last rate (default: %(default)g)")
+    lf.add_argument("--steps", type=_bounded_int(10, 100_000), default=200, help="steps (default: %(default)s)")
+    lf.add_argument(
+        "--plot",
+        default="lr-find.png",
+        help="the loss-against-rate figure (default: %(default)s; an existing file is never overwritten)",
+    )
+    lf.add_argument("--write-recipe", metavar="FILE.toml", help="also write the recipe with the suggested rate")
+    lf.add_argument("--json", action="store_true", help="print the curve and the suggestions as JSON")
+
 
 def _data_commands(commands) -> None:
     d = commands.add_parser("data", help="download a dataset, or describe one")
@@ -345,7 +360,7 @@ def _command(name: str):
     import importlib
 
     for module in ("commands", "run_commands"):
-        found = getattr(importlib.import_module(f".{module}", __package__), f"cmd_{name}", None)
+        found = getattr(importlib.import_module(f".{module}", __package__), f"cmd_{name.replace('-', '_')}", None)
         if found is not None:
             return found
     raise AssertionError(f"no cmd_{name}")  # a parser without its command: a bug

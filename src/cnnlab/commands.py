@@ -93,6 +93,37 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_lr_find(args) -> int:
+    import dataclasses
+    import json
+
+    from .lrfind import check_sweep, find_learning_rate
+    from .names import shown
+    from .plots import plot_lr_find
+    from .recipe_files import recipe_toml
+    from .runs import atomic_write_bytes, free_name
+
+    recipe = _recipe(args)
+    check_sweep(args.start, args.end, args.steps)
+    if args.write_recipe and Path(args.write_recipe).exists():  # before the sweep's time is spent
+        raise CnnlabError(f"{shown(args.write_recipe)} exists; give --write-recipe a new file name")
+    found = find_learning_rate(recipe, _load(args, recipe.image_size), args.start, args.end, args.steps)
+    plot = plot_lr_find(found, free_name(Path(args.plot)), title=f"{recipe.name} ({recipe.model}), lr {recipe.lr:g}")
+    if args.write_recipe:
+        tuned = dataclasses.replace(recipe, lr=float(f"{found.suggestion:.3g}"), description=f"{recipe.name}, lr from lr-find")
+        atomic_write_bytes(Path(args.write_recipe), recipe_toml(tuned).encode())
+    if args.json:
+        print(json.dumps(found.to_dict() | {"plot": str(plot), "recipe_lr": recipe.lr}))
+        return 0
+    ended = f"stopped at {found.rates[-1]:.3g} as the loss diverged" if found.stopped_early else "no divergence"
+    print(f"swept {found.rates[0]:.3g} to {found.rates[-1]:.3g} over {len(found.rates)} steps ({ended})")
+    for rule, rate in found.suggestions.items():
+        print(f"  {rule:<11} {rate:.3g}")
+    print(f"suggested peak rate {found.suggestion:.3g} (valley rule; the recipe's lr is {recipe.lr:g})")
+    print(f"plot: {plot}" + (f"; recipe with that rate: {args.write_recipe}" if args.write_recipe else ""))
+    return 0
+
+
 def cmd_audit(args) -> int:
     from pathlib import Path
 

@@ -231,6 +231,25 @@ class PlotWriter:
         make_run_plots(read_run(self.run_dir), run.test_predictions(self.data), run.weights)
 
 
+def plot_lr_find(found, path: Path, title: str = "") -> Path:
+    """The learning-rate finder's curve (lrfind.LRFinding): each step's loss and the smoothed one against the
+    rate on a log axis, with each rule's suggestion marked."""
+    fig = _figure(6.5, 4)
+    ax = fig.add_subplot()
+    ax.plot(found.rates, found.losses, color="0.8", linewidth=0.8, label="batch loss")
+    ax.plot(found.rates, found.smoothed, color="C0", label="smoothed")
+    for (rule, rate), colour in zip(found.suggestions.items(), ("C3", "C2", "C1")):
+        ax.axvline(rate, color=colour, linestyle="--" if rule != "valley" else "-", label=f"{rule}: {rate:.3g}")
+    ax.set_xscale("log")
+    low, high = min(found.smoothed), max(found.smoothed[: max(1, len(found.smoothed) // 10)])
+    ax.set_ylim(low - 0.1 * (high - low + 1e-3), high + 0.5 * (high - low + 1e-3))  # the part worth reading
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(title or "learning-rate sweep")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def plot_filters(weight: torch.Tensor, kinds: list[str], path: Path) -> Path:
     """First-layer filters as RGB tiles, each stretched to its own range, labelled with its kind."""
     w = weight.detach().float().cpu()

@@ -3,6 +3,7 @@ a run's saved recipe read back. Lengthening or shortening a recipe keeps its sha
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from dataclasses import fields
@@ -24,30 +25,42 @@ def shipped_recipes() -> dict[str, Path]:
 
 
 def load_recipe(name_or_path: str = "seed", overrides: dict | None = None) -> Recipe:
-    """Load a shipped recipe by name or a TOML file by path, then apply `overrides` (None values skipped).
+    """Load a shipped recipe by name, a TOML file by path, or a run folder's recipe (the run's config.json),
+    then apply `overrides` (None values skipped).
 
     An `epochs` override that changes the recipe's length scales its epoch-denominated fields
     (warm-up, early crops, the whitening bias's epochs) unless they are overridden too, so a shortened
     recipe keeps its shape; a CnnlabWarning says what changed."""
     shipped = shipped_recipes()
-    if name_or_path in shipped:
-        path = shipped[name_or_path]
+    path = shipped.get(name_or_path) or Path(name_or_path)
+    if path.is_dir() and (path / "config.json").is_file():
+        data = _run_recipe(path)
+    elif path.is_file():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
+            raise UsageError(f"recipe {path} is not valid TOML ({e}); fix the file") from None
+        data.setdefault("name", path.stem)
     else:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise UsageError(
-                f"unknown recipe '{name_or_path}': use one of {', '.join(sorted(shipped))} or the path of a TOML file",
-                parameters=("recipe",),
-            )
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
-        raise UsageError(f"recipe {path} is not valid TOML ({e}); fix the file") from None
-    data.setdefault("name", path.stem)
+        raise UsageError(
+            f"unknown recipe '{name_or_path}': use one of {', '.join(sorted(shipped))}, the path of a TOML file "
+            "or a run folder",
+            parameters=("recipe",),
+        )
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if "epochs" in overrides:
         data = rescaled(data, overrides["epochs"], set(overrides), where=data["name"])
     return recipe_from_dict(data, overrides, where=str(path))
+
+
+def _run_recipe(folder: Path) -> dict:
+    """The recipe a run folder's config.json records, as plain data."""
+    from .runfiles import read_json
+
+    recipe = read_json(folder / "config.json").get("recipe")
+    if not isinstance(recipe, dict):
+        raise UsageError(f"{folder / 'config.json'} records no recipe; give a recipe name or TOML file")
+    return dict(recipe)
 
 
 def rescaled(data: dict, epochs: int, keep: set[str] = frozenset(), where: str = "the recipe") -> dict:
@@ -143,3 +156,12 @@ def _coerce(key: str, value, type_name, where: str):
         if isinstance(value, dict):
             return dict(value)
     raise UsageError(f"{where}: field '{key}' should be {type_name}, got {value!r}")
+
+
+def recipe_toml(recipe: Recipe) -> str:
+    """The recipe as a TOML file that load_recipe reads back into the same recipe."""
+    value = lambda v: ("true" if v else "false") if isinstance(v, bool) else json.dumps(v)  # JSON strings are TOML's
+    lines = [f"{key} = {value(v)}" for key, v in recipe.to_dict().items() if key != "model_options"]
+    if recipe.model_options:
+        lines += ["", "[model_options]", *(f"{key} = {value(v)}" for key, v in recipe.model_options.items())]
+    return "\n".join(lines) + "\n"

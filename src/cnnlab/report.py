@@ -233,7 +233,10 @@ def _diagnosis(d) -> str:
         + "".join(f"<li>{_e(r)}</li>" for r in d.reasons)
         + "</ul>"
         + "<p>Remedies, most promising first:</p><ol>"
-        + "".join(f"<li>{_e(r)}</li>" for r in d.remedies)
+        + "".join(
+            f"<li>{_e(r)}" + (f"<br><code>{_e(d.commands[k])}</code>" if k < len(d.commands) else "") + "</li>"
+            for k, r in enumerate(d.remedies)
+        )
         + "</ol>"
         + "".join(f"<p class='meta'>Note: {_e(n)}</p>" for n in d.notes)
     )

@@ -82,6 +82,15 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def free_name(path: Path) -> Path:
+    """`path`, or when a file of that name exists, the first free one of path-2, path-3, ... (same suffix)."""
+    candidate, k = path, 1
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return candidate
+
+
 def check_run_name(name: str) -> str:
     """A run folder's name: one path component, not hidden, without control characters."""
     if (
