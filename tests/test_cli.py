@@ -19,7 +19,9 @@ RUN_FILES = {
     "confusion.png",
     "errors.png",
     "per_class.png",
+    "reliability.png",
     "confusion.json",
+    "classification.json",
 }
 
 

@@ -55,6 +55,9 @@ def test_report_of_one_run_is_self_contained_and_renders(tiny_run, tmp_path):
     assert not re.search(r"(src|href)=['\"]?(https?:|//|file:)", html), "the page must need no network or other files"
     for needle in ("Diagnosis", "Learning curves", "Confusion", "Most confident mistakes", "Configuration"):
         assert needle in html
+    for needle in ("Classification report and calibration", "Balanced accuracy", "top-5 accuracy", "macro average"):
+        assert needle in html  # the classification report and the reliability diagram
+    assert "alt='reliability diagram'" in html and "<code>cnnlab " in html  # the remedies are commands
     # The most confused pair is named (the tiny run's data guarantees a mistake; which pair it is varies).
     confusion = json.loads((tiny_run / "confusion.json").read_text())
     first = confusion["most_confused"][0]

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from .errors import CnnlabError
 
 # A 3x3 filter is an "oriented edge" when most of its energy is spatial contrast with one dominant
-# direction, and a "colour blob" when most of it is a difference between channels.
+# direction, and a "colour blob" when most of it is a difference between channels. On grey images the
+# three channels are equal, so a filter sees only their sum: an intensity pattern, never a colour; it is
+# an edge, a "spot" (contrast without one direction) or a "brightness" filter (mostly its mean).
 EDGE_SPATIAL_SHARE = 0.5
 EDGE_COHERENCE = 0.5
 BLOB_COLOUR_SHARE = 0.5
@@ -30,13 +32,20 @@ def first_conv(model: torch.nn.Module) -> torch.nn.Conv2d:
     raise CnnlabError("this model has no convolution to show")
 
 
-def classify_filters(weight: torch.Tensor) -> list[str]:
-    """'edge', 'colour blob' or 'mixed' for each filter [out, 3, k, k], by where its energy lies.
+COLOUR_KINDS = ("edge", "colour blob", "mixed")
+GREY_KINDS = ("edge", "spot", "brightness")
+
+
+def classify_filters(weight: torch.Tensor, grayscale: bool = False) -> list[str]:
+    """'edge', 'colour blob' or 'mixed' for each filter [out, 3, k, k], by where its energy lies; for a model
+    of grey images, 'edge', 'spot' or 'brightness' (grey_filter_kinds).
 
     Colour: the per-channel means minus their average (a filter that weighs red against blue).
     Spatial: the grey-level pattern minus its mean; its orientation coherence comes from the
     structure tensor of the pattern's gradients (1 = one direction, 0 = none).
     """
+    if grayscale:
+        return grey_filter_kinds(weight)
     kinds = []
     for w in weight.detach().float().cpu():
         channel_means = w.mean(dim=(1, 2))
@@ -54,6 +63,23 @@ def classify_filters(weight: torch.Tensor) -> list[str]:
             kinds.append("colour blob")
         else:
             kinds.append("mixed")
+    return kinds
+
+
+def grey_filter_kinds(weight: torch.Tensor) -> list[str]:
+    """What each filter does to a grey image, whose channels are equal: it applies the channels' sum."""
+    kinds = []
+    for w in weight.detach().float().cpu():
+        seen = w.sum(dim=0)
+        pattern = seen - seen.mean()
+        share = float((pattern**2).sum() / (seen**2).sum().clamp_min(1e-12))
+        gy, gx = torch.gradient(seen)
+        jxx, jyy, jxy = (gx * gx).sum(), (gy * gy).sum(), (gx * gy).sum()
+        coherence = float(torch.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (jxx + jyy).clamp_min(1e-12))
+        if share >= EDGE_SPATIAL_SHARE:
+            kinds.append("edge" if coherence >= EDGE_COHERENCE else "spot")
+        else:
+            kinds.append("brightness")
     return kinds
 
 
@@ -144,12 +170,19 @@ class Inspection:
     filter_kinds: list[str]
     figures: list[Path]
     images: list[dict]  # per chosen image: label, predicted class and confidence
+    grayscale: bool = False
 
     def summary(self) -> str:
-        counts = {k: self.filter_kinds.count(k) for k in ("edge", "colour blob", "mixed")}
+        count = self.filter_kinds.count
+        if self.grayscale:
+            return (
+                f"first-layer filters: {len(self.filter_kinds)}, read as intensity patterns (the images are grey, "
+                f"so differences between channels see nothing): {count('edge')} oriented edges, {count('spot')} "
+                f"spots without one direction, {count('brightness')} mostly overall brightness"
+            )
         return (
-            f"first-layer filters: {len(self.filter_kinds)}, of which {counts['edge']} look like oriented edges, "
-            f"{counts['colour blob']} like colour blobs and {counts['mixed']} mix both"
+            f"first-layer filters: {len(self.filter_kinds)}, of which {count('edge')} look like oriented edges, "
+            f"{count('colour blob')} like colour blobs and {count('mixed')} mix both"
         )
 
 
@@ -162,8 +195,10 @@ def inspect_model(
     mean,
     std,
     out_dir: Path,
+    grayscale: bool = False,
 ) -> Inspection:
-    """Draw filters.png, feature_maps.png and gradcam.png for uint8 `images` [N, 3, H, W]."""
+    """Draw filters.png, feature_maps.png and gradcam.png for uint8 `images` [N, 3, H, W]; `grayscale`: the
+    model was trained on grey images (Dataset.grayscale), so its filters are read as intensity patterns."""
     from .loader import Normalizer
     from .plots import plot_feature_maps, plot_filters, plot_gradcam
 
@@ -174,7 +209,7 @@ def inspect_model(
         probabilities = model(x).float().softmax(dim=1)
     predicted = probabilities.argmax(dim=1).tolist()
     weight = first_conv(model).weight
-    kinds = classify_filters(weight)
+    kinds = classify_filters(weight, grayscale)
     maps = feature_maps(model, x, image_size)
     cam_predicted = grad_cam(model, x, predicted, image_size)
     truths = [label if label is not None else p for label, p in zip(labels, predicted)]
@@ -193,4 +228,4 @@ def inspect_model(
         plot_feature_maps(images, maps, names, out_dir / "feature_maps.png"),
         plot_gradcam(images, cam_predicted, cam_true, info, out_dir / "gradcam.png"),
     ]
-    return Inspection(kinds, figures, info)
+    return Inspection(kinds, figures, info, grayscale)

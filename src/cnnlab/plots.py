@@ -15,7 +15,7 @@ import torch
 from .analysis import Predictions, RunRecord
 from .runs import atomic_write_bytes
 
-RUN_PLOTS = ("curves.png", "confusion.png", "errors.png", "per_class.png")
+RUN_PLOTS = ("curves.png", "confusion.png", "errors.png", "per_class.png", "reliability.png")
 
 
 def _integer_epochs(*axes) -> None:
@@ -186,11 +186,25 @@ def plot_comparison(runs: dict[str, list[dict]], path: Path, title: str, metric:
     return _save(fig, path)
 
 
-def make_run_plots(run: RunRecord, predictions: Predictions, weights=None) -> list[Path]:
-    """All four run figures into the run folder, and confusion.json (the matrix as numbers, for reports),
-    from `predictions` of the model whose `weights` (openrun.Weights) they name."""
+def make_run_plots(run: RunRecord, predictions: Predictions, weights=None, temperature: float = 1.0) -> list[Path]:
+    """All five run figures into the run folder, confusion.json (the matrix as numbers, for reports) and
+    classification.json (metrics.classification_metrics, with the reliability diagram's bins after the run's
+    `temperature`), from `predictions` of the model whose `weights` (openrun.Weights) they name."""
     from .evaluate import most_confused
+    from .metrics import classification_metrics, expected_calibration_error, reliability_bins
     from .runs import atomic_write_json
+
+    logits = predictions.probabilities.clamp_min(1e-12).log()  # softmax of these is the probabilities again
+    calibrated = logits / temperature
+    classification = classification_metrics(logits, predictions.labels, predictions.classes)
+    classification |= {
+        "temperature": temperature,
+        "ece_calibrated": expected_calibration_error(calibrated, predictions.labels),
+        "reliability": reliability_bins(calibrated, predictions.labels),
+        "reliability_raw": reliability_bins(logits, predictions.labels),
+        "weights": weights.describe() if weights is not None else None,
+    }
+    atomic_write_json(run.path / "classification.json", classification)
 
     matrix = predictions.confusion()
     named = f" ({weights.describe()})" if weights is not None else ""
@@ -213,7 +227,31 @@ def make_run_plots(run: RunRecord, predictions: Predictions, weights=None) -> li
             predictions, run.path / "errors.png", title=f"The most confident mistakes on the test split{named}"
         ),
         plot_per_class(predictions, run.path / "per_class.png"),
+        plot_reliability(classification, run.path / "reliability.png", title=f"Reliability{named}"),
     ]
+
+
+def plot_reliability(classification: dict, path: Path, title: str = "") -> Path:
+    """The reliability diagram: accuracy against confidence per bin, raw and (if the run has one) after
+    temperature scaling; the gap to the diagonal, weighted by the bins' counts, is the ECE."""
+    fig = _figure(5.5, 4.2)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 100], color="0.6", linestyle=":", label="perfect calibration")
+    curves = [("reliability_raw", f"raw, ECE {classification['ece']:.2f}%", "C3")]
+    if classification["temperature"] != 1.0:
+        curves.append(
+            ("reliability", f"T = {classification['temperature']:.3g}, ECE {classification['ece_calibrated']:.2f}%", "C0")
+        )
+    for key, label, colour in curves:
+        points = [(b["confidence"] / 100, b["accuracy"]) for b in classification[key] if b["count"]]
+        ax.plot(*zip(*points), marker="o", color=colour, label=label)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy (%) of the images at that confidence")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "Reliability", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 class PlotWriter:
@@ -228,7 +266,7 @@ class PlotWriter:
         from .openrun import load_run
 
         run = load_run(self.run_dir, device=state.device)
-        make_run_plots(read_run(self.run_dir), run.test_predictions(self.data), run.weights)
+        make_run_plots(read_run(self.run_dir), run.test_predictions(self.data), run.weights, run.temperature)
 
 
 def plot_lr_find(found, path: Path, title: str = "") -> Path:
@@ -266,8 +304,8 @@ def plot_filters(weight: torch.Tensor, kinds: list[str], path: Path) -> Path:
             continue
         _image(ax, tiles[k])
         ax.set_title(kinds[k], fontsize=7)
-    plural = {"edge": "edges", "colour blob": "colour blobs", "mixed": "mixed"}
-    counts = ", ".join(f"{kinds.count(k)} {plural[k] if kinds.count(k) != 1 else k}" for k in plural)
+    plural = {"edge": "edges", "colour blob": "colour blobs", "mixed": "mixed", "spot": "spots", "brightness": "brightness"}
+    counts = ", ".join(f"{kinds.count(k)} {plural[k] if kinds.count(k) != 1 else k}" for k in plural if k in kinds)
     fig.suptitle(
         f"First-layer filters ({len(tiles)}, {w.shape[-1]}x{w.shape[-1]}, each scaled to its own range): {counts}",
         fontsize=9,

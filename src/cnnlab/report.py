@@ -90,7 +90,8 @@ def _ensure_figures(record: RunRecord, run, data) -> None:
         and confusion.get("weights") == run.weights.describe()
     ):
         return
-    make_run_plots(record, run.test_predictions(data(run.image_size) if data is not None else None), run.weights)
+    predictions = run.test_predictions(data(run.image_size) if data is not None else None)
+    make_run_plots(record, predictions, run.weights, run.temperature)
 
 
 def _weights_accuracy(record: RunRecord, run) -> float:
@@ -215,6 +216,8 @@ def _run_section(record: RunRecord, run, name: str, level: int | None) -> str:
         _confusion_table(record),
         sub("Per-class accuracy"),
         _img(record.path / "per_class.png", "per-class accuracy"),
+        sub("Classification report and calibration"),
+        _classification(record.path),
         sub("Most confident mistakes"),
         _img(record.path / "errors.png", "most confident mistakes"),
     ]
@@ -239,6 +242,33 @@ def _diagnosis(d) -> str:
         )
         + "</ol>"
         + "".join(f"<p class='meta'>Note: {_e(n)}</p>" for n in d.notes)
+    )
+
+
+def _classification(folder: Path) -> str:
+    """Precision, recall and F1 per class with their averages, balanced and top-5 accuracy, and the ECE
+    before and after the run's temperature, with the reliability diagram (plots.make_run_plots)."""
+    try:
+        c = read_json(folder / "classification.json")
+        rows = [(name, m["precision"], m["recall"], m["f1"], m["support"]) for name, m in c["per_class"].items()]
+        total = sum(r[4] for r in rows)
+        rows += [(f"{avg} average", *(c[avg][k] for k in ("precision", "recall", "f1")), total) for avg in ("macro", "weighted")]
+    except (CnnlabError, KeyError, TypeError, ValueError):
+        return "<p class='meta'>No classification report (classification.json is missing or damaged).</p>"
+    table = "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>" + "".join(
+        f"<tr><td>{_e(name)}</td>" + "".join(f"<td class='num'>{v:.2f}</td>" for v in (p, r, f)) + f"<td class='num'>{n}</td></tr>"
+        for name, p, r, f, n in rows
+    ) + "</table>"
+    calibrated = (
+        f", {c['ece_calibrated']:.2f}% after temperature scaling (T = {c['temperature']:.3g}, fitted on the validation split)"
+        if c.get("temperature", 1.0) != 1.0
+        else " (no temperature: the run had no validation split to fit one on)"
+    )
+    return (
+        f"<p>Balanced accuracy {c['balanced_acc']:.2f}%, top-5 accuracy {c['top5_acc']:.2f}%. Expected calibration "
+        f"error (15 bins) {c['ece']:.2f}%{_e(calibrated)}.</p>"
+        + table
+        + _img(folder / "reliability.png", "reliability diagram")
     )
 
 
@@ -299,6 +329,7 @@ def _robustness_section(result: dict, folder: Path, sub) -> str:
         f"<p>Clean test accuracy {result['clean_acc']:.2f}%; mean over {len(result['table'])} corruptions and 5 "
         f"severities <b>{result['mean_corruption_acc']:.2f}%</b>. The corruptions are generated in the manner of "
         f"CIFAR-10-C (seed {result['seed']}), not read from the published files.</p>",
+        *(f"<p>{_e(name)} skipped: {_e(why)}.</p>" for name, why in result.get("skipped", {}).items()),
     ]
     if (folder / "robustness.png").is_file():
         out.append(_img(folder / "robustness.png", "accuracy under corruption"))

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import CnnlabError
+
 SEVERITIES = 5
 
 
@@ -112,6 +114,11 @@ CORRUPTIONS = {
 }
 
 
+# Corruptions that change colour only: on grey images they are the identity, and an accuracy under them
+# would be the clean accuracy reported as robustness.
+COLOUR_ONLY = {"saturate": "the images are grey, and changing saturation leaves a grey image as it is"}
+
+
 def corrupt(images: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> the same images under corruption `name` at `severity` (1-5), as uint8."""
     corruption = CORRUPTIONS[name]
@@ -139,6 +146,11 @@ def robustness_table(
     mean_by_severity, seed}: the mean is over every corruption and severity, as CIFAR-10-C reports it.
     """
     names = names or list(CORRUPTIONS)
+    grey = bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())
+    skipped = {n: COLOUR_ONLY[n] for n in names if grey and n in COLOUR_ONLY}
+    names = [n for n in names if n not in skipped]
+    if not names:
+        raise CnnlabError(f"every corruption asked for changes colour only ({', '.join(skipped)}); the images are grey")
     table = {}
     for name in names:
         table[name] = []
@@ -154,6 +166,7 @@ def robustness_table(
         "mean_by_severity": [sum(table[n][s] for n in names) / len(names) for s in range(SEVERITIES)],
         "seed": seed,
         "corruptions": names,
+        "skipped": skipped,
     }
 
 

@@ -158,6 +158,7 @@ def cmd_inspect(args) -> int:
         run.checkpoint["mean"],
         run.checkpoint["std"],
         out_dir,
+        grayscale=run.grayscale,
     )
     print(f"weights: {run.weights.describe()}")
     print(result.summary())
@@ -215,7 +216,7 @@ def cmd_plot(args) -> int:
 
     run, record, predictions = _predictions(args)
     print(f"figures of {run.weights.describe()}:")
-    for path in make_run_plots(record, predictions, run.weights):
+    for path in make_run_plots(record, predictions, run.weights, run.temperature):
         print(path)
     return 0
 
@@ -334,6 +335,8 @@ def cmd_robustness(args) -> int:
         print(json.dumps(result))
     else:
         print(f"weights: {run.weights.describe()}")
+        for name, why in result["skipped"].items():
+            print(f"{name} skipped: {why}")
         print(format_table(result))
         print(f"table (robustness.json) and plot (robustness.png) in {run.folder}")
     _refresh_report(run.folder, quiet=args.json)
