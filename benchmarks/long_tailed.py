@@ -34,7 +34,10 @@ def main() -> None:
     counts = data.train_labels.bincount().tolist()
     rare = sorted(range(data.num_classes), key=counts.__getitem__)[:3]
     cpu = cpu_description()
-    print(f"CPU: {cpu['name']} (family {cpu['family']}, model {cpu['model']}, {cpu['isa']}); {len(data.train_labels):,} training images, per class {counts}")
+    print(
+        f"CPU: {cpu['name']} (family {cpu['family']}, model {cpu['model']}, {cpu['isa']}); "
+        f"{len(data.train_labels):,} training images, per class {counts}"
+    )
     print(f"seed recipe, {epochs} epochs; rarest classes: {', '.join(data.classes[k] for k in rare)}\n")
     print("| loss / sampling | test acc | balanced acc | " + " | ".join(data.classes[k] for k in rare) + " | seconds |")
     print("|---|---:|---:|" + "---:|" * len(rare) + "---:|")
@@ -45,7 +48,11 @@ def main() -> None:
         seconds = time.perf_counter() - started
         metrics = result.summary["test_metrics"]
         rare_recall = [metrics["per_class"][data.classes[k]]["recall"] for k in rare]
-        cells = [f"{result.summary['final_test_acc']:.2f}", f"{metrics['balanced_acc']:.2f}", *(f"{r:.1f}" for r in rare_recall)]
+        cells = [
+            f"{result.summary['final_test_acc']:.2f}",
+            f"{metrics['balanced_acc']:.2f}",
+            *(f"{r:.1f}" for r in rare_recall),
+        ]
         print(f"| {name} | " + " | ".join(cells) + f" | {seconds:.0f} |", flush=True)
 
 

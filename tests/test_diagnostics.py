@@ -80,7 +80,10 @@ def test_diagnose_command(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("verdict: ") and "remedies" in result.stdout
     report = json.loads(run_cli("diagnose", str(tiny_run), "--json").stdout)
-    assert report["verdict"] in ("still improving", "underfitting", "good fit", "overfitting") and report["numbers"]["split"] == "val"
+    assert (
+        report["verdict"] in ("still improving", "underfitting", "good fit", "overfitting")
+        and report["numbers"]["split"] == "val"
+    )
     for bad, needle in ((tmp_path / "nope", "no such run folder"), (tmp_path, "no metrics.jsonl")):
         failed = run_cli("diagnose", str(bad))
         assert failed.returncode == 1 and needle in failed.stderr

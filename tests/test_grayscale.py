@@ -33,7 +33,9 @@ def test_hand_built_filters_read_as_edges_spots_and_brightness_on_grey_images():
 def test_colour_jitter_keeps_grey_images_grey():
     grey = torch.rand(16, 1, 8, 8).expand(16, 3, 8, 8).contiguous()
     jittered = color_jitter(grey, 0.4, torch.Generator().manual_seed(0))
-    assert torch.allclose(jittered[:, 0], jittered[:, 1], atol=1e-5) and torch.allclose(jittered[:, 1], jittered[:, 2], atol=1e-5)
+    assert torch.allclose(jittered[:, 0], jittered[:, 1], atol=1e-5) and torch.allclose(
+        jittered[:, 1], jittered[:, 2], atol=1e-5
+    )
 
 
 def test_a_grey_run_says_so_and_its_commands_treat_it_as_grey(tmp_path):

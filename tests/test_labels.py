@@ -47,9 +47,11 @@ def test_a_labels_file_gives_classes_and_splits_to_images_in_any_folders(tmp_pat
     by_name = dict(listed)
     for k, name in enumerate(data.test_files):  # every image has the class its row gave it
         assert data.classes[data.test_labels[k]] == by_name[name.split("/", 1)[1]]
-    unlabelled = load_dataset(str(tmp_path / "photos"), labels=write_csv(tmp_path / "few.csv", "label,path", [
-        f"{label},{path}" for path, label in listed[:12]
-    ]), progress=False)  # columns in any order; images the file does not name are not used
+    unlabelled = load_dataset(
+        str(tmp_path / "photos"),
+        labels=write_csv(tmp_path / "few.csv", "label,path", [f"{label},{path}" for path, label in listed[:12]]),
+        progress=False,
+    )  # columns in any order; images the file does not name are not used
     assert len(unlabelled.train_labels) + len(unlabelled.test_labels) == 12 and unlabelled.carved_test
 
 

@@ -162,7 +162,11 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
     data = load_dataset(data_source, progress=False)
     n = (warmup + steps) * recipe.batch_size
     data = dataclasses.replace(
-        data, train_images=data.train_images[:n], train_labels=data.train_labels[:n], train_files=None, train_groups=None
+        data,
+        train_images=data.train_images[:n],
+        train_labels=data.train_labels[:n],
+        train_files=None,
+        train_groups=None,
     )
     setup = prepare(recipe, data, tune_allocator=variant.tune_allocator)
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -110,7 +110,9 @@ def cmd_lr_find(args) -> int:
     found = find_learning_rate(recipe, _load(args, recipe.image_size), args.start, args.end, args.steps)
     plot = plot_lr_find(found, free_name(Path(args.plot)), title=f"{recipe.name} ({recipe.model}), lr {recipe.lr:g}")
     if args.write_recipe:
-        tuned = dataclasses.replace(recipe, lr=float(f"{found.suggestion:.3g}"), description=f"{recipe.name}, lr from lr-find")
+        tuned = dataclasses.replace(
+            recipe, lr=float(f"{found.suggestion:.3g}"), description=f"{recipe.name}, lr from lr-find"
+        )
         atomic_write_bytes(Path(args.write_recipe), recipe_toml(tuned).encode())
     if args.json:
         print(json.dumps(found.to_dict() | {"plot": str(plot), "recipe_lr": recipe.lr}))

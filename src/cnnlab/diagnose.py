@@ -178,7 +178,9 @@ def diagnose_rows(rows: list[dict], facts: RunFacts | None = None) -> Diagnosis:
             f"{split} accuracy ({numbers['final_eval_acc']:.1f}%): the network memorises the training set"
         )
         remedies = ["augmentation", "weight_decay", "label_smoothing", "early_stopping"]
-    elif numbers["gap"] < limits["small_gap"] and (numbers["final_train_acc"] < LOW_TRAIN_ACC or numbers["still_improving"]):
+    elif numbers["gap"] < limits["small_gap"] and (
+        numbers["final_train_acc"] < LOW_TRAIN_ACC or numbers["still_improving"]
+    ):
         verdict = "underfitting"
         if numbers["final_train_acc"] < LOW_TRAIN_ACC:
             reasons.append(
@@ -204,8 +206,9 @@ def diagnose_rows(rows: list[dict], facts: RunFacts | None = None) -> Diagnosis:
         remedies = ["nothing", "longer"]
     if facts.stopped_early:
         notes.append(
-            f"early stopping ended the run at epoch {numbers['last_epoch']}, {numbers['last_epoch'] - numbers['best_epoch']} "
-            f"epochs after its best ({numbers['best_epoch']}); best.pt holds that epoch, so more epochs would not help"
+            f"early stopping ended the run at epoch {numbers['last_epoch']}, "
+            f"{numbers['last_epoch'] - numbers['best_epoch']} epochs after its best ({numbers['best_epoch']}); "
+            "best.pt holds that epoch, so more epochs would not help"
         )
         remedies = [k for k in remedies if k not in ("longer", "early_stopping")]
     if split == "test":
@@ -218,7 +221,14 @@ def diagnose_rows(rows: list[dict], facts: RunFacts | None = None) -> Diagnosis:
     commands = remedy_commands(remedies, facts, numbers) if facts.run else {}
     if facts.run:  # a remedy this run cannot take (no larger network, nothing left to add) is not offered
         remedies = [k for k in remedies if k in commands]
-    return Diagnosis(verdict, reasons, numbers, [REMEDIES[k] for k in remedies], [commands[k] for k in remedies if k in commands], notes)
+    return Diagnosis(
+        verdict,
+        reasons,
+        numbers,
+        [REMEDIES[k] for k in remedies],
+        [commands[k] for k in remedies if k in commands],
+        notes,
+    )
 
 
 def diagnose(run: RunRecord) -> Diagnosis:

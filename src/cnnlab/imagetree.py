@@ -19,9 +19,9 @@ import torch
 
 from .errors import CnnlabError
 from .images import IMAGE_EXTENSIONS, decode_image
+from .labelfile import check_classes, match_files, read_labels
 from .names import portable, shown
 from .sourcefiles import SourceFile, read_files
-from .labelfile import check_classes, match_files, read_labels
 from .splits import group_take, stratified_take
 
 if TYPE_CHECKING:

@@ -75,12 +75,17 @@ def read_labels(file: str | Path) -> list[LabelRow]:
             raise CnnlabError(f"{name} line {line}: empty {'path' if not path else 'label'}; every row needs both")
         if split not in SPLIT_NAMES:
             raise CnnlabError(
-                f"{name} line {line}: unknown split {cell('split')!r}; use train, val (or valid), test, or leave it empty"
+                f"{name} line {line}: unknown split {cell('split')!r}; use train, val (or valid), test, "
+                "or leave it empty"
             )
         if path in seen:
-            raise CnnlabError(f"{name} line {line}: '{shown(path)}' was already labelled on line {seen[path]}; keep one")
+            raise CnnlabError(
+                f"{name} line {line}: '{shown(path)}' was already labelled on line {seen[path]}; keep one"
+            )
         seen[path] = line
-        rows.append(LabelRow(line, path, label, SPLIT_NAMES[split], cell("group") or None if "group" in where else None))
+        rows.append(
+            LabelRow(line, path, label, SPLIT_NAMES[split], cell("group") or None if "group" in where else None)
+        )
     if not rows:
         raise CnnlabError(f"{name} has a header but no rows; add one path,label row per image")
     if "group" in where and any(row.group is None for row in rows):
@@ -133,4 +138,6 @@ def check_classes(rows: list[LabelRow], labels_name: str) -> None:
             "label some of its images as train, or drop its rows"
         )
     if len(train) < 2:
-        raise CnnlabError(f"{labels_name} names one class only ({portable(next(iter(train)))!r}); a classifier needs two")
+        raise CnnlabError(
+            f"{labels_name} names one class only ({portable(next(iter(train)))!r}); a classifier needs two"
+        )

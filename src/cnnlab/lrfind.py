@@ -19,8 +19,6 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-import torch
-
 from .data import Dataset
 from .epoch import train_step
 from .errors import UsageError

@@ -240,7 +240,11 @@ def plot_reliability(classification: dict, path: Path, title: str = "") -> Path:
     curves = [("reliability_raw", f"raw, ECE {classification['ece']:.2f}%", "C3")]
     if classification["temperature"] != 1.0:
         curves.append(
-            ("reliability", f"T = {classification['temperature']:.3g}, ECE {classification['ece_calibrated']:.2f}%", "C0")
+            (
+                "reliability",
+                f"T = {classification['temperature']:.3g}, ECE {classification['ece_calibrated']:.2f}%",
+                "C0",
+            )
         )
     for key, label, colour in curves:
         points = [(b["confidence"] / 100, b["accuracy"]) for b in classification[key] if b["count"]]
@@ -304,7 +308,13 @@ def plot_filters(weight: torch.Tensor, kinds: list[str], path: Path) -> Path:
             continue
         _image(ax, tiles[k])
         ax.set_title(kinds[k], fontsize=7)
-    plural = {"edge": "edges", "colour blob": "colour blobs", "mixed": "mixed", "spot": "spots", "brightness": "brightness"}
+    plural = {
+        "edge": "edges",
+        "colour blob": "colour blobs",
+        "mixed": "mixed",
+        "spot": "spots",
+        "brightness": "brightness",
+    }
     counts = ", ".join(f"{kinds.count(k)} {plural[k] if kinds.count(k) != 1 else k}" for k in plural if k in kinds)
     fig.suptitle(
         f"First-layer filters ({len(tiles)}, {w.shape[-1]}x{w.shape[-1]}, each scaled to its own range): {counts}",

@@ -126,7 +126,9 @@ def prepare(
         Progress(best_metric=recipe.early_stop_metric if len(val_index) else "test_acc"),
         notes,
     )
-    weights = class_weights(data.train_labels[train_index], data.num_classes, recipe.class_weights, recipe.class_weights_beta)
+    weights = class_weights(
+        data.train_labels[train_index], data.num_classes, recipe.class_weights, recipe.class_weights_beta
+    )
     state.class_weight = None if weights is None else weights.to(device)
     return Setup(state, eval_loaders, len(train_index), len(val_index))
 

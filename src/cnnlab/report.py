@@ -252,15 +252,25 @@ def _classification(folder: Path) -> str:
         c = read_json(folder / "classification.json")
         rows = [(name, m["precision"], m["recall"], m["f1"], m["support"]) for name, m in c["per_class"].items()]
         total = sum(r[4] for r in rows)
-        rows += [(f"{avg} average", *(c[avg][k] for k in ("precision", "recall", "f1")), total) for avg in ("macro", "weighted")]
+        rows += [
+            (f"{avg} average", *(c[avg][k] for k in ("precision", "recall", "f1")), total)
+            for avg in ("macro", "weighted")
+        ]
     except (CnnlabError, KeyError, TypeError, ValueError):
         return "<p class='meta'>No classification report (classification.json is missing or damaged).</p>"
-    table = "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>" + "".join(
-        f"<tr><td>{_e(name)}</td>" + "".join(f"<td class='num'>{v:.2f}</td>" for v in (p, r, f)) + f"<td class='num'>{n}</td></tr>"
-        for name, p, r, f, n in rows
-    ) + "</table>"
+    table = (
+        "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>images</th></tr>"
+        + "".join(
+            f"<tr><td>{_e(name)}</td>"
+            + "".join(f"<td class='num'>{v:.2f}</td>" for v in (p, r, f))
+            + f"<td class='num'>{n}</td></tr>"
+            for name, p, r, f, n in rows
+        )
+        + "</table>"
+    )
     calibrated = (
-        f", {c['ece_calibrated']:.2f}% after temperature scaling (T = {c['temperature']:.3g}, fitted on the validation split)"
+        f", {c['ece_calibrated']:.2f}% after temperature scaling (T = {c['temperature']:.3g}, fitted on the "
+        "validation split)"
         if c.get("temperature", 1.0) != 1.0
         else " (no temperature: the run had no validation split to fit one on)"
     )

@@ -29,7 +29,9 @@ def _data(args, run):
 
     if args.data is None:
         if args.labels:
-            raise UsageError("--labels goes with --data (the images it labels); give both, or neither for the run's own")
+            raise UsageError(
+                "--labels goes with --data (the images it labels); give both, or neither for the run's own"
+            )
         return run.dataset()
     size = args.image_size or run.image_size
     return run.dataset(
@@ -303,7 +305,11 @@ def cmd_report(args) -> int:
     data = (
         (
             lambda size: load_dataset(
-                args.data, root=args.data_root, image_size=args.image_size or size, mirror=args.mirror, labels=args.labels
+                args.data,
+                root=args.data_root,
+                image_size=args.image_size or size,
+                mirror=args.mirror,
+                labels=args.labels,
             )
         )
         if args.data

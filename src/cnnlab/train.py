@@ -237,7 +237,9 @@ def resume(run_dir: str | Path, data: Dataset | str | None = None, **options) ->
         labels = recorded_labels(run_dir)
         data = recorded_source(run_dir)
         if labels:  # a labelled source is loaded here: train() takes a source or a Dataset
-            data = load_dataset(data, image_size=recipe.image_size, progress=options.get("progress", True), labels=labels)
+            data = load_dataset(
+                data, image_size=recipe.image_size, progress=options.get("progress", True), labels=labels
+            )
     return train(recipe, data, runs_dir=run_dir.parent, name=run_dir.name, resume_from=checkpoint, **options)
 
 
