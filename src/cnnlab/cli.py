@@ -76,7 +76,7 @@ def _train_options(
     from .recipe import Recipe, declaration
     from .recipe_flags import flag, in_flags, metavar
 
-    t.add_argument("--recipe", help="a shipped recipe name or a TOML file (default: seed)")
+    t.add_argument("--recipe", help="a shipped recipe name, a TOML file or a run folder (default: seed)")
     _data_options(t, default=data_default, image_size=False)
     t.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default: %(default)s)")
     t.add_argument("--no-progress", action="store_true", help="print nothing but errors")
@@ -136,6 +136,25 @@ def _making_commands(commands) -> None:
     )
     a.add_argument("ablation", choices=["bn", "recipe", "regularizers", "speedrun"])
     _train_options(a, epochs_help="epochs per variant (default: 15)")
+
+    sw = commands.add_parser(
+        "sweep", help="many runs of one question: a grid of recipe fields times seeds, with honest statistics"
+    )
+    _train_options(sw)
+    sw.add_argument("--spec", metavar="FILE.toml", help="the whole sweep from a file (recipe, data, grid, seeds)")
+    sw.add_argument(
+        "--grid", action="append", metavar="FIELD=V1,V2", help="values of a recipe field to try (repeatable)"
+    )
+    sw.add_argument("--seeds", type=_bounded_int(1, 10_000), help="seeds per variant: 0 to N-1 (default: 1)")
+    sw.add_argument("--baseline", metavar="VARIANT", help="the variant the others are compared with (default: first)")
+    sw.add_argument("--out", help="the sweep folder (default: sweeps/<recipe>-<hash of the spec>)")
+    sw.add_argument(
+        "--workers",
+        default="1",
+        type=lambda v: v if v == "auto" else _bounded_int(1, 4096)(v),
+        help="trials at once, each with its share of the cores as threads; auto: one per core (default: 1)",
+    )
+    sw.add_argument("--seeds-for", type=float, metavar="POINTS", help="also print the seeds needed to detect POINTS")
 
     lf = commands.add_parser(
         "lr-find", help="sweep the learning rate up over a few hundred steps and suggest a peak rate (no run folder)"

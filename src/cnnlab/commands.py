@@ -9,10 +9,9 @@ from pathlib import Path
 from .errors import CnnlabError, UsageError
 
 
-def _recipe(args):
-    """The recipe the flags ask for: --recipe with every field flag given on top."""
+def _overrides(args) -> dict:
+    """The recipe fields (and model options) the training flags give."""
     from .recipe import Recipe
-    from .recipe_files import load_recipe
 
     fields = Recipe.__dataclass_fields__
     overrides = {k: v for k, v in vars(args).items() if k in fields and k != "name" and v is not None}
@@ -21,7 +20,14 @@ def _recipe(args):
     }
     if options:
         overrides["model_options"] = options
-    return load_recipe(args.recipe or "seed", overrides)
+    return overrides
+
+
+def _recipe(args):
+    """The recipe the flags ask for: --recipe with every field flag given on top."""
+    from .recipe_files import load_recipe
+
+    return load_recipe(args.recipe or "seed", _overrides(args))
 
 
 def cmd_train(args) -> int:
@@ -124,6 +130,48 @@ def cmd_lr_find(args) -> int:
     print(f"suggested peak rate {found.suggestion:.3g} (valley rule; the recipe's lr is {recipe.lr:g})")
     print(f"plot: {plot}" + (f"; recipe with that rate: {args.write_recipe}" if args.write_recipe else ""))
     return 0
+
+
+def cmd_sweep(args) -> int:
+    import hashlib
+
+    from .sweep import SweepSpec, parse_grid, run_sweep, spec_from_toml
+    from .sweep_results import format_summary, seeds_needed_table
+
+    if args.seeds_for is not None and not (0 < args.seeds_for < 100):
+        raise UsageError(f"--seeds-for {args.seeds_for}: give a difference in points between 0 and 100")
+    if args.spec:
+        given = [f for f, v in (("--grid", args.grid), ("--seeds", args.seeds), ("--baseline", args.baseline)) if v]
+        if given or _overrides(args) or args.recipe:
+            raise UsageError(f"--spec gives the whole sweep; drop {', '.join(given) or 'the recipe flags'}")
+        spec = spec_from_toml(args.spec)
+    else:
+        spec = SweepSpec(
+            recipe=args.recipe or "seed",
+            overrides=_overrides(args),
+            data=args.data or "cifar10",
+            labels=args.labels,
+            grid=parse_grid(args.grid or []),
+            seeds=list(range(args.seeds or 1)),
+            baseline=args.baseline,
+        )
+    for key in ("data", "labels", "recipe"):  # trials run from the sweep's records: absolute paths
+        value = getattr(spec, key)
+        if value and Path(value).exists():
+            setattr(spec, key, str(Path(value).resolve()))
+    # Without --out, the folder is named after the spec: the same command finds its own sweep to continue.
+    digest = hashlib.sha256(json.dumps(spec.__dict__, sort_keys=True).encode()).hexdigest()[:8]
+    out = Path(args.out) if args.out else Path("sweeps") / f"{Path(spec.recipe).name}-{digest}"
+    results = run_sweep(spec, out, args.workers, log=(lambda line: None) if args.no_progress else print)
+    print(format_summary(results))
+    if args.seeds_for:
+        for variant, needed in seeds_needed_table(results, args.seeds_for):
+            print(
+                f"to detect {args.seeds_for:g} points, {variant}: {needed or 'unknown (no spread yet)'} "
+                "seeds per variant"
+            )
+    print(f"sweep folder: {out} (results.csv, variants.csv, results.json, summary.md, sweep.png)")
+    return 0 if all(t["status"] == "done" for t in results["trials"]) else 1
 
 
 def cmd_audit(args) -> int:

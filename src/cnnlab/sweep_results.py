@@ -1,0 +1,138 @@
+"""A sweep's results: one row per trial, one per variant with its statistics and its comparison with the
+baseline (stats.py), written as results.csv, variants.csv, results.json, summary.md and sweep.png."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+from .runs import atomic_write_bytes
+from .stats import compare, seeds_to_detect, summarise
+from .sweep import SweepSpec, trial_state
+
+TRIAL_COLUMNS = ("trial", "variant", "seed", "status", "test_acc", "tta_test_acc", "train_seconds", "wall_seconds")
+
+
+def collect(spec: SweepSpec, folder: Path) -> dict:
+    """Every trial's numbers (from its summary.json) and every variant's statistics. The score is the final
+    test accuracy, over 10 views when the recipe evaluates with TTA."""
+    trials = []
+    for trial, variant, seed, _ in spec.trials():
+        run = folder / "runs" / trial
+        row = {"trial": trial, "variant": variant, "seed": seed, "status": trial_state(run)}
+        if row["status"] == "done":
+            summary = json.loads((run / "summary.json").read_text())
+            row.update(
+                test_acc=summary["final_test_acc"],
+                tta_test_acc=summary.get("final_tta_test_acc"),
+                train_seconds=summary["train_seconds"],
+                wall_seconds=summary["wall_seconds"],
+            )
+        trials.append(row)
+    done = [t for t in trials if t["status"] == "done"]
+    metric = "tta_test_acc" if done and all(t["tta_test_acc"] is not None for t in done) else "test_acc"
+    baseline = spec.baseline_variant()
+    scores = {name: [t[metric] for t in done if t["variant"] == name] for name, _ in spec.variants()}
+    variants = []
+    for name, _ in spec.variants():
+        values = scores[name]
+        row = {"variant": name, "n": len(values)}
+        if values:
+            s = summarise(values)
+            times = [t["wall_seconds"] for t in done if t["variant"] == name]
+            row.update(
+                mean=s.mean, std=s.std, ci_low=s.low, ci_high=s.high, median_wall_seconds=statistics.median(times)
+            )
+        if name != baseline and values and scores[baseline]:
+            c = compare(values, scores[baseline])
+            row.update(
+                difference=c.difference,
+                welch_low=c.welch_low,
+                welch_high=c.welch_high,
+                bootstrap_low=c.bootstrap_low,
+                bootstrap_high=c.bootstrap_high,
+                verdict=c.verdict,
+                seeds_needed=c.seeds_needed,
+                words=c.words(len(values), len(scores[baseline])),
+            )
+        variants.append(row)
+    return {"metric": metric, "baseline": baseline, "trials": trials, "variants": variants}
+
+
+def seeds_needed_table(results: dict, difference: float) -> list[tuple[str, int | None]]:
+    """Per variant: the seeds each side would need to detect `difference` points, from its own spread."""
+    return [(v["variant"], seeds_to_detect(difference, v.get("std", 0.0))) for v in results["variants"]]
+
+
+def format_summary(results: dict) -> str:
+    """The variants as a markdown table, then each comparison with the baseline in words."""
+    lines = [
+        f"score: final {results['metric'].replace('_', ' ')} (%); baseline: {results['baseline']}",
+        "",
+        "| variant | n | mean | std | 95% interval | median wall s |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    for v in results["variants"]:
+        if not v["n"]:
+            lines.append(f"| {v['variant']} | 0 | | | | |")
+            continue
+        lines.append(
+            f"| {v['variant']} | {v['n']} | {v['mean']:.2f} | {v['std']:.2f} | {v['ci_low']:.2f} to {v['ci_high']:.2f} "
+            f"| {v['median_wall_seconds']:.0f} |"
+        )
+    lines.append("")
+    lines += [
+        f"- {v['variant']} against {results['baseline']}: {v['words']}" for v in results["variants"] if "words" in v
+    ]
+    missing = [t["trial"] for t in results["trials"] if t["status"] != "done"]
+    if missing:
+        lines.append(f"- not finished: {', '.join(missing)} (rerun the sweep to finish them)")
+    return "\n".join(lines)
+
+
+def write_results(results: dict, folder: Path) -> None:
+    atomic_write_bytes(folder / "results.csv", _csv(TRIAL_COLUMNS, results["trials"]))
+    columns = ("variant", "n", "mean", "std", "ci_low", "ci_high", "median_wall_seconds", "difference", "welch_low",
+               "welch_high", "bootstrap_low", "bootstrap_high", "verdict", "seeds_needed")  # fmt: skip
+    atomic_write_bytes(folder / "variants.csv", _csv(columns, results["variants"]))
+    atomic_write_bytes(folder / "results.json", json.dumps(results, indent=1).encode())
+    atomic_write_bytes(folder / "summary.md", (format_summary(results) + "\n").encode())
+    if any(v["n"] for v in results["variants"]):
+        plot_sweep(results, folder / "sweep.png")
+
+
+def _csv(columns, rows) -> bytes:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def plot_sweep(results: dict, path: Path) -> Path:
+    """Each variant's mean with its 95% interval and its trials; and every trial's score against its time."""
+    from .plots import _figure, _save
+
+    fig = _figure(10, 4)
+    left, right = fig.subplots(1, 2)
+    shown = [v for v in results["variants"] if v["n"]]
+    for k, v in enumerate(shown):
+        scores = [
+            t[results["metric"]] for t in results["trials"] if t["variant"] == v["variant"] and t["status"] == "done"
+        ]
+        left.scatter([k] * len(scores), scores, color="0.6", s=12, zorder=2)
+        left.errorbar(k, v["mean"], yerr=[[v["mean"] - v["ci_low"]], [v["ci_high"] - v["mean"]]], fmt="o", color="C0",
+                      capsize=4, zorder=3)  # fmt: skip
+        times = [t["wall_seconds"] for t in results["trials"] if t["variant"] == v["variant"] and t["status"] == "done"]
+        right.scatter(times, scores, label=v["variant"], s=14)
+    left.set_xticks(range(len(shown)), [v["variant"] for v in shown], rotation=20, ha="right", fontsize=8)
+    left.set_ylabel(f"{results['metric'].replace('_', ' ')} (%)")
+    left.set_title("mean and 95% interval (Student's t); grey: each seed", fontsize=9)
+    right.set_xlabel("wall seconds per trial")
+    right.set_ylabel(f"{results['metric'].replace('_', ' ')} (%)")
+    right.set_title("accuracy against time", fontsize=9)
+    right.legend(fontsize=7)
+    return _save(fig, path)

@@ -1,0 +1,123 @@
+"""Sweeps: the statistics against SciPy and worked cases, the spec, and real sweeps through the CLI (parallel
+workers, a rerun that skips, a changed spec refused, a SIGKILLed sweep continued)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import run_cli
+
+from cnnlab.errors import UsageError
+from cnnlab.stats import compare, seeds_to_detect, summarise, t_quantile
+from cnnlab.sweep import SweepSpec, parse_grid, spec_from_toml
+
+
+def test_student_t_quantiles_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3.5, 4, 9, 29.3, 200):
+        assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), rel=1e-9)
+
+
+def test_a_worked_summary_and_welch_interval():
+    s = summarise([1.0, 2.0, 3.0])  # mean 2, std 1, half-width t(0.975, 2) / sqrt(3) = 4.3027 / 1.7321
+    assert (s.n, s.mean, s.std) == (3, 2.0, 1.0) and s.high - 2 == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    stats = pytest.importorskip("scipy.stats")
+    a, b = [94.1, 94.0, 94.3, 94.2, 94.15], [93.9, 93.85, 94.0, 93.95, 93.8]
+    c = compare(a, b)
+    welch = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (c.welch_low, c.welch_high) == pytest.approx((welch.low, welch.high), rel=1e-6)
+    assert c.verdict == "better" and c.bootstrap_low > 0 and c.words(5, 5).startswith("better: +0.25 points")
+
+
+def test_an_unresolved_difference_says_how_many_seeds_would_resolve_it():
+    c = compare([84.1, 84.6, 83.9, 84.4, 84.2], [84.0, 84.3, 84.5, 83.8, 84.1])
+    assert c.verdict == "no detectable difference" and c.welch_low < 0 < c.welch_high
+    assert "no detectable difference at n = 5" in c.words(5, 5) and c.seeds_needed > 5
+    assert seeds_to_detect(0.1, 0.15) == math.ceil(2 * ((1.959964 + 0.841621) * 1.5) ** 2)
+    assert seeds_to_detect(0.0, 0.15) is None
+
+
+def test_the_grid_the_variants_and_a_sweep_file(tmp_path):
+    grid = parse_grid(["lr=0.05,0.1", "schedule=cosine,linear"])
+    assert grid == {"lr": [0.05, 0.1], "schedule": ["cosine", "linear"]}
+    spec = SweepSpec(grid=grid, seeds=[0, 1])
+    assert [name for name, _ in spec.variants()][:2] == ["lr=0.05,schedule=cosine", "lr=0.05,schedule=linear"]
+    assert len(spec.trials()) == 8 and spec.trials()[1][0] == "lr=0.05,schedule=cosine_seed1"
+    for bad, message in ((["lr"], "FIELD=V1,V2"), (["seed=1,2"], "--seeds"), (["lr=1", "lr=2"], "twice")):
+        with pytest.raises(UsageError, match=message):
+            parse_grid(bad)
+    (tmp_path / "s.toml").write_text(
+        'recipe = "seed"\nseeds = 3\nbaseline = "label_smoothing=0"\n[grid]\nlabel_smoothing = [0, 0.1]\n'
+    )
+    spec = spec_from_toml(tmp_path / "s.toml")
+    assert spec.seeds == [0, 1, 2] and spec.baseline_variant() == "label_smoothing=0"
+    (tmp_path / "bad.toml").write_text("seed = 3\n")
+    with pytest.raises(UsageError, match="unknown key 'seed'"):
+        spec_from_toml(tmp_path / "bad.toml")
+
+
+def _sweep_args(archive, out, *extra, epochs: int = 1, batch_size: int = 64):
+    return (
+        "sweep",
+        "--data",
+        str(archive),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(batch_size),
+        "--out",
+        str(out),
+        *extra,
+    )
+
+
+def test_a_sweep_runs_every_trial_as_a_run_then_skips_them_and_refuses_another_spec(archive, tmp_path):
+    out = tmp_path / "sweep"
+    done = run_cli(*_sweep_args(archive, out, "--grid", "lr=0.05,0.1", "--seeds", "2", "--workers", "2"))
+    assert done.returncode == 0, done.stderr
+    assert "on 2 worker(s) of 1 thread(s) each" in done.stdout and "lr=0.1 against lr=0.05:" in done.stdout
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["status"] for r in rows] == ["done"] * 4 and {r["seed"] for r in rows} == {"0", "1"}
+    variants = list(csv.DictReader((out / "variants.csv").open()))
+    assert [v["variant"] for v in variants] == ["lr=0.05", "lr=0.1"] and variants[1]["verdict"]
+    for row in rows:  # every trial an ordinary run folder, with its own thread budget recorded
+        config = json.loads((out / "runs" / row["trial"] / "config.json").read_text())
+        assert config["recipe"]["seed"] == int(row["seed"]) and config["threads"] == 1
+    assert (out / "sweep.png").is_file() and (out / "summary.md").read_text().startswith("score: final test acc")
+    before = (out / "results.json").read_text()
+    again = run_cli(*_sweep_args(archive, out, "--grid", "lr=0.05,0.1", "--seeds", "2"))
+    assert again.returncode == 0 and "4 of 4 trials already done" in again.stdout
+    assert (out / "results.json").read_text() == before
+    changed = run_cli(*_sweep_args(archive, out, "--grid", "lr=0.05,0.2", "--seeds", "2"))
+    assert changed.returncode == 1 and "another spec (grid differs" in changed.stderr
+    assert len(changed.stderr.strip().splitlines()) == 1
+
+
+def test_a_killed_sweep_continues_where_it_stopped(archive, tmp_path):
+    out = tmp_path / "sweep"
+    args = _sweep_args(archive, out, "--seeds", "2", epochs=4, batch_size=8)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    first = out / "runs" / "base_seed0" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (first.is_file() and first.read_text().count("\n") >= 1) and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(sweep.pid, signal.SIGKILL)  # the trial process is told (PR_SET_PDEATHSIG), checkpoints and stops
+    sweep.wait()
+    time.sleep(3)
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["status"] for r in rows] == ["done", "done"]
+    config = json.loads((out / "runs" / "base_seed0" / "config.json").read_text())
+    summary = json.loads((out / "runs" / "base_seed0" / "summary.json").read_text())
+    assert summary["epochs"] == 4 and config.get("resumed"), "the interrupted trial was resumed, not restarted"
