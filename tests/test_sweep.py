@@ -121,3 +121,14 @@ def test_a_killed_sweep_continues_where_it_stopped(archive, tmp_path):
     config = json.loads((out / "runs" / "base_seed0" / "config.json").read_text())
     summary = json.loads((out / "runs" / "base_seed0" / "summary.json").read_text())
     assert summary["epochs"] == 4 and config.get("resumed"), "the interrupted trial was resumed, not restarted"
+
+
+def test_the_readmes_sweep_file_is_a_valid_spec(tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "sweep.toml").write_text(block)
+    spec = spec_from_toml(tmp_path / "sweep.toml")
+    assert spec.seeds == [0, 1, 2, 3, 4] and spec.baseline_variant() == "label_smoothing=0"
+    assert len(spec.trials()) == 10 and spec.overrides == {"epochs": 10}
