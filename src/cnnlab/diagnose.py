@@ -146,6 +146,36 @@ def diagnose_rows(rows: list[dict], facts: RunFacts | None = None) -> Diagnosis:
     as commands."""
     facts = facts or RunFacts()
     numbers = curve_numbers(rows, facts.held_out_images)
+    verdict, reasons, notes, remedies = _verdict(numbers, facts)
+    if facts.stopped_early:
+        notes.append(
+            f"early stopping ended the run at epoch {numbers['last_epoch']}, "
+            f"{numbers['last_epoch'] - numbers['best_epoch']} epochs after its best ({numbers['best_epoch']}); "
+            "best.pt holds that epoch, so more epochs would not help"
+        )
+        remedies = [k for k in remedies if k not in ("longer", "early_stopping")]
+    if numbers["split"] == "test":
+        notes.append(
+            "no validation split: the held-out curve is the test set, so picking epochs or recipes by it is "
+            "optimistic; train with a validation split (see early stopping above, or --val-split) for an honest one"
+        )
+    if len(rows) < 4:
+        notes.append(f"only {len(rows)} epochs: trends this short are rough")
+    commands = remedy_commands(remedies, facts, numbers) if facts.run else {}
+    if facts.run:  # a remedy this run cannot take (no larger network, nothing left to add) is not offered
+        remedies = [k for k in remedies if k in commands]
+    return Diagnosis(
+        verdict,
+        reasons,
+        numbers,
+        [REMEDIES[k] for k in remedies],
+        [commands[k] for k in remedies if k in commands],
+        notes,
+    )
+
+
+def _verdict(numbers: dict, facts: RunFacts) -> tuple[str, list[str], list[str], list[str]]:
+    """(verdict, reasons, notes, remedy keys, most promising first) from the curve's numbers."""
     split, limits = numbers["split"], numbers["thresholds"]
     peaked_early = numbers["best_epoch"] <= numbers["last_epoch"] - 2
     reasons, notes = [], []
@@ -204,31 +234,7 @@ def diagnose_rows(rows: list[dict], facts: RunFacts | None = None) -> Diagnosis:
             f"within {numbers['decline']:.2f} points of its best, and {settled}"
         )
         remedies = ["nothing", "longer"]
-    if facts.stopped_early:
-        notes.append(
-            f"early stopping ended the run at epoch {numbers['last_epoch']}, "
-            f"{numbers['last_epoch'] - numbers['best_epoch']} epochs after its best ({numbers['best_epoch']}); "
-            "best.pt holds that epoch, so more epochs would not help"
-        )
-        remedies = [k for k in remedies if k not in ("longer", "early_stopping")]
-    if split == "test":
-        notes.append(
-            "no validation split: the held-out curve is the test set, so picking epochs or recipes by it is "
-            "optimistic; train with a validation split (see early stopping above, or --val-split) for an honest one"
-        )
-    if len(rows) < 4:
-        notes.append(f"only {len(rows)} epochs: trends this short are rough")
-    commands = remedy_commands(remedies, facts, numbers) if facts.run else {}
-    if facts.run:  # a remedy this run cannot take (no larger network, nothing left to add) is not offered
-        remedies = [k for k in remedies if k in commands]
-    return Diagnosis(
-        verdict,
-        reasons,
-        numbers,
-        [REMEDIES[k] for k in remedies],
-        [commands[k] for k in remedies if k in commands],
-        notes,
-    )
+    return verdict, reasons, notes, remedies
 
 
 def diagnose(run: RunRecord) -> Diagnosis:
