@@ -17,6 +17,7 @@ import time
 import cnnlab
 from cnnlab.device import cpu_description
 from cnnlab.imbalance import long_tailed
+from cnnlab.train import train
 
 OPTIONS = {
     "none": {},
@@ -44,7 +45,7 @@ def main() -> None:
     for name in chosen:
         recipe = cnnlab.load_recipe("seed", {"epochs": epochs, **OPTIONS[name]})
         started = time.perf_counter()
-        result = cnnlab.train(recipe, data, runs_dir=None, progress=False)
+        result = train(recipe, data, runs_dir=None, progress=False)
         seconds = time.perf_counter() - started
         metrics = result.summary["test_metrics"]
         rare_recall = [metrics["per_class"][data.classes[k]]["recall"] for k in rare]

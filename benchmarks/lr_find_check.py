@@ -19,6 +19,7 @@ import cnnlab
 from cnnlab.device import cpu_description
 from cnnlab.lrfind import find_learning_rate
 from cnnlab.plots import plot_lr_find
+from cnnlab.train import train
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
         accuracy = {}
         for label, lr in (("shipped", recipe.lr), ("valley", suggested)):
             short = cnnlab.load_recipe(name, {"epochs": epochs})
-            result = cnnlab.train(dataclasses.replace(short, lr=lr), data, runs_dir=None, progress=False)
+            result = train(dataclasses.replace(short, lr=lr), data, runs_dir=None, progress=False)
             accuracy[label] = result.summary["final_test_acc"]
         s = found.suggestions
         print(

@@ -246,6 +246,19 @@ def hostile_cases():
         "test/dog/d.png": png_bytes(),
     }
 
+    def labelled(text: str | None):
+        """data info on loose images with a labels file of `text` (None: the labels file is a FIFO)."""
+
+        def setup(tmp):
+            _tree(tmp / "photos", {"images/a.png": png_bytes(), "images/b.png": png_bytes()})
+            if text is None:
+                os.mkfifo(tmp / "labels.csv")
+            else:
+                (tmp / "labels.csv").write_text(text)
+            return ["data", "info", "--data", str(tmp / "photos"), "--labels", str(tmp / "labels.csv")]
+
+        return setup
+
     def with_fifo(relative: str, argv):
         def setup(tmp):
             root = _tree(tmp / "tree", good)
@@ -482,6 +495,29 @@ def hostile_cases():
             ["--min-confidence"],
         ),
         "predict on a FIFO": (predict_on("p.png", lambda tmp, name: os.mkfifo(tmp / name) or tmp / name), 1, ["FIFO"]),
+        "labels file without a label column": (labelled("path,class\nimages/a.png,cat\n"), 1, ["no 'label' column"]),
+        "labels file naming a missing image": (
+            labelled("path,label\nimages/zz.png,cat\n"),
+            1,
+            ["'images/zz.png'", "not found"],
+        ),
+        "labels file that is a FIFO": (labelled(None), 1, ["FIFO", "labels file"]),
+        "lr-find with start above end": (
+            lambda tmp: ["lr-find", "--start", "1", "--end", "0.1"],
+            2,
+            ["0 < start < end"],
+        ),
+        "sweep grid without values": (lambda tmp: ["sweep", "--grid", "lr", "--out", "s"], 2, ["FIELD=V1,V2"]),
+        "sweep over an unknown field": (
+            lambda tmp: ["sweep", "--grid", "lrr=0.1", "--out", "s"],
+            2,
+            ["unknown field 'lrr'"],
+        ),
+        "sweep value out of range": (
+            lambda tmp: ["sweep", "--grid", "lr=-1,0.1", "--out", "s"],
+            2,
+            ["lr must be above 0"],
+        ),
     }
 
 

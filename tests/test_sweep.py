@@ -132,3 +132,33 @@ def test_the_readmes_sweep_file_is_a_valid_spec(tmp_path):
     spec = spec_from_toml(tmp_path / "sweep.toml")
     assert spec.seeds == [0, 1, 2, 3, 4] and spec.baseline_variant() == "label_smoothing=0"
     assert len(spec.trials()) == 10 and spec.overrides == {"epochs": 10}
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_a_killed_trial_is_reported_and_resumed_by_the_rerun(archive, tmp_path):
+    out = tmp_path / "sweep"
+    args = _sweep_args(archive, out, epochs=4, batch_size=8)
+    sweep = subprocess.Popen([sys.executable, "-m", "cnnlab", *args], stdout=subprocess.PIPE, text=True)
+    metrics = out / "runs" / "base_seed0" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
+        time.sleep(0.2)
+    for child in _children(sweep.pid):
+        os.kill(child, signal.SIGKILL)  # the trial dies without a word; the sweep goes on and says so
+    output, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode == 1 and "base_seed0 failed" in output and "not finished: base_seed0" in output
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "runs" / "base_seed0" / "summary.json").read_text())["epochs"] == 4

@@ -2,7 +2,9 @@
 
 import cnnlab
 data = cnnlab.load_dataset("photos/")  # a source, decoded once and cached (data.py)
-result = cnnlab.train(cnnlab.load_recipe("seed", {"epochs": 5}), data, runs_dir=None)  # nothing on disk
+recipe = cnnlab.load_recipe("seed", {"epochs": 5})
+from cnnlab.train import train         # (a function cannot share the name of its module on the package)
+result = train(recipe, data, runs_dir=None)  # nothing written to disk
 run = cnnlab.load_run("runs/my-run")   # the trained model, its weights named (openrun.py)
 run.predict(["cat.jpg"])               # what `cnnlab predict` answers
 """
@@ -10,7 +12,7 @@ run.predict(["cat.jpg"])               # what `cnnlab predict` answers
 __version__ = "0.1.0"
 
 # name -> the module that defines it; imported on first use, so importing cnnlab stays light (no torch).
-API = {"load_run": "openrun", "load_dataset": "data", "load_recipe": "recipe_files", "train": "train"}
+API = {"load_run": "openrun", "load_dataset": "data", "load_recipe": "recipe_files"}
 
 
 def __getattr__(name: str):

@@ -20,6 +20,7 @@ from .cifar import archive_opener, find_cifar_folder, folder_opener, read_cifar
 from .download import CIFAR_ARCHIVES, ensure_cifar
 from .errors import UsageError
 from .imagetree import CARVED_TEST_FRACTION, CARVED_TEST_SEED, read_image_tree
+from .labelfile import check_labels_file
 from .names import shown
 from .sourcefiles import list_files, special_kind
 
@@ -172,7 +173,7 @@ def _labelled(source: str, labels: str | Path, image_size: int, cache_dir, progr
     labels_path = Path(labels).expanduser()
     if not labels_path.exists():
         raise UsageError(f"{shown(str(labels))}: no such labels file; give the path of a CSV with path,label rows")
-    labels_path = labels_path.resolve()
+    labels_path = check_labels_file(labels_path.resolve())
     path = Path(source).expanduser()
     if source in CIFAR_ARCHIVES or not path.exists():
         raise UsageError(

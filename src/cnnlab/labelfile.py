@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CnnlabError
 from .images import IMAGE_EXTENSIONS
 from .names import portable, shown
-from .sourcefiles import SourceFile, regular_file
+from .sourcefiles import SourceFile, special_kind
 
 REQUIRED = ("path", "label")
 SPLIT_NAMES = {"": "train", "train": "train", "val": "val", "valid": "val", "test": "test"}
@@ -39,14 +40,26 @@ class LabelRow:
     group: str | None
 
 
+def check_labels_file(file: str | Path) -> Path:
+    """`file` if it is a regular file of a plausible size: checked before anything reads it (the decode
+    cache hashes it first), since a FIFO would block forever and a device never ends."""
+    file = Path(file).expanduser()
+    info = os.stat(file)
+    kind = special_kind(info.st_mode)
+    if kind:
+        raise CnnlabError(f"{shown(file)} is {kind}, not a labels file; give a CSV file of path,label rows")
+    if info.st_size > MAX_LABELS_BYTES:
+        raise CnnlabError(
+            f"{shown(file)} is over {MAX_LABELS_BYTES >> 20} MiB; a labels file is a CSV of path,label rows"
+        )
+    return file
+
+
 def read_labels(file: str | Path) -> list[LabelRow]:
     """The rows of a labels file, checked: a header with path and label, no empty cell where one is
     needed, known split names, each path once."""
-    file = Path(file).expanduser()
+    file = check_labels_file(file)
     name = shown(file)
-    regular_file(file, name)
-    if file.stat().st_size > MAX_LABELS_BYTES:
-        raise CnnlabError(f"{name} is over {MAX_LABELS_BYTES >> 20} MiB; a labels file is a CSV of path,label rows")
     try:
         text = file.read_bytes().decode("utf-8-sig")  # Excel writes a byte-order mark
     except UnicodeDecodeError:
