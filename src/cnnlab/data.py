@@ -100,8 +100,9 @@ class Dataset:
         """Whether every image is grey (its three channels equal): colour then carries nothing, so colour
         corruptions are skipped and first-layer filters are read as intensity patterns."""
         if self._grayscale is None:
-            grey = lambda x: bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all())
-            self._grayscale = grey(self.train_images) and grey(self.test_images)
+            from .images import all_grey
+
+            self._grayscale = all_grey(self.train_images) and all_grey(self.test_images)
         return self._grayscale
 
     @property

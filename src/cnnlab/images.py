@@ -109,3 +109,8 @@ def decode_image(data: bytes | Path, name: str, size: int) -> np.ndarray:
         raise CnnlabError(f"{name}: not an image Pillow can read; remove it or convert it to PNG or JPEG") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error, zlib.error, MemoryError) as e:
         raise CnnlabError(f"{name}: damaged image ({brief(e)}); remove it or replace it") from None
+
+
+def all_grey(images) -> bool:
+    """Whether every image of a uint8 tensor [N, 3, H, W] is grey: its three channels equal everywhere."""
+    return bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import CnnlabError
+from .images import all_grey
 
 SEVERITIES = 5
 
@@ -146,7 +147,7 @@ def robustness_table(
     mean_by_severity, seed}: the mean is over every corruption and severity, as CIFAR-10-C reports it.
     """
     names = names or list(CORRUPTIONS)
-    grey = bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())
+    grey = all_grey(images)
     skipped = {n: COLOUR_ONLY[n] for n in names if grey and n in COLOUR_ONLY}
     names = [n for n in names if n not in skipped]
     if not names:

@@ -13,6 +13,7 @@ cores as its thread budget (OMP_NUM_THREADS, set before torch starts its pools, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -250,25 +251,23 @@ class _Runner:
         elif self.stopped is None:
             self.log(f"[{done}/{self.total}] {trial} failed: {last}")
 
+    @contextlib.contextmanager
     def stop_on_signal(self):
-        import contextlib
+        """While inside: SIGINT or SIGTERM stops starting trials and passes SIGTERM to the running ones, which
+        checkpoint and exit (stopping.StopOnSignal)."""
 
-        @contextlib.contextmanager
-        def handling():
-            def stop(signum, _frame):
-                self.stopped = signum
-                with self.lock:
-                    for process in self.running:
-                        process.send_signal(signal.SIGTERM)  # each checkpoints and exits (stopping.StopOnSignal)
+        def stop(signum, _frame):
+            self.stopped = signum
+            with self.lock:
+                for process in self.running:
+                    process.send_signal(signal.SIGTERM)
 
-            previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for s, handler in previous.items():
-                    signal.signal(s, handler)
-
-        return handling()
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def _die_with_parent() -> None:
