@@ -103,7 +103,7 @@ def test_a_sweep_runs_every_trial_as_a_run_then_skips_them_and_refuses_another_s
 
 def test_a_killed_sweep_continues_where_it_stopped(archive, tmp_path):
     out = tmp_path / "sweep"
-    args = _sweep_args(archive, out, "--seeds", "2", epochs=4, batch_size=8)
+    args = _sweep_args(archive, out, "--seeds", "2", epochs=12, batch_size=8)
     sweep = subprocess.Popen(
         [sys.executable, "-m", "cnnlab", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -120,7 +120,7 @@ def test_a_killed_sweep_continues_where_it_stopped(archive, tmp_path):
     assert [r["status"] for r in rows] == ["done", "done"]
     config = json.loads((out / "runs" / "base_seed0" / "config.json").read_text())
     summary = json.loads((out / "runs" / "base_seed0" / "summary.json").read_text())
-    assert summary["epochs"] == 4 and config.get("resumed"), "the interrupted trial was resumed, not restarted"
+    assert summary["epochs"] == 12 and config.get("resumed"), "the interrupted trial was resumed, not restarted"
 
 
 def test_the_readmes_sweep_file_is_a_valid_spec(tmp_path):
@@ -149,7 +149,7 @@ def _children(pid: int) -> list[int]:
 
 def test_a_killed_trial_is_reported_and_resumed_by_the_rerun(archive, tmp_path):
     out = tmp_path / "sweep"
-    args = _sweep_args(archive, out, epochs=4, batch_size=8)
+    args = _sweep_args(archive, out, epochs=12, batch_size=8)
     sweep = subprocess.Popen([sys.executable, "-m", "cnnlab", *args], stdout=subprocess.PIPE, text=True)
     metrics = out / "runs" / "base_seed0" / "metrics.jsonl"
     deadline = time.time() + 120
@@ -161,4 +161,4 @@ def test_a_killed_trial_is_reported_and_resumed_by_the_rerun(archive, tmp_path):
     assert sweep.returncode == 1 and "base_seed0 failed" in output and "not finished: base_seed0" in output
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
-    assert json.loads((out / "runs" / "base_seed0" / "summary.json").read_text())["epochs"] == 4
+    assert json.loads((out / "runs" / "base_seed0" / "summary.json").read_text())["epochs"] == 12
