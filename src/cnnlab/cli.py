@@ -220,14 +220,21 @@ def _analysis_commands(commands) -> None:
     au = commands.add_parser("audit", help="exact and near-duplicate images between and within the splits (leaks)")
     _data_options(au)
     au.add_argument(
-        "--model-run", metavar="RUN", help="compare a trained run's penultimate features (default: 8x8 pixel features)"
+        "--space",
+        choices=("aligned", "pixels"),
+        default="aligned",
+        help="aligned: re-score candidate pairs once shifted, mirrored and zoomed into line (finds recrops; "
+        "minutes); pixels: 8x8 pixel features only (seconds). Default: %(default)s",
+    )
+    au.add_argument(
+        "--model-run", metavar="RUN", help="compare a trained run's penultimate features instead (cosine similarity)"
     )
     _weights_option(au)
     au.add_argument(
         "--threshold",
         type=float,
-        help="cosine similarity counted as a near duplicate "
-        "(default: 0.95 for pixel features, 0.99 for a model's; see BENCHMARKS.md)",
+        help="similarity counted as a near duplicate (default: the space's own in audit.THRESHOLDS, "
+        "chosen in BENCHMARKS.md)",
     )
     au.add_argument("--out", help="output folder (default: audits/<data name>[-model]; never overwritten)")
     au.add_argument("--json", action="store_true", help="print the summary as one JSON object")

@@ -181,10 +181,10 @@ def cmd_audit(args) -> int:
     from .runs import claim_run_folder
 
     if args.threshold is not None and not -1 <= args.threshold <= 1:
-        raise UsageError(f"--threshold {args.threshold} is not a cosine similarity; give a number between -1 and 1")
+        raise UsageError(f"--threshold {args.threshold} is not a similarity; give a number between -1 and 1")
     if args.out and Path(args.out).exists():
         raise CnnlabError(f"{args.out} already exists; choose another --out (audits are never overwritten)")
-    space, features, weights = "pixels", None, None
+    space, features, weights = args.space, None, None
     if args.model_run:
         from .openrun import load_run
 
