@@ -156,6 +156,33 @@ def _making_commands(commands) -> None:
     )
     sw.add_argument("--seeds-for", type=float, metavar="POINTS", help="also print the seeds needed to detect POINTS")
 
+    la = commands.add_parser(
+        "label-audit",
+        help="rank the images most likely labelled wrong (confident learning on out-of-sample probabilities)",
+    )
+    _train_options(la, data_default=None)
+    la.add_argument(
+        "--run",
+        action="append",
+        metavar="RUN",
+        help="audit the test split with this run's predictions; repeat it to average several runs' "
+        "(default: k-fold cross-validation on the training split)",
+    )
+    la.add_argument(
+        "--run-weights",
+        choices=["auto", "best", "last", "ema"],
+        default="auto",
+        help="which checkpoint of each --run (as --weights elsewhere; default: %(default)s)",
+    )
+    la.add_argument(
+        "--folds",
+        type=_bounded_int(2, 1000),
+        default=4,
+        help="audit the training split by k-fold cross-validation with --recipe (default: %(default)s)",
+    )
+    la.add_argument("--out", help="output folder (default: audits/<data name>-labels; never overwritten)")
+    la.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
     lf = commands.add_parser(
         "lr-find", help="sweep the learning rate up over a few hundred steps and suggest a peak rate (no run folder)"
     )
@@ -263,6 +290,11 @@ def _model_commands(commands) -> None:
         "--exclude-duplicates",
         metavar="AUDIT",
         help="also report accuracy without the test images an audit found duplicated in train",
+    )
+    e.add_argument(
+        "--exclude-label-issues",
+        metavar="AUDIT",
+        help="also report accuracy without the test images a label audit (cnnlab label-audit) flagged",
     )
     e.add_argument("--json", action="store_true", help="print one JSON object")
 

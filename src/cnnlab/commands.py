@@ -212,6 +212,47 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_label_audit(args) -> int:
+    from pathlib import Path
+
+    from .labelaudit import cross_validated, format_label_audit, from_runs, save_label_audit
+    from .runs import claim_run_folder
+
+    if args.out and Path(args.out).exists():
+        raise CnnlabError(f"{args.out} already exists; choose another --out (audits are never overwritten)")
+    stem = Path(str(args.data).rstrip("/")).name.split(".")[0] + "-labels"
+    if args.run:
+        from .openrun import load_run
+        from .recipe_flags import flag
+
+        overrides = _overrides(args)
+        options = [flag(name) for name in overrides.pop("model_options", {})]
+        given = (["--recipe"] if args.recipe else []) + [flag(name) for name in overrides] + options
+        if given:
+            raise UsageError(f"--run audits with the run's own model; drop {', '.join(given)}")
+        runs = [load_run(folder, weights=args.run_weights) for folder in args.run]
+        data = runs[0].dataset(_load(args, runs[0].image_size) if args.data else None)
+        result = from_runs(runs, data)
+    else:
+        args.data = args.data or "cifar10"
+        recipe = _recipe(args)
+        data = _load(args, recipe.image_size)
+    out = (
+        claim_run_folder(Path(args.out).parent, Path(args.out).name, stem)
+        if args.out
+        else claim_run_folder("audits", None, stem)
+    )
+    if not args.run:
+        result = cross_validated(data, recipe, args.folds, out, seed=recipe.seed, progress=not args.no_progress)
+    summary = save_label_audit(result, data, out)
+    if args.json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "issues"} | {"folder": str(out)}))
+    else:
+        print(format_label_audit(summary))
+        print(f"ranked issues (label_issues.csv), gallery.png and label_audit.json in {out}")
+    return 0
+
+
 def cmd_data(args) -> int:
     from .download import CIFAR_ARCHIVES, ensure_cifar
     from .splits import channel_stats

@@ -94,15 +94,20 @@ def most_confused(matrix: torch.Tensor, k: int = 5) -> list[dict]:
     return pairs[:k]
 
 
-def evaluation_report(run, data, tta: bool = False, audit=None) -> dict:
+def evaluation_report(run, data, tta: bool = False, audit=None, label_audit=None) -> dict:
     """What `cnnlab evaluate --json` prints for `run` (openrun.Run) on `data`'s test split: accuracy, loss,
-    per-class accuracy and the weights used; with `audit` (an audit folder of the same data), also the
-    accuracy without the test images it found duplicated in train, and on those alone."""
-    leaked = None
-    if audit is not None:  # checked before the evaluation: an audit of other data fails fast
+    per-class accuracy and the weights used; with `audit` (a leak audit of the same data), also the
+    accuracy without the test images it found duplicated in train, and on those alone; with `label_audit`
+    (a label audit of the test split), the same without the images it flagged as likely mislabelled."""
+    excluded = {}  # checked before the evaluation: an audit of other data fails fast
+    if audit is not None:
         from .audit import load_audit
 
-        leaked = load_audit(audit, data)["leaked_test"]
+        excluded["duplicate_free"] = (audit, load_audit(audit, data)["leaked_test"])
+    if label_audit is not None:
+        from .labelaudit import load_label_audit
+
+        excluded["label_issue_free"] = (label_audit, load_label_audit(label_audit, data)["issues"])
     device = next(run.model.parameters()).device
     loader = Loader(data.test_images, data.test_labels, EVAL_BATCH_SIZE, run.normalizer, device=device)
     result = evaluate(run.model, loader, tta=tta)
@@ -124,13 +129,13 @@ def evaluation_report(run, data, tta: bool = False, audit=None) -> dict:
         "ece_calibrated": expected_calibration_error(calibrated, result["labels"]),
         "reliability": reliability_bins(calibrated, result["labels"]),
     }
-    if leaked is not None:
+    right = result["predictions"] == result["labels"]
+    share = lambda mask: 100.0 * float(right[mask].double().mean()) if mask.any() else float("nan")
+    for key, (folder, indices) in excluded.items():
         keep = torch.ones(len(result["labels"]), dtype=torch.bool)
-        keep[leaked] = False
-        right = result["predictions"] == result["labels"]
-        share = lambda mask: 100.0 * float(right[mask].double().mean()) if mask.any() else float("nan")
-        report["duplicate_free"] = {
-            "audit": str(audit),
+        keep[indices] = False
+        report[key] = {
+            "audit": str(folder),
             "excluded": int((~keep).sum()),
             "test_images": int(keep.sum()),
             "test_acc": share(keep),

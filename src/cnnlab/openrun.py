@@ -168,12 +168,15 @@ class Run:
 
         return predict_any(self, images, top_k=top_k, tta=tta, min_confidence=min_confidence)
 
-    def evaluate(self, data=None, tta: bool = False, exclude_duplicates=None) -> dict:
+    def evaluate(self, data=None, tta: bool = False, exclude_duplicates=None, exclude_label_issues=None) -> dict:
         """What `cnnlab evaluate --json` prints: accuracy and loss on the test split, per class, with the
-        weights used; with `exclude_duplicates` (an audit folder), also without the leaked test images."""
+        weights used; with `exclude_duplicates` (a leak audit folder), also without the leaked test images;
+        with `exclude_label_issues` (a label audit folder), also without the likely mislabelled ones."""
         from .evaluate import evaluation_report
 
-        return evaluation_report(self, self.dataset(data), tta=tta, audit=exclude_duplicates)
+        return evaluation_report(
+            self, self.dataset(data), tta=tta, audit=exclude_duplicates, label_audit=exclude_label_issues
+        )
 
     def test_predictions(self, data=None):
         """analysis.Predictions of this model on the test split of `data` (default: the run's own)."""

@@ -132,7 +132,10 @@ def plot_pair_gallery(predictions: Predictions, pairs: list[dict], path: Path, p
     return _gallery(predictions, index, path, "Misclassified images of the most confused pairs", columns=per_direction)
 
 
-def _gallery(predictions: Predictions, index: torch.Tensor, path: Path, title: str, columns: int = 8) -> Path:
+def _gallery(
+    predictions: Predictions, index: torch.Tensor, path: Path, title: str, columns: int = 8, caption=None
+) -> Path:
+    """The images at `index`, each titled by `caption(i)` (default: its true and predicted class)."""
     count = len(index)
     rows = max(1, -(-count // columns))
     fig = _figure(1.45 * columns, 1.75 * rows + 0.5)
@@ -143,15 +146,28 @@ def _gallery(predictions: Predictions, index: torch.Tensor, path: Path, title: s
             continue
         i = int(index[k])
         _image(ax, predictions.images[i])
-        true, guess = (
-            predictions.classes[int(predictions.labels[i])],
-            predictions.classes[int(predictions.predictions[i])],
-        )
-        ax.set_title(f"true {true}\npred {guess} {100 * float(predictions.confidence[i]):.0f}%", fontsize=7)
+        ax.set_title(caption(i) if caption else _true_and_predicted(predictions, i), fontsize=7)
     if count == 0:
-        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+        axes.flat[0].text(0.5, 0.5, "none", ha="center", va="center")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def _true_and_predicted(predictions: Predictions, i: int) -> str:
+    true, guess = predictions.classes[int(predictions.labels[i])], predictions.classes[int(predictions.predictions[i])]
+    return f"true {true}\npred {guess} {100 * float(predictions.confidence[i]):.0f}%"
+
+
+def plot_label_issues(predictions: Predictions, index: torch.Tensor, suggested: torch.Tensor, path: Path) -> Path:
+    """The images a label audit flagged, most likely wrong first: each with its given label and the class
+    the out-of-sample model gives it, for a person to judge."""
+    p = predictions.probabilities
+    caption = lambda i: (
+        f"given {predictions.classes[int(predictions.labels[i])]} {100 * float(p[i, predictions.labels[i]]):.0f}%\n"
+        f"likely {predictions.classes[int(suggested[i])]} {100 * float(p[i, suggested[i]]):.0f}%"
+    )
+    title = f"The {len(index)} labels most likely wrong (given label, then the model's class, out of sample)"
+    return _gallery(predictions, index, path, title, caption=caption)
 
 
 def plot_per_class(predictions: Predictions, path: Path) -> Path:

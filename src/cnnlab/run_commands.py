@@ -42,7 +42,9 @@ def _data(args, run):
 def cmd_evaluate(args) -> int:
     run = _open(args)
     data = _data(args, run)
-    report = run.evaluate(data, tta=args.tta, exclude_duplicates=args.exclude_duplicates)
+    report = run.evaluate(
+        data, tta=args.tta, exclude_duplicates=args.exclude_duplicates, exclude_label_issues=args.exclude_label_issues
+    )
     if args.json:
         print(json.dumps(report))
         return 0
@@ -52,12 +54,13 @@ def cmd_evaluate(args) -> int:
         f"test accuracy {report['test_acc']:.2f}%{tta} on {report['test_images']} images "
         f"(loss {report['test_loss']:.4f})"
     )
-    if "duplicate_free" in report:
-        free = report["duplicate_free"]
-        print(
-            f"  without the {free['excluded']} test images duplicated in train: {free['test_acc']:.2f}% on "
-            f"{free['test_images']} images (on the duplicated ones: {free['acc_on_excluded']:.2f}%)"
-        )
+    for key, what in (("duplicate_free", "duplicated in train"), ("label_issue_free", "likely mislabelled")):
+        if key in report:
+            free = report[key]
+            print(
+                f"  without the {free['excluded']} test images {what}: {free['test_acc']:.2f}% on "
+                f"{free['test_images']} images (on those: {free['acc_on_excluded']:.2f}%)"
+            )
     print(classification_table(report["metrics"]))
     calibrated = f", {report['ece_calibrated']:.2f}% at temperature {report['temperature']:.3f}"
     print(
