@@ -75,3 +75,17 @@ def test_aligned_similarity_undoes_shifts_mirrors_zooms_and_colour_casts(real_da
         assert (aligned_similarity(copy, images) > 0.85).all(), name
     others = aligned_similarity(images, images.roll(1, 0))  # each against a different photograph
     assert (others < 0.75).float().mean() >= 0.9
+
+
+def test_a_split_of_one_image_is_not_its_own_duplicate(planted):
+    data, _ = planted
+    single = Dataset(
+        source="one test image",
+        classes=data.classes,
+        train_images=data.train_images[:20],
+        train_labels=data.train_labels[:20],
+        test_images=data.test_images[-1:],
+        test_labels=data.test_labels[-1:],
+        checksum="single",
+    )
+    assert audit(single).counts["within_test"] == {"exact_pairs": 0, "near_pairs": 0}

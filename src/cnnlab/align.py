@@ -190,9 +190,12 @@ def aligned_nearest(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query image, its best-aligned base image: (re-scored similarity, index)."""
     picks = candidate_pairs(query_views(query, center, zooms), base_views(base, center, zooms), same=same)
+    # Within a split of fewer images than the candidates wanted, an image can only be its own candidate.
+    itself = (picks == torch.arange(len(query)).unsqueeze(1)) if same else torch.zeros_like(picks, dtype=torch.bool)
     screened = _rescored(query, base, picks, lambda q, c: aligned_correlation(q, c, full=False))
-    finalists = picks.gather(1, screened.topk(min(FINALISTS, picks.shape[1]), dim=1).indices)
-    scores = _rescored(query, base, finalists, aligned_similarity)
+    chosen = screened.masked_fill(itself, -2.0).topk(min(FINALISTS, picks.shape[1]), dim=1).indices
+    finalists = picks.gather(1, chosen)
+    scores = _rescored(query, base, finalists, aligned_similarity).masked_fill(itself.gather(1, chosen), -2.0)
     best = scores.max(dim=1)
     return best.values, finalists.gather(1, best.indices.unsqueeze(1)).squeeze(1)
 
