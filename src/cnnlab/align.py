@@ -152,23 +152,15 @@ def candidate_pairs(queries: list, bases: list, k: int = CANDIDATES, same: bool 
     similarity, from the k nearest base images of every search. The searches pair every query view
     (query_views) with the base as it is, and the query as it is and mirrored with every zoomed base view.
     With `same` (the query images are the base), an image is never its own candidate."""
-    from .audit import CHUNK as ROWS
+    from .audit import similarity_blocks
 
     as_is, mirrored = queries[0], queries[len(queries) // 2]  # query_views: the mirrored half follows
     searches = [(q, bases[0]) for q in queries] + [(q, b) for b in bases[1:] for q in (as_is, mirrored)]
     similarity, index = [], []
     for query, base in searches:
-        values, found = [], []
-        for start in range(0, len(query), ROWS):
-            block = query[start : start + ROWS] @ base.T
-            if same:
-                own = torch.arange(len(block))
-                block[own, own + start] = -2.0
-            top = block.topk(min(k, block.shape[1]), dim=1)
-            values.append(top.values)
-            found.append(top.indices)
-        similarity.append(torch.cat(values))
-        index.append(torch.cat(found))
+        top = [block.topk(min(k, block.shape[1]), dim=1) for block in similarity_blocks(query, base, same)]
+        similarity.append(torch.cat([t.values for t in top]))
+        index.append(torch.cat([t.indices for t in top]))
     return _best_distinct(torch.cat(similarity, dim=1), torch.cat(index, dim=1), RESCORED)
 
 

@@ -72,19 +72,21 @@ def model_features(model: torch.nn.Module, images: torch.Tensor, mean, std, batc
     return torch.cat(captured).flatten(1)
 
 
-def nearest(query: torch.Tensor, base: torch.Tensor, same: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each query row, the most similar base row: (similarity, index). With `same` (query is base),
-    an image is not its own neighbour."""
-    sims, index = [], []
+def similarity_blocks(query: torch.Tensor, base: torch.Tensor, same: bool = False):
+    """Cosine similarities of CHUNK query rows at a time with every base row; with `same` (query is
+    base), an image's similarity with itself is -2, so it is never its own neighbour."""
     for start in range(0, len(query), CHUNK):
         block = query[start : start + CHUNK] @ base.T
         if same:
             rows = torch.arange(len(block))
             block[rows, rows + start] = -2.0
-        best = block.max(dim=1)
-        sims.append(best.values)
-        index.append(best.indices)
-    return torch.cat(sims), torch.cat(index)
+        yield block
+
+
+def nearest(query: torch.Tensor, base: torch.Tensor, same: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query row, the most similar base row: (similarity, index)."""
+    best = [block.max(dim=1) for block in similarity_blocks(query, base, same)]
+    return torch.cat([b.values for b in best]), torch.cat([b.indices for b in best])
 
 
 def pixel_hashes(images: torch.Tensor) -> list[str]:

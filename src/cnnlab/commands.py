@@ -178,7 +178,6 @@ def cmd_audit(args) -> int:
     from pathlib import Path
 
     from .audit import audit, format_audit, model_features, save_audit
-    from .runs import claim_run_folder
 
     if args.threshold is not None and not -1 <= args.threshold <= 1:
         raise UsageError(f"--threshold {args.threshold} is not a similarity; give a number between -1 and 1")
@@ -195,11 +194,7 @@ def cmd_audit(args) -> int:
     data = _load(args, args.image_size or 32)
     result = audit(data, space, args.threshold, features)
     stem = Path(str(args.data).rstrip("/")).name.split(".")[0] + ("-model" if args.model_run else "")
-    out = (
-        claim_run_folder(Path(args.out).parent, Path(args.out).name, stem)
-        if args.out
-        else claim_run_folder("audits", None, stem)
-    )
+    out = _audit_folder(args.out, stem)
     summary = save_audit(result, data, out, model_run=args.model_run, model_weights=weights)
     if args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "leaked_test"} | {"folder": str(out)}))
@@ -212,11 +207,19 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def _audit_folder(out: str | None, stem: str):
+    """--out, or a fresh audits/<stem>-<time> folder; claimed, so two audits never share one."""
+    from pathlib import Path
+
+    from .runs import claim_run_folder
+
+    return claim_run_folder(Path(out).parent, Path(out).name, stem) if out else claim_run_folder("audits", None, stem)
+
+
 def cmd_label_audit(args) -> int:
     from pathlib import Path
 
     from .labelaudit import cross_validated, format_label_audit, from_runs, save_label_audit
-    from .runs import claim_run_folder
 
     if args.out and Path(args.out).exists():
         raise CnnlabError(f"{args.out} already exists; choose another --out (audits are never overwritten)")
@@ -237,11 +240,7 @@ def cmd_label_audit(args) -> int:
         args.data = args.data or "cifar10"
         recipe = _recipe(args)
         data = _load(args, recipe.image_size)
-    out = (
-        claim_run_folder(Path(args.out).parent, Path(args.out).name, stem)
-        if args.out
-        else claim_run_folder("audits", None, stem)
-    )
+    out = _audit_folder(args.out, stem)
     if not args.run:
         result = cross_validated(data, recipe, args.folds, out, seed=recipe.seed, progress=not args.no_progress)
     summary = save_label_audit(result, data, out)
