@@ -11,9 +11,9 @@ re-encoded, in two stages.
    It runs at 16x16 (area-averaged, four times cheaper) to pick each query's FINALISTS, then at full
    resolution on those, where a one-pixel shift aligns exactly instead of falling between pixels.
 3. The final similarity is the mean of that correlation and the same correlation of the images' fine
-   detail (each minus its 5x5 local mean). Two photographs of ships on a grey sea correlate at 0.9
-   through their horizon alone; their detail does not (about 0.3-0.6), while a re-encoded, recropped
-   copy keeps most of it (a median 0.86-1.0 over planted copies).
+   detail (each minus its 5x5 local mean). Two photographs of ships on a grey sea can correlate at 0.9
+   through their horizon alone; their detail does not, while a re-encoded, recropped copy keeps most of
+   it (BENCHMARKS.md, "Leak audit II").
 
 Correlation is taken per colour channel after removing each channel's mean over the compared window,
 then averaged over the channels, so a change of brightness or contrast, or a colour cast (a gain and an

@@ -29,9 +29,9 @@ from .data import Dataset
 
 # The similarity at or above which two images count as near duplicates, per space, chosen on the real
 # CIFAR-10 JPEG data (BENCHMARKS.md, "Leak audit" and "Leak audit II"):
-# aligned (benchmarks/audit_recall.py): 94-100% of planted copies that the search retrieves score 0.83 or
-# more (the 10th percentile of the hardest kind, mirrored, recropped and re-encoded); in judged galleries
-# of real test/train pairs about half of those at 0.75-0.78 are copies, three quarters at 0.78-0.81.
+# aligned (benchmarks/audit_recall.py): 96-100% of the planted copies of each kind are found at 0.75; in
+# galleries of real test/train pairs judged by eye about 10 of 24 at 0.75-0.78 are the same photograph,
+# about 21 of 24 at 0.78-0.85.
 # pixels (benchmarks/audit_threshold.py): a training image against a copy of itself shifted one pixel,
 # 10% brighter or darker and re-encoded scores a median 0.96; 2.4% of test images have a training
 # neighbour at 0.95 or above.
