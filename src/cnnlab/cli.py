@@ -155,6 +155,18 @@ def _making_commands(commands) -> None:
         help="trials at once, each with its share of the cores as threads; auto: one per core (default: 1)",
     )
     sw.add_argument("--seeds-for", type=float, metavar="POINTS", help="also print the seeds needed to detect POINTS")
+    sw.add_argument(
+        "--range", action="append", metavar="FIELD=LOW:HIGH[:log]", help="a field's range to search (repeatable)"
+    )
+    sw.add_argument("--random", type=_bounded_int(1, 10_000), metavar="N", help="random search: draw N variants")
+    sw.add_argument("--search", choices=["tpe"], help="tpe: Optuna's TPE sampler chooses the variants (cnnlab[search])")
+    sw.add_argument("--trials", type=_bounded_int(1, 10_000), metavar="N", help="variants a TPE search tries")
+    sw.add_argument("--sample-seed", type=int, default=0, help="seeds the random draws or TPE (default: 0)")
+    sw.add_argument("--storage", metavar="URL", help="the TPE study's database (default: sqlite in the sweep folder)")
+    sw.add_argument("--prune", action="store_true", help="TPE: stop clearly losing variants after a few epochs")
+    sw.add_argument("--ray", metavar="ADDRESS", help="run the trials as Ray tasks on this cluster (auto, or HOST:PORT)")
+    sw.add_argument("--cpus-per-trial", type=_bounded_int(1, 4096), default=1, help="--ray: CPUs (threads) per trial")
+    sw.add_argument("--gpus-per-trial", type=float, default=0.0, help="--ray: GPUs per trial (default: 0)")
 
     la = commands.add_parser(
         "label-audit",
@@ -238,8 +250,10 @@ def _analysis_commands(commands) -> None:
     _data_options(c, default=None)
     c.add_argument("--json", action="store_true", help="print one JSON object")
 
-    r = commands.add_parser("report", help="one self-contained HTML page for a run, or a comparison of several")
-    r.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    r = commands.add_parser(
+        "report", help="one self-contained HTML page for a run, a comparison of several, or a sweep (cnnlab sweep)"
+    )
+    r.add_argument("runs", nargs="+", metavar="RUN", help="run folders, or one sweep folder")
     _weights_option(r)
     r.add_argument("--out", help="output file (default: RUN/report.html for one run, else report.html here)")
     _data_options(r, default=None)

@@ -135,13 +135,29 @@ def cmd_lr_find(args) -> int:
 def cmd_sweep(args) -> int:
     import hashlib
 
-    from .sweep import SweepSpec, parse_grid, run_sweep, spec_from_toml
+    from .sweep import SweepSpec, check_search, parse_grid, parse_range, run_sweep, spec_from_toml
     from .sweep_results import format_summary, seeds_needed_table
 
     if args.seeds_for is not None and not (0 < args.seeds_for < 100):
         raise UsageError(f"--seeds-for {args.seeds_for}: give a difference in points between 0 and 100")
+    if args.random and args.search:
+        raise UsageError("--random N and --search tpe are two kinds of search; choose one")
+    if args.trials and not args.search:
+        raise UsageError("--trials N counts the variants of a TPE search: add --search tpe (or use --random N)")
+    if args.ray and args.search:
+        raise UsageError("--ray runs a grid or random sweep; a TPE search runs on this machine (share --storage)")
+    if not args.ray and (args.cpus_per_trial != 1 or args.gpus_per_trial):
+        raise UsageError("--cpus-per-trial and --gpus-per-trial are Ray resources: add --ray ADDRESS")
+    if not 0 <= args.gpus_per_trial <= 64:
+        raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: give a number from 0 to 64 (a fraction shares one)")
     if args.spec:
-        given = [f for f, v in (("--grid", args.grid), ("--seeds", args.seeds), ("--baseline", args.baseline)) if v]
+        given = [
+            flag
+            for flag, value in (("--grid", args.grid), ("--seeds", args.seeds), ("--baseline", args.baseline),
+                                ("--range", args.range), ("--random", args.random), ("--search", args.search),
+                                ("--trials", args.trials), ("--storage", args.storage), ("--prune", args.prune))
+            if value
+        ]  # fmt: skip
         if given or _overrides(args) or args.recipe:
             raise UsageError(f"--spec gives the whole sweep; drop {', '.join(given) or 'the recipe flags'}")
         spec = spec_from_toml(args.spec)
@@ -152,9 +168,16 @@ def cmd_sweep(args) -> int:
             data=args.data or "cifar10",
             labels=args.labels,
             grid=parse_grid(args.grid or []),
+            ranges=parse_range(args.range or []),
+            search="random" if args.random else args.search or "grid",
+            samples=args.random or args.trials or 0,
+            sample_seed=args.sample_seed,
+            storage=args.storage,
+            prune=args.prune,
             seeds=list(range(args.seeds or 1)),
             baseline=args.baseline,
         )
+        check_search(spec)
     for key in ("data", "labels", "recipe"):  # trials run from the sweep's records: absolute paths
         value = getattr(spec, key)
         if value and Path(value).exists():
@@ -162,7 +185,8 @@ def cmd_sweep(args) -> int:
     # Without --out, the folder is named after the spec: the same command finds its own sweep to continue.
     digest = hashlib.sha256(json.dumps(spec.__dict__, sort_keys=True).encode()).hexdigest()[:8]
     out = Path(args.out) if args.out else Path("sweeps") / f"{Path(spec.recipe).name}-{digest}"
-    results = run_sweep(spec, out, args.workers, log=(lambda line: None) if args.no_progress else print)
+    log = (lambda line: None) if args.no_progress else print
+    results = run_sweep(spec, out, args.workers, log, args.ray, args.cpus_per_trial, args.gpus_per_trial)
     print(format_summary(results))
     if args.seeds_for:
         for variant, needed in seeds_needed_table(results, args.seeds_for):
@@ -171,7 +195,7 @@ def cmd_sweep(args) -> int:
                 "seeds per variant"
             )
     print(f"sweep folder: {out} (results.csv, variants.csv, results.json, summary.md, sweep.png)")
-    return 0 if all(t["status"] == "done" for t in results["trials"]) else 1
+    return 0 if all(t["status"] in ("done", "pruned") for t in results["trials"]) else 1
 
 
 def cmd_audit(args) -> int:

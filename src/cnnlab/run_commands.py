@@ -305,6 +305,16 @@ def cmd_report(args) -> int:
     from .data import load_dataset
     from .report import write_report
 
+    sweeps = [r for r in args.runs if (Path(r) / "sweep.json").is_file()]
+    if sweeps:
+        if len(args.runs) > 1:
+            raise UsageError(f"{shown(sweeps[0])} is a sweep folder: report it on its own (cnnlab report SWEEP)")
+        from .sweep_report import write_sweep_report
+        from .sweep_results import format_summary, read_sweep
+
+        print(format_summary(read_sweep(args.runs[0])[1]))  # the summary as it stands, also of a partial sweep
+        print(write_sweep_report(args.runs[0], args.out))
+        return 0
     data = (
         (
             lambda size: load_dataset(

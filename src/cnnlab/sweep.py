@@ -1,9 +1,12 @@
-"""Many runs of one question: a sweep is a base recipe and data, a grid of recipe fields and a number of
-seeds; each trial is an ordinary run folder, trained by `cnnlab train` in a process of its own.
+"""Many runs of one question: a sweep is a base recipe and data, variants of recipe fields (every
+combination of a grid, random draws from ranges, or Optuna's TPE search: sweep_search.py) and a number of
+seeds; each trial is an ordinary run folder, trained by `cnnlab train` in a process of its own
+(sweep_trials.py: on this machine's cores or as Ray tasks).
 
     SWEEP/sweep.json        the spec, with the base recipe resolved (a rerun with another spec is refused)
     SWEEP/recipes/T.toml    each trial's whole recipe (recipe_files.recipe_toml)
-    SWEEP/runs/T/           each trial's run folder
+    SWEEP/runs/T/           each trial's run folder; SWEEP/logs/T.log its stderr
+    SWEEP/study.db          a TPE search's Optuna study (unless --storage names another database)
     SWEEP/results.csv, variants.csv, results.json, summary.md, sweep.png   (sweep_results.py)
 
 Rerunning a sweep skips finished trials and resumes interrupted ones exactly (`train --resume`). Several
@@ -13,22 +16,17 @@ cores as its thread budget (OMP_NUM_THREADS, set before torch starts its pools, 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
-import json
+import math
 import os
-import signal
-import subprocess
-import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CnnlabError, UsageError
 from .names import shown
 from .recipe_files import load_recipe, recipe_toml
+from .sweep_trials import trial_state
 
 SPEC_VERSION = 1
 
@@ -42,30 +40,64 @@ class SweepSpec:
     data: str = "cifar10"
     labels: str | None = None
     grid: dict = field(default_factory=dict)  # recipe field -> the values to try; variants are the product
+    ranges: dict = field(default_factory=dict)  # recipe field -> [low, high] or [low, high, "log"] (search only)
+    search: str = "grid"  # grid: every combination; random: `samples` draws; tpe: Optuna's TPE sampler
+    samples: int = 0  # variants drawn by random or tpe search
+    sample_seed: int = 0  # seeds the random draws and the TPE sampler
+    storage: str | None = None  # tpe: the Optuna database URL (default: sqlite file study.db in the sweep)
+    prune: bool = False  # tpe: stop a trial whose curve is clearly losing (Optuna's median rule)
     seeds: list = field(default_factory=lambda: [0])
     baseline: str | None = None  # the variant the others are compared with (default: the first)
 
     def variants(self) -> list[tuple[str, dict]]:
-        """(name, fields) of every combination of the grid's values, in the grid's order."""
+        """(name, fields) of every variant: the grid's combinations in order, or the random draws. A TPE
+        search chooses its variants as it goes (sweep_search.study_variants)."""
+        if self.search == "random":
+            return random_variants(self)
+        if self.search == "tpe":
+            raise UsageError("a TPE search chooses its variants as it runs; read them from its study")
         if not self.grid:
             return [("base", {})]
         names = list(self.grid)
         combos = itertools.product(*(self.grid[n] for n in names))
-        return [
-            (",".join(f"{n}={_text(v)}" for n, v in zip(names, combo)), dict(zip(names, combo))) for combo in combos
-        ]
+        return [(variant_name(dict(zip(names, combo))), dict(zip(names, combo))) for combo in combos]
 
-    def trials(self) -> list[tuple[str, str, int, dict]]:
+    def trials(self, variants: list[tuple[str, dict]] | None = None) -> list[tuple[str, str, int, dict]]:
         """(trial name, variant name, seed, fields) of every trial, variant by variant, seed by seed."""
-        return [
-            (f"{name}_seed{s}", name, s, {**chosen, "seed": s}) for name, chosen in self.variants() for s in self.seeds
-        ]
+        variants = self.variants() if variants is None else variants
+        return [(f"{name}_seed{s}", name, s, {**chosen, "seed": s}) for name, chosen in variants for s in self.seeds]
 
-    def baseline_variant(self) -> str:
-        names = [name for name, _ in self.variants()]
+    def baseline_variant(self, variants: list[tuple[str, dict]] | None = None) -> str:
+        names = [name for name, _ in (self.variants() if variants is None else variants)]
         if self.baseline is not None and self.baseline not in names:
             raise UsageError(f"baseline {self.baseline!r} is not a variant of this sweep: {', '.join(names)}")
         return self.baseline or names[0]
+
+
+def variant_name(fields: dict) -> str:
+    return ",".join(f"{n}={_text(v)}" for n, v in fields.items()) or "base"
+
+
+def random_variants(spec: SweepSpec) -> list[tuple[str, dict]]:
+    """`spec.samples` variants drawn from the ranges (uniform, or log-uniform) and the grid's values (one of
+    each, uniformly), seeded by `sample_seed` so the same spec draws the same variants. Floats keep three
+    significant digits, so a variant's name states its values exactly; a repeated draw is drawn again."""
+    import random
+
+    draw, found = random.Random(spec.sample_seed), {}
+    for _ in range(100 * spec.samples):
+        if len(found) == spec.samples:
+            break
+        fields = {name: draw.choice(values) for name, values in spec.grid.items()}
+        for name, (low, high, *scale) in spec.ranges.items():
+            if scale == ["log"]:
+                fields[name] = float(f"{math.exp(draw.uniform(math.log(low), math.log(high))):.3g}")
+            elif isinstance(low, int) and isinstance(high, int):
+                fields[name] = draw.randint(low, high)
+            else:
+                fields[name] = float(f"{draw.uniform(low, high):.3g}")
+        found.setdefault(variant_name(fields), fields)
+    return list(found.items())
 
 
 def _text(value) -> str:
@@ -97,6 +129,43 @@ def parse_grid(items: list[str]) -> dict:
     return grid
 
 
+def parse_range(items: list[str]) -> dict:
+    """--range FIELD=LOW:HIGH[:log] (repeatable) as {field: [low, high] or [low, high, "log"]}."""
+    ranges = {}
+    for item in items:
+        name, _, bounds = item.partition("=")
+        name, parts = name.strip().replace("-", "_"), bounds.split(":")
+        if not name or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+            raise UsageError(f"--range {item!r}: write FIELD=LOW:HIGH or FIELD=LOW:HIGH:log (--range lr=0.05:0.5:log)")
+        if name in ranges:
+            raise UsageError(f"--range names {name} twice")
+        ranges[name] = [_value(parts[0]), _value(parts[1]), *parts[2:]]
+    return ranges
+
+
+def check_search(spec: SweepSpec) -> None:
+    """One line for a search that cannot run: unknown kind, no draws, bad or misplaced ranges."""
+    if spec.search not in ("grid", "random", "tpe"):
+        raise UsageError(f"search {spec.search!r}: choose grid, random or tpe")
+    if spec.search == "grid" and spec.ranges:
+        raise UsageError("ranges are drawn by a search: add --random N (or --search tpe --trials N)")
+    if spec.search != "grid" and spec.samples < 1:
+        raise UsageError(f"a {spec.search} search needs the number of variants to draw: --random N or --trials N")
+    if spec.search != "grid" and not (spec.ranges or spec.grid):
+        raise UsageError(f"a {spec.search} search needs something to draw: --range FIELD=LOW:HIGH or --grid")
+    if spec.prune and spec.search != "tpe":
+        raise UsageError("pruning stops losing trials of a TPE search: add --search tpe --trials N")
+    for name, bounds in spec.ranges.items():
+        low, high, *scale = bounds if isinstance(bounds, list) and len(bounds) in (2, 3) else [None, None]
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high))
+        if not numbers or not low < high or scale not in ([], ["log"]) or (scale and low <= 0):
+            raise UsageError(
+                f'range {name}: give [low, high] or [low, high, "log"] with finite low < high (and low > 0 for log)'
+            )
+        if name == "seed":
+            raise UsageError("seeds are not a range field: use --seeds N")
+
+
 def _value(text: str):
     """A grid value as TOML reads it (0.05, 1e-3, 5000, true), else as text (cosine)."""
     from .recipe_files import tomllib
@@ -108,8 +177,9 @@ def _value(text: str):
 
 
 def spec_from_toml(path: str | Path) -> SweepSpec:
-    """A sweep file: top-level recipe, data, labels, seeds (a count or a list) and baseline, with [grid]
-    (field = [values]) and [overrides] (field = value) tables."""
+    """A sweep file: top-level recipe, data, labels, seeds (a count or a list), baseline, search, samples,
+    sample_seed, storage and prune, with [grid] (field = [values]), [ranges] (field = [low, high] or
+    [low, high, "log"]) and [overrides] (field = value) tables."""
     from .recipe_files import tomllib
 
     try:
@@ -125,14 +195,25 @@ def spec_from_toml(path: str | Path) -> SweepSpec:
     grid = data.get("grid", {})
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise UsageError(f"sweep file {shown(str(path))}: [grid] maps each field to a list of values")
-    return SweepSpec(**data)
+    if not isinstance(data.get("ranges", {}), dict):
+        raise UsageError(f"sweep file {shown(str(path))}: [ranges] maps each field to [low, high] or [low, high, log]")
+    spec = SweepSpec(**data)
+    check_search(spec)
+    return spec
 
 
 def resolved(spec: SweepSpec) -> dict:
     """The spec as sweep.json keeps it: with the base recipe resolved, so a changed recipe file is a changed
-    spec, and every trial's recipe checked (a bad value fails here, before any trial runs)."""
+    spec, and every trial's recipe checked (a bad value fails here, before any trial runs). A TPE search's
+    trials are not known yet: each end of its ranges and each of its grid values is checked instead."""
+    check_search(spec)
     base = load_recipe(spec.recipe, spec.overrides)
-    for _, _, _, chosen in spec.trials():
+    if spec.search == "tpe":
+        candidates = [{n: v} for n, values in spec.grid.items() for v in values]
+        candidates += [{n: v} for n, (low, high, *_) in spec.ranges.items() for v in (low, high)]
+    else:
+        candidates = [chosen for _, _, _, chosen in spec.trials()]
+    for chosen in candidates:
         load_recipe(spec.recipe, {**spec.overrides, **chosen}).validate()
     return {"version": SPEC_VERSION, **dataclasses.asdict(spec), "base_recipe": base.to_dict()}
 
@@ -144,8 +225,8 @@ def claim_sweep_folder(folder: Path, spec: SweepSpec) -> dict:
     if spec_file.exists():
         from .runfiles import read_json
 
-        recorded = read_json(spec_file)
-        differs = [k for k in wanted if recorded.get(k) != wanted[k]]
+        recorded, defaults = read_json(spec_file), dataclasses.asdict(SweepSpec())  # older files lack new keys
+        differs = [k for k in wanted if recorded.get(k, defaults.get(k)) != wanted[k]]
         if differs:
             raise CnnlabError(
                 f"{shown(folder)} holds a sweep with another spec ({differs[0]} differs: {recorded.get(differs[0])!r} "
@@ -156,18 +237,19 @@ def claim_sweep_folder(folder: Path, spec: SweepSpec) -> dict:
 
     (folder / "recipes").mkdir(parents=True, exist_ok=True)
     (folder / "runs").mkdir(exist_ok=True)
-    for trial, _, _, chosen in spec.trials():
-        recipe = load_recipe(spec.recipe, {**spec.overrides, **chosen})
-        (folder / "recipes" / f"{trial}.toml").write_text(recipe_toml(recipe), encoding="utf-8")
+    if spec.search != "tpe":
+        write_trial_recipes(spec, folder, spec.trials())
     atomic_write_json(spec_file, wanted)
     return wanted
 
 
-def trial_state(run: Path) -> str:
-    """done (summary.json written), partial (a checkpoint to resume) or new."""
-    if (run / "summary.json").is_file():
-        return "done"
-    return "partial" if (run / "last.pt").is_file() else "new"
+def write_trial_recipes(spec: SweepSpec, folder: Path, trials: list) -> None:
+    """recipes/T.toml for each trial: the whole recipe it trains with, so a trial's process needs nothing else."""
+    for trial, _, _, chosen in trials:
+        path = folder / "recipes" / f"{trial}.toml"
+        if not path.is_file():
+            recipe = load_recipe(spec.recipe, {**spec.overrides, **chosen})
+            path.write_text(recipe_toml(recipe), encoding="utf-8")
 
 
 def worker_split(workers: str | int, trials: int) -> tuple[int, int]:
@@ -183,99 +265,50 @@ def worker_split(workers: str | int, trials: int) -> tuple[int, int]:
     return count, max(1, cores // count)
 
 
-def run_sweep(spec: SweepSpec, folder: str | Path, workers: str | int = 1, log=print) -> dict:
-    """Run every trial not yet done (resuming the interrupted ones), then write and return the results."""
+def run_sweep(
+    spec: SweepSpec,
+    folder: str | Path,
+    workers: str | int = 1,
+    log=print,
+    ray: str | None = None,
+    cpus_per_trial: int = 1,
+    gpus_per_trial: float = 0,
+) -> dict:
+    """Run every trial not yet done (resuming the interrupted ones), then write and return the results.
+    ray: a cluster address (or auto) to run the trials as Ray tasks instead of on this machine's cores."""
     from .sweep_results import collect, write_results
+    from .sweep_trials import LocalWorkers, report_line, run_on_ray, run_trial
 
     folder = Path(folder)
     claim_sweep_folder(folder, spec)
+    if spec.search == "tpe":
+        from .sweep_search import run_search
+
+        return run_search(spec, folder, workers, log)
     trials = spec.trials()
-    todo = [t for t in trials if trial_state(folder / "runs" / t[0]) != "done"]
-    count, threads = worker_split(workers, len(todo))
+    todo = [t[0] for t in trials if trial_state(folder / "runs" / t[0]) != "done"]
     if len(todo) < len(trials):
         log(f"{len(trials) - len(todo)} of {len(trials)} trials already done; {len(todo)} to run")
-    log(f"{len(todo)} trials on {count} worker(s) of {threads} thread(s) each")
-    runner = _Runner(spec, folder, threads, log, len(trials))
-    with runner.stop_on_signal(), ThreadPoolExecutor(max_workers=count) as pool:
-        list(pool.map(runner.run, todo))
-    if runner.stopped is not None:
-        raise CnnlabError(
-            f"stopped by signal {runner.stopped}; finished trials are kept and the others checkpointed: "
-            "rerun the same command to continue"
-        )
+    finished = []
+
+    def done(result: dict) -> None:
+        finished.append(result)
+        log(report_line(result, len(trials) - len(todo) + len(finished), len(trials)))
+
+    if ray is not None:
+        log(f"{len(todo)} trials as Ray tasks at {ray}, {cpus_per_trial} CPU(s) and {gpus_per_trial:g} GPU(s) each")
+        run_on_ray(spec, folder, todo, ray, cpus_per_trial, gpus_per_trial, done)
+    else:
+        count, threads = worker_split(workers, len(todo))
+        log(f"{len(todo)} trials on {count} worker(s) of {threads} thread(s) each")
+        pool = LocalWorkers(count, threads)
+
+        def work(trial: str, started) -> None:
+            result = run_trial(spec, folder, trial, threads, started=started)
+            if pool.stopped is None:  # a trial stopped with the sweep is not a failure
+                done(result)
+
+        pool.map(work, todo)
     results = collect(spec, folder)
     write_results(results, folder)
     return results
-
-
-class _Runner:
-    """Starts trial processes (each dies with the sweep: PR_SET_PDEATHSIG) and stops them on a signal."""
-
-    def __init__(self, spec: SweepSpec, folder: Path, threads: int, log, total: int):
-        self.spec, self.folder, self.threads, self.log, self.total = spec, folder, threads, log, total
-        self.lock, self.running, self.stopped, self.finished = threading.Lock(), set(), None, 0
-
-    def command(self, trial: str) -> list[str]:
-        run = self.folder / "runs" / trial
-        if trial_state(run) == "partial":
-            return [sys.executable, "-m", "cnnlab", "train", "--resume", str(run), "--no-progress", "--no-plots"]
-        data = ["--data", self.spec.data] + (["--labels", self.spec.labels] if self.spec.labels else [])
-        return [
-            sys.executable, "-m", "cnnlab", "train", "--recipe", str(self.folder / "recipes" / f"{trial}.toml"),
-            *data, "--runs-dir", str(self.folder / "runs"), "--name", trial, "--threads", str(self.threads),
-            "--no-progress", "--no-plots",
-        ]  # fmt: skip
-
-    def run(self, item) -> None:
-        trial = item[0]
-        if self.stopped is not None:
-            return
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
-        with self.lock:
-            process = subprocess.Popen(
-                self.command(trial), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                preexec_fn=_die_with_parent,
-            )  # fmt: skip
-            self.running.add(process)
-        _, errors = process.communicate()
-        with self.lock:
-            self.running.discard(process)
-            self.finished += 1
-            done = self.finished
-        last = errors.strip().splitlines()[-1] if errors.strip() else ""
-        if process.returncode == 0:
-            summary = json.loads((self.folder / "runs" / trial / "summary.json").read_text())
-            self.log(
-                f"[{done}/{self.total}] {trial}: {summary['final_test_acc']:.2f}% in {summary['wall_seconds']:.0f} s"
-            )
-        elif self.stopped is None:
-            self.log(f"[{done}/{self.total}] {trial} failed: {last}")
-
-    @contextlib.contextmanager
-    def stop_on_signal(self):
-        """While inside: SIGINT or SIGTERM stops starting trials and passes SIGTERM to the running ones, which
-        checkpoint and exit (stopping.StopOnSignal)."""
-
-        def stop(signum, _frame):
-            self.stopped = signum
-            with self.lock:
-                for process in self.running:
-                    process.send_signal(signal.SIGTERM)
-
-        previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: a SIGTERM when the sweep process dies, even by SIGKILL, so no trial goes on
-    writing its run folder unwatched (it checkpoints and stops; the rerun resumes it)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG, Linux only
-    except (OSError, AttributeError):
-        pass

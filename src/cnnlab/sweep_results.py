@@ -13,33 +13,41 @@ from .runs import atomic_write_bytes
 from .stats import compare, seeds_to_detect, summarise
 from .sweep import SweepSpec, trial_state
 
-TRIAL_COLUMNS = ("trial", "variant", "seed", "status", "test_acc", "tta_test_acc", "train_seconds", "wall_seconds")
+TRIAL_COLUMNS = (
+    "trial", "variant", "seed", "status", "val_acc", "test_acc", "tta_test_acc", "train_seconds", "wall_seconds",
+)  # fmt: skip
 
 
-def collect(spec: SweepSpec, folder: Path) -> dict:
+def collect(spec: SweepSpec, folder: Path, variants: list | None = None, pruned=()) -> dict:
     """Every trial's numbers (from its summary.json) and every variant's statistics. The score is the final
-    test accuracy, over 10 views when the recipe evaluates with TTA."""
+    test accuracy, over 10 views when the recipe evaluates with TTA; a search (random or TPE) with a
+    validation split is scored on it instead, so the variant it picks was not chosen on the test split.
+    variants: a TPE search's (from its study); pruned: the trials the search stopped."""
+    variants = spec.variants() if variants is None else variants
     trials = []
-    for trial, variant, seed, _ in spec.trials():
+    for trial, variant, seed, _ in spec.trials(variants):
         run = folder / "runs" / trial
         row = {"trial": trial, "variant": variant, "seed": seed, "status": trial_state(run)}
         if row["status"] == "done":
             summary = json.loads((run / "summary.json").read_text())
             row.update(
+                val_acc=summary.get("final_val_acc"),
                 test_acc=summary["final_test_acc"],
                 tta_test_acc=summary.get("final_tta_test_acc"),
                 train_seconds=summary["train_seconds"],
                 wall_seconds=summary["wall_seconds"],
             )
+        elif trial in pruned:
+            row["status"] = "pruned"
         trials.append(row)
     done = [t for t in trials if t["status"] == "done"]
-    metric = "tta_test_acc" if done and all(t["tta_test_acc"] is not None for t in done) else "test_acc"
-    baseline = spec.baseline_variant()
-    scores = {name: [t[metric] for t in done if t["variant"] == name] for name, _ in spec.variants()}
-    variants = []
-    for name, _ in spec.variants():
+    metric = _score(spec, done)
+    baseline = spec.baseline_variant(variants)
+    scores = {name: [t[metric] for t in done if t["variant"] == name] for name, _ in variants}
+    rows = []
+    for name, fields in variants:
         values = scores[name]
-        row = {"variant": name, "n": len(values)}
+        row = {"variant": name, "fields": fields, "n": len(values)}
         if values:
             s = summarise(values)
             times = [t["wall_seconds"] for t in done if t["variant"] == name]
@@ -58,8 +66,17 @@ def collect(spec: SweepSpec, folder: Path) -> dict:
                 seeds_needed=c.seeds_needed,
                 words=c.words(len(values), len(scores[baseline])),
             )
-        variants.append(row)
-    return {"metric": metric, "baseline": baseline, "trials": trials, "variants": variants}
+        rows.append(row)
+    return {"metric": metric, "baseline": baseline, "search": spec.search, "trials": trials, "variants": rows}
+
+
+def _score(spec: SweepSpec, done: list[dict]) -> str:
+    def everywhere(metric: str) -> bool:
+        return bool(done) and all(t.get(metric) is not None for t in done)
+
+    if spec.search != "grid" and everywhere("val_acc"):
+        return "val_acc"
+    return "tta_test_acc" if everywhere("tta_test_acc") else "test_acc"
 
 
 def seeds_needed_table(results: dict, difference: float) -> list[tuple[str, int | None]]:
@@ -87,7 +104,14 @@ def format_summary(results: dict) -> str:
     lines += [
         f"- {v['variant']} against {results['baseline']}: {v['words']}" for v in results["variants"] if "words" in v
     ]
-    missing = [t["trial"] for t in results["trials"] if t["status"] != "done"]
+    scored = [v for v in results["variants"] if v["n"]]
+    if results.get("search", "grid") != "grid" and scored:
+        best = max(scored, key=lambda v: v["mean"])
+        lines.append(f"- best of the {results['search']} search: {best['variant']} ({best['mean']:.2f}, n {best['n']})")
+    pruned = [t["trial"] for t in results["trials"] if t["status"] == "pruned"]
+    if pruned:
+        lines.append(f"- pruned (stopped early as clearly losing; their scores are not counted): {', '.join(pruned)}")
+    missing = [t["trial"] for t in results["trials"] if t["status"] not in ("done", "pruned")]
     if missing:
         lines.append(f"- not finished: {', '.join(missing)} (rerun the sweep to finish them)")
     return "\n".join(lines)
@@ -95,9 +119,11 @@ def format_summary(results: dict) -> str:
 
 def write_results(results: dict, folder: Path) -> None:
     atomic_write_bytes(folder / "results.csv", _csv(TRIAL_COLUMNS, results["trials"]))
-    columns = ("variant", "n", "mean", "std", "ci_low", "ci_high", "median_wall_seconds", "difference", "welch_low",
-               "welch_high", "bootstrap_low", "bootstrap_high", "verdict", "seeds_needed")  # fmt: skip
-    atomic_write_bytes(folder / "variants.csv", _csv(columns, results["variants"]))
+    fields = list(dict.fromkeys(name for v in results["variants"] for name in v["fields"]))
+    columns = ("variant", *fields, "n", "mean", "std", "ci_low", "ci_high", "median_wall_seconds", "difference",
+               "welch_low", "welch_high", "bootstrap_low", "bootstrap_high", "verdict", "seeds_needed")  # fmt: skip
+    rows = [{**v["fields"], **{k: x for k, x in v.items() if k != "fields"}} for v in results["variants"]]
+    atomic_write_bytes(folder / "variants.csv", _csv(columns, rows))
     atomic_write_bytes(folder / "results.json", json.dumps(results, indent=1).encode())
     atomic_write_bytes(folder / "summary.md", (format_summary(results) + "\n").encode())
     if any(v["n"] for v in results["variants"]):
@@ -136,3 +162,31 @@ def plot_sweep(results: dict, path: Path) -> Path:
     right.set_title("accuracy against time", fontsize=9)
     right.legend(fontsize=7)
     return _save(fig, path)
+
+
+def read_sweep(folder: str | Path) -> tuple[SweepSpec, dict]:
+    """A sweep folder's spec and its results as they stand (finished trials only: a partial sweep too)."""
+    import dataclasses
+
+    from .errors import CnnlabError
+    from .names import shown
+    from .runfiles import read_json
+
+    folder = Path(folder)
+    if not (folder / "sweep.json").is_file():
+        raise CnnlabError(f"{shown(folder)} has no sweep.json; is it a cnnlab sweep folder?")
+    recorded = read_json(folder / "sweep.json")
+    known = {f.name for f in dataclasses.fields(SweepSpec)}
+    spec = SweepSpec(**{k: v for k, v in recorded.items() if k in known})
+    if spec.search != "tpe":
+        return spec, collect(spec, folder)
+    from .sweep_search import open_study, study_variants
+
+    study = open_study(spec, folder)
+    pruned = {
+        name
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name == "PRUNED"
+        for name, *_ in spec.trials([(t.user_attrs["variant"], t.user_attrs["fields"])])
+    }
+    return spec, collect(spec, folder, study_variants(study), pruned)

@@ -1,0 +1,157 @@
+"""A TPE search: Optuna's Tree-structured Parzen Estimator chooses each variant from the ranges and grid
+values, from the scores of the variants before it. Each Optuna trial is one variant (tpe000, tpe001, ...),
+trained once per seed as ordinary sweep trials; its value is the mean score of its seeds.
+
+The study lives in SWEEP/study.db (SQLite), or in any database URL given as storage, which several
+machines can share when the sweep folder is on storage they all see. A rerun reloads the study: finished
+variants are kept and a variant interrupted mid-run is resumed from its checkpoints, not asked again.
+
+Pruning (optional) reports the first seed's held-out accuracy after each epoch and stops a variant whose
+curve falls below the median of the earlier ones at the same epoch (Optuna's MedianPruner, after three
+complete variants and two epochs). It trades the ranking's accuracy for time: a slow starter that would
+have won can be stopped, and its score is not counted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import threading
+from pathlib import Path
+
+from .errors import CnnlabError, UsageError
+
+PRUNE_AFTER_VARIANTS, PRUNE_AFTER_EPOCHS = 3, 2
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise UsageError("--search tpe needs Optuna: pip install 'cnnlab[search]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def open_study(spec, folder: Path):
+    """The sweep's study, created or reloaded. Its name comes from the spec, so a shared database can hold
+    several sweeps' studies apart."""
+    optuna = _optuna()
+    storage = spec.storage or f"sqlite:///{(Path(folder) / 'study.db').resolve()}"
+    name = "cnnlab-" + hashlib.sha256(json.dumps(spec.__dict__, sort_keys=True).encode()).hexdigest()[:12]
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_VARIANTS, n_warmup_steps=PRUNE_AFTER_EPOCHS)
+        if spec.prune
+        else optuna.pruners.NopPruner()
+    )
+    try:
+        return optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=optuna.samplers.TPESampler(seed=spec.sample_seed),
+            pruner=pruner,
+            direction="maximize",
+            load_if_exists=True,
+        )
+    except Exception as e:  # a database URL that cannot be opened: its driver's own error type
+        message = f"cannot open the study database {storage} ({type(e).__name__}); give another --storage"
+        raise CnnlabError(message) from None
+
+
+def distributions(spec) -> dict:
+    optuna = _optuna()
+    found = {name: optuna.distributions.CategoricalDistribution(values) for name, values in spec.grid.items()}
+    for name, (low, high, *scale) in spec.ranges.items():
+        if isinstance(low, int) and isinstance(high, int) and not scale:
+            found[name] = optuna.distributions.IntDistribution(low, high)
+        else:
+            found[name] = optuna.distributions.FloatDistribution(float(low), float(high), log=scale == ["log"])
+    return found
+
+
+def study_variants(study) -> list[tuple[str, dict]]:
+    """(name, fields) of every variant the study has asked for, in order."""
+    return [(t.user_attrs["variant"], t.user_attrs["fields"]) for t in study.get_trials(deepcopy=False)]
+
+
+def score(summary: dict) -> float:
+    """A trial's value: validation accuracy when the recipe holds a split out, else test (with TTA if any)."""
+    for key in ("final_val_acc", "final_tta_test_acc", "final_test_acc"):
+        if summary.get(key) is not None:
+            return summary[key]
+    raise CnnlabError("a trial's summary.json has no accuracy")
+
+
+def _ask(study, spec) -> object:
+    trial = study.ask(distributions(spec))
+    fields = {n: float(f"{v:.3g}") if isinstance(v, float) else v for n, v in trial.params.items()}
+    trial.set_user_attr("variant", f"tpe{trial.number:03d}")
+    trial.set_user_attr("fields", fields)  # what the runs train with: three significant digits, as random draws
+    return trial
+
+
+def _tell(study, trial, lock, **outcome) -> None:
+    """Record a variant's outcome; one that another machine sharing the study finished first is left as is."""
+    import optuna
+
+    with lock:
+        try:
+            study.tell(trial, **outcome)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+
+def run_search(spec, folder: Path, workers, log) -> dict:
+    """Ask, train and tell until the study holds `spec.samples` finished variants; write the results."""
+    from .recipe import count_or_fraction
+    from .recipe_files import load_recipe
+    from .sweep import worker_split, write_trial_recipes
+    from .sweep_results import read_sweep, write_results
+    from .sweep_trials import LocalWorkers, report_line, run_trial
+
+    optuna = _optuna()
+    study = open_study(spec, folder)
+    lock = threading.Lock()  # one thread at a time talks to the study
+    count, threads = worker_split(workers, spec.samples)
+    pool = LocalWorkers(count, threads)
+    log(f"TPE search: {spec.samples} variants x {len(spec.seeds)} seed(s), {count} worker(s) of {threads} thread(s)")
+    if count_or_fraction(load_recipe(spec.recipe, spec.overrides).val_split, "val_split") == 0:
+        log("note: no validation split, so the search chooses on the test split; --val-split 0.1 keeps test honest")
+
+    def work(trial, started) -> None:
+        variant, fields = trial.user_attrs["variant"], trial.user_attrs["fields"]
+        trials = spec.trials([(variant, fields)])
+        write_trial_recipes(spec, folder, trials)
+        scores = []
+        for k, (name, *_) in enumerate(trials):
+
+            def pruning(row, k=k):  # the first seed's curve decides
+                value = row.get("val_acc", row.get("test_acc"))
+                if not spec.prune or k or value is None:
+                    return False
+                with lock:
+                    trial.report(value, row["epoch"])
+                    return trial.should_prune()
+
+            result = run_trial(spec, folder, name, threads, pruning, started)
+            if pool.stopped is not None:
+                return  # left RUNNING in the study: the rerun resumes it
+            log(report_line(result, len(scores) + 1, len(trials)))
+            if "summary" not in result:
+                state = optuna.trial.TrialState.PRUNED if result["stopped"] else optuna.trial.TrialState.FAIL
+                _tell(study, trial, lock, state=state)
+                return
+            scores.append(score(result["summary"]))
+        _tell(study, trial, lock, values=statistics.mean(scores))
+
+    while True:
+        asked = study.get_trials(deepcopy=False)
+        if sum(t.state.is_finished() for t in asked) >= spec.samples:
+            break
+        interrupted = [t for t in asked if t.state == optuna.trial.TrialState.RUNNING][:count]
+        batch = [optuna.trial.Trial(study, t._trial_id) for t in interrupted]  # resumed, not asked again
+        batch += [_ask(study, spec) for _ in range(min(count - len(batch), spec.samples - len(asked)))]
+        pool.map(work, batch)
+    results = read_sweep(folder)[1]
+    write_results(results, folder)
+    return results
