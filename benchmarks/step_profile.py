@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch.profiler import profile
 
 from cnnlab.device import autocast, resolve_precision, tune_cpu_allocator
+from cnnlab.flops import OPERATOR_FAMILIES as GROUPS
+from cnnlab.flops import operator_shares
 from cnnlab.models import build_model
 from cnnlab.optim import make_optimizer
 from cnnlab.recipe_files import load_recipe
-
-GROUPS = {"convolution": ("convolution",), "batch norm": ("batch_norm",), "ReLU": ("threshold", "clamp_min", "relu")}
 
 
 def main(steps: int, by_shape: bool, precision: str) -> None:
@@ -46,13 +46,8 @@ def main(steps: int, by_shape: bool, precision: str) -> None:
     with profile(record_shapes=by_shape) as prof:
         for _ in range(steps):
             step()
-    # Self time of aten operators only (the autograd and optimizer wrappers double-count their children).
-    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
-    total = sum(e.self_cpu_time_total for e in events)
-    shares = {name: 0.0 for name in [*GROUPS, "everything else"]}
-    for e in events:
-        group = next((g for g, keys in GROUPS.items() if any(k in e.key for k in keys)), "everything else")
-        shares[group] += e.self_cpu_time_total
+    total = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith("aten::"))
+    shares = {name: share * total for name, share in operator_shares(prof).items()}
     print(
         f"{precision}: {total / steps / 1000:.1f} ms per step ({128 * steps / (total / 1e6):,.0f} images/s on "
         "the operators alone)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import run_cli, write_image_folder
@@ -91,6 +92,19 @@ def test_forward_macs_of_smallcnn():
     assert forward_macs(build_model("smallcnn", 10)) == 17_401_088
 
 
+def test_the_peak_model_knows_amx_avx512_bf16_and_fma_apart():
+    from cnnlab.flops import compute_units, peak_unit
+
+    amx = compute_units({"fma", "avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}, "GenuineIntel", 6)
+    assert [u.name for u in amx] == ["FMA (2 x 512-bit)", "AVX-512 BF16", "AMX tiles"]
+    assert [peak_unit(amx, p).flop_per_cycle_per_core for p in ("bf16", "fp32")] == [1024, 64]
+    zen4 = compute_units({"fma", "avx2", "avx512f", "avx512_bf16"}, "AuthenticAMD", 25)
+    assert [u.flop_per_cycle_per_core for u in zen4] == [32, 64]  # AVX-512 over two 256-bit pipes
+    zen3 = compute_units({"fma", "avx2"}, "AuthenticAMD", 25)
+    assert peak_unit(zen3, "bf16") == peak_unit(zen3, "fp32") and peak_unit(zen3, "fp32").flop_per_cycle_per_core == 32
+    assert all(u.source for u in amx + zen4 + zen3)  # every figure says where it comes from
+
+
 def test_bench_runs_end_to_end(tmp_path):
     data = write_image_folder(tmp_path / "tree", n_train_per_class=100, n_test_per_class=2)
     out = tmp_path / "bench.json"
@@ -108,6 +122,7 @@ def test_bench_runs_end_to_end(tmp_path):
         "1",
         "--json",
         str(out),
+        "--profile",
     )
     assert result.returncode == 0, result.stderr
     assert "seed-literal" in result.stdout and "cnnlab" in result.stdout and "GFLOP/s" in result.stdout
@@ -119,5 +134,9 @@ def test_bench_runs_end_to_end(tmp_path):
     # The default path is measured as it runs on this machine: "auto" resolved, the CPU named with it.
     assert rows[1]["precision"] == resolve_precision("auto", torch.device("cpu"))
     assert saved["machine"]["cpu"]["isa"] == torch.backends.cpu.get_cpu_capability() and "cpu:" in result.stdout
+    assert rows[0]["peak_unit"] in result.stdout and "FLOP per cycle per core" in result.stdout
+    for row in rows:  # the profiled run: each family's share of the step, summing to the whole
+        assert set(row["operator_shares"]) == {"convolution", "batch norm", "ReLU", "everything else"}
+        assert sum(row["operator_shares"].values()) == pytest.approx(1.0) and row["operator_shares"]["convolution"] > 0
     bad = run_cli("bench", "--variants", "warp-drive")
     assert bad.returncode == 2 and "unknown bench variant" in bad.stderr

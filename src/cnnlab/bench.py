@@ -12,6 +12,7 @@ every step. The `cnnlab-*` variants time cnnlab's own `train_one_epoch` on the i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -25,7 +26,7 @@ import torch
 
 from .device import cpu_description
 from .errors import CnnlabError, UsageError
-from .flops import ASSUMED_GHZ, FP32_FLOP_PER_CYCLE_PER_CORE, forward_macs, peak_flops
+from .flops import ASSUMED_GHZ, compute_units, forward_macs, operator_shares, peak_flops, peak_unit
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,13 @@ class ChapterDataset(torch.utils.data.Dataset):
 # One measurement (runs inside a worker subprocess)
 
 
-def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_size: int, seed: int) -> dict:
+def measure(
+    variant: Variant, data_source: str, steps: int, warmup: int, batch_size: int, seed: int, profile: bool = False
+) -> dict:
     """Images per second of `warmup` untimed and `steps` timed training steps of `variant`, set up by
-    prepare() as `cnnlab train` sets up a run (the seed recipe at `batch_size`, the others at their own)."""
+    prepare() as `cnnlab train` sets up a run (the seed recipe at `batch_size`, the others at their own).
+    profile: also the share of the timed steps' time per operator family (the profiler slows them, so a
+    profiled measurement is not one of the timed repeats)."""
     import dataclasses
     import resource
 
@@ -171,7 +176,8 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
     setup = prepare(recipe, data, tune_allocator=variant.tune_allocator)
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     timing = {"dataloader": _chapter_loop, "memory": _minimal_loop if variant.loop == "minimal" else _cnnlab_loop}
-    seconds = timing[variant.loader](setup.state, warmup, steps)
+    with torch.profiler.profile() if profile else contextlib.nullcontext() as profiler:
+        seconds = timing[variant.loader](setup.state, warmup, steps)
     # Minor page faults of this process per training step (warm-up included; DataLoader workers not counted).
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / (warmup + steps)
     return {
@@ -183,6 +189,7 @@ def measure(variant: Variant, data_source: str, steps: int, warmup: int, batch_s
         "model": recipe.model,
         "batch_size": recipe.batch_size,
         "precision": setup.state.precision,
+        **({"operator_shares": operator_shares(profiler)} if profile else {}),
     }
 
 
@@ -276,8 +283,10 @@ def run_bench(
     warmup: int = 8,
     batch_size: int = 128,
     log=print,
+    profile: bool = False,
 ) -> dict:
-    """Every variant measured `repeats` times, interleaved, each in a fresh worker process; a table of medians."""
+    """Every variant measured `repeats` times, interleaved, each in a fresh worker process; a table of medians.
+    profile: then one more, profiled, run of each variant for the share of its step per operator family."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise UsageError(f"unknown bench variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
@@ -291,14 +300,14 @@ def run_bench(
     results: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(repeats):
         for name in variants:
-            args = [sys.executable, "-m", "cnnlab.bench", name, data_source, str(steps), str(warmup), str(batch_size)]
-            done = subprocess.run([*args, str(r)], capture_output=True, text=True)
-            if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-                raise CnnlabError(f"bench worker for {name} failed (exit {done.returncode}): {last}")
-            results[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            results[name].append(_worker(name, data_source, steps, warmup, batch_size, r))
             log(f"  repeat {r + 1}/{repeats}  {name:<22} {results[name][-1]['images_per_s']:7.0f} img/s")
     rows, macs_of = _rows(variants, results)
+    for row in rows if profile else []:
+        row["operator_shares"] = _worker(row["variant"], data_source, steps, warmup, batch_size, 0, True)[
+            "operator_shares"
+        ]
+        log(f"  profiled {row['variant']}")
     cpu = cpu_description()
     machine = {
         "cores": os.cpu_count() or 1,
@@ -319,20 +328,32 @@ def run_bench(
     }
 
 
+def _worker(name: str, source: str, steps: int, warmup: int, batch: int, seed: int, profile: bool = False) -> dict:
+    """One measurement in a fresh process, so no variant inherits another's thread pools or caches."""
+    args = [sys.executable, "-m", "cnnlab.bench", name, source, str(steps), str(warmup), str(batch), str(seed)]
+    done = subprocess.run([*args, *(["profile"] if profile else [])], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise CnnlabError(f"bench worker for {name} failed (exit {done.returncode}): {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _rows(variants: list[str], results: dict[str, list[dict]]) -> tuple[list[dict], dict]:
     """One row per variant: median and spread, speed-up against the first, work done against the peak."""
     from .models import build_model
 
     model_of = {name: results[name][0]["model"] for name in variants}
     macs_of = {m: forward_macs(build_model(m, 10)) for m in set(model_of.values())}
-    cores, native_bf16 = os.cpu_count() or 1, cpu_description()["native_bf16"]
+    cpu = cpu_description()
+    units = compute_units(set(cpu["flags"]), cpu["vendor"], int(cpu["family"]) if cpu["family"] else None)
     baseline = statistics.median(r["images_per_s"] for r in results[variants[0]])
     rows = []
     for name in variants:
         s = [r["images_per_s"] for r in results[name]]
         median, precision = statistics.median(s), results[name][0]["precision"]  # "auto" as the worker resolved it
         achieved = median * 6 * macs_of[model_of[name]]  # forward 2 FLOP per MAC, backward about twice the forward
-        peak = peak_flops(precision, cores, native_bf16)
+        unit = peak_unit(units, precision)
+        peak = peak_flops(unit, cpu["physical_cores"])
         rows.append(
             {
                 "variant": name,
@@ -346,6 +367,7 @@ def _rows(variants: list[str], results: dict[str, list[dict]]) -> tuple[list[dic
                 "speedup_vs_first": median / baseline,
                 "achieved_gflops": achieved / 1e9,
                 "peak_gflops_assumed": peak / 1e9,
+                "peak_unit": unit.name,
                 "fraction_of_peak": achieved / peak,
                 "page_faults_per_step_median": statistics.median(r["page_faults_per_step"] for r in results[name]),
                 "model": model_of[name],
@@ -371,16 +393,29 @@ def format_table(result: dict) -> str:
             f"{r['epoch_seconds_median']:8.1f} {r['speedup_vs_first']:7.2f}x {r['achieved_gflops']:8.1f} "
             f"{100 * r['fraction_of_peak']:7.0f}% {r['page_faults_per_step_median']:11.0f}"
         )
+    profiled = [r for r in result["rows"] if "operator_shares" in r]
+    if profiled:
+        families = list(profiled[0]["operator_shares"])
+        lines.append("share of a step's operator time (torch.profiler, one more run of each variant):")
+        lines.append(f"{'variant':<22} " + " ".join(f"{f:>15}" for f in families))
+        for r in profiled:
+            lines.append(f"{r['variant']:<22} " + " ".join(f"{100 * r['operator_shares'][f]:14.1f}%" for f in families))
     work = "; ".join(f"{model} {macs:,}" for model, macs in result["forward_macs_per_image"].items())
     lines.append(f"work: multiply-adds per image forward: {work}; a training step counted as 6 FLOP per multiply-add.")
-    bf16 = "native bf16, so bf16 peak x2" if cpu["native_bf16"] else "no native bf16, so bf16 peak = fp32 peak"
     lines.append(
-        f"cpu: {cpu['name']} (family {cpu['family']}, model {cpu['model']}), {cpu['isa']}, {bf16}. Peak assumed: "
-        f"{machine['cores']} cores x {FP32_FLOP_PER_CYCLE_PER_CORE} fp32 FLOP/cycle x {machine['assumed_ghz']} GHz"
+        f"cpu: {cpu['name']} (family {cpu['family']}, model {cpu['model']}), {cpu['isa']}, flags "
+        f"{' '.join(cpu['flags']) or 'none of note'}; peak = {cpu['physical_cores']} physical cores x "
+        f"{machine['assumed_ghz']} GHz (assumed) x FLOP per cycle per core of the unit each precision runs on:"
     )
+    units = compute_units(set(cpu["flags"]), cpu["vendor"], int(cpu["family"]) if cpu["family"] else None)
+    for unit in units:
+        lines.append(f"  {unit.name} ({unit.precision}): {unit.flop_per_cycle_per_core} ({unit.source})")
+    if not any(u.precision == "bf16" for u in units):
+        lines.append("  bf16: no native unit, so oneDNN computes it in fp32 and its peak is fp32's")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # worker: python -m cnnlab.bench VARIANT DATA STEPS WARMUP BATCH SEED
+if __name__ == "__main__":  # worker: python -m cnnlab.bench VARIANT DATA STEPS WARMUP BATCH SEED [profile]
     name, source, steps, warmup, batch, seed = sys.argv[1:7]
-    print(json.dumps(measure(VARIANTS[name], source, int(steps), int(warmup), int(batch), int(seed))))
+    profile = sys.argv[7:] == ["profile"]
+    print(json.dumps(measure(VARIANTS[name], source, int(steps), int(warmup), int(batch), int(seed), profile)))

@@ -225,6 +225,7 @@ def _data_commands(commands) -> None:
     b.add_argument("--warmup", type=int, default=8, help="untimed steps first (default: %(default)s)")
     b.add_argument("--json", dest="json_out", help="also write the full result as JSON to this file")
     b.add_argument("--list", action="store_true", help="list the variants and exit")
+    b.add_argument("--profile", action="store_true", help="also each variant's time per operator family")
     commands.add_parser("recipes", help="list the shipped recipes")
     commands.add_parser("models", help="list the models by name")
 

@@ -335,7 +335,9 @@ def cmd_bench(args) -> int:
             print(f"{v.name:<22} {v.description}")
         return 0
     variants = args.variants.split(",") if args.variants else DEFAULT_VARIANTS
-    result = run_bench(variants, args.data, repeats=args.repeats, steps=args.steps, warmup=args.warmup)
+    result = run_bench(
+        variants, args.data, repeats=args.repeats, steps=args.steps, warmup=args.warmup, profile=args.profile
+    )
     print(format_table(result))
     if args.json_out:
         atomic_write_json(Path(args.json_out), result)

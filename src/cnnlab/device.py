@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import warnings
 
 import torch
@@ -22,6 +23,10 @@ def cpu_has_native_bf16() -> bool:
     return any(check() for check in checks if check is not None)
 
 
+# The /proc/cpuinfo flags that decide how fast a CPU multiplies matrices (flops.compute_units).
+MATRIX_FLAGS = {"fma", "avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
+
+
 def cpu_description() -> dict:
     """What a CPU throughput figure depends on: the CPU's name and generation, its vector ISA, native bf16."""
     import platform
@@ -36,12 +41,17 @@ def cpu_description() -> dict:
                 info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    siblings, cores = int(info.get("siblings", 0) or 0), int(info.get("cpu cores", 0) or 0)
+    threads_per_core = siblings // cores if siblings and cores and siblings >= cores else 1
     return {
         "name": info.get("model name", platform.processor() or platform.machine()),
+        "vendor": info.get("vendor_id", ""),
         "family": info.get("cpu family"),
         "model": info.get("model"),
         "isa": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": cpu_has_native_bf16(),
+        "flags": sorted(set(info.get("flags", "").split()) & MATRIX_FLAGS),
+        "physical_cores": max(1, (os.cpu_count() or 1) // threads_per_core),
     }
 
 
