@@ -133,9 +133,8 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    import hashlib
 
-    from .sweep import SweepSpec, check_search, parse_grid, parse_range, run_sweep, spec_from_toml
+    from .sweep import SweepSpec, check_search, parse_grid, parse_range, run_sweep, spec_digest, spec_from_toml
     from .sweep_results import format_summary, seeds_needed_table
 
     if args.seeds_for is not None and not (0 < args.seeds_for < 100):
@@ -183,8 +182,7 @@ def cmd_sweep(args) -> int:
         if value and Path(value).exists():
             setattr(spec, key, str(Path(value).resolve()))
     # Without --out, the folder is named after the spec: the same command finds its own sweep to continue.
-    digest = hashlib.sha256(json.dumps(spec.__dict__, sort_keys=True).encode()).hexdigest()[:8]
-    out = Path(args.out) if args.out else Path("sweeps") / f"{Path(spec.recipe).name}-{digest}"
+    out = Path(args.out) if args.out else Path("sweeps") / f"{Path(spec.recipe).name}-{spec_digest(spec)}"
     log = (lambda line: None) if args.no_progress else print
     results = run_sweep(spec, out, args.workers, log, args.ray, args.cpus_per_trial, args.gpus_per_trial)
     print(format_summary(results))

@@ -312,8 +312,9 @@ def cmd_report(args) -> int:
         from .sweep_report import write_sweep_report
         from .sweep_results import format_summary, read_sweep
 
-        print(format_summary(read_sweep(args.runs[0])[1]))  # the summary as it stands, also of a partial sweep
-        print(write_sweep_report(args.runs[0], args.out))
+        spec, results = read_sweep(args.runs[0])  # as it stands: a partial sweep too
+        print(format_summary(results))
+        print(write_sweep_report(args.runs[0], args.out, (spec, results)))
         return 0
     data = (
         (

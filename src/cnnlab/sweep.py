@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -72,6 +73,13 @@ class SweepSpec:
         if self.baseline is not None and self.baseline not in names:
             raise UsageError(f"baseline {self.baseline!r} is not a variant of this sweep: {', '.join(names)}")
         return self.baseline or names[0]
+
+
+def spec_digest(spec: SweepSpec, length: int = 8) -> str:
+    """A short hash of the spec: names the default sweep folder and a TPE search's study."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(spec.__dict__, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def variant_name(fields: dict) -> str:

@@ -14,9 +14,10 @@ from .runs import atomic_write_bytes
 from .sweep_results import plot_sweep, read_sweep
 
 
-def write_sweep_report(folder: str | Path, out: str | Path | None = None) -> Path:
+def write_sweep_report(folder: str | Path, out: str | Path | None = None, read=None) -> Path:
+    """read: the (spec, results) of sweep_results.read_sweep when the caller has them already."""
     folder = Path(folder)
-    spec, results = read_sweep(folder)
+    spec, results = read or read_sweep(folder)
     out = Path(out) if out else folder / "report.html"
     title = f"cnnlab sweep: {folder.name}"
     parts = [

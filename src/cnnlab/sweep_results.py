@@ -70,13 +70,20 @@ def collect(spec: SweepSpec, folder: Path, variants: list | None = None, pruned=
     return {"metric": metric, "baseline": baseline, "search": spec.search, "trials": trials, "variants": rows}
 
 
-def _score(spec: SweepSpec, done: list[dict]) -> str:
-    def everywhere(metric: str) -> bool:
-        return bool(done) and all(t.get(metric) is not None for t in done)
+# What a trial is scored on, first choice first: a held-out validation split (searches only: a grid compares on
+# test, as the field does), the test split over 10 views, the test split.
+SCORES = ("val_acc", "tta_test_acc", "test_acc")
 
-    if spec.search != "grid" and everywhere("val_acc"):
-        return "val_acc"
-    return "tta_test_acc" if everywhere("tta_test_acc") else "test_acc"
+
+def _score(spec: SweepSpec, done: list[dict]) -> str:
+    """The first score every finished trial has."""
+    usable = SCORES if spec.search != "grid" else SCORES[1:]
+    return next((m for m in usable if done and all(t.get(m) is not None for t in done)), "test_acc")
+
+
+def trial_score(summary: dict) -> float:
+    """One trial's value for a search (its summary.json): the first score it has."""
+    return next(summary[f"final_{m}"] for m in SCORES if summary.get(f"final_{m}") is not None)
 
 
 def seeds_needed_table(results: dict, difference: float) -> list[tuple[str, int | None]]:

@@ -13,8 +13,6 @@ have won can be stopped, and its score is not counted."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
 import threading
 from pathlib import Path
@@ -38,7 +36,9 @@ def open_study(spec, folder: Path):
     several sweeps' studies apart."""
     optuna = _optuna()
     storage = spec.storage or f"sqlite:///{(Path(folder) / 'study.db').resolve()}"
-    name = "cnnlab-" + hashlib.sha256(json.dumps(spec.__dict__, sort_keys=True).encode()).hexdigest()[:12]
+    from .sweep import spec_digest
+
+    name = f"cnnlab-{spec_digest(spec, 12)}"
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_VARIANTS, n_warmup_steps=PRUNE_AFTER_EPOCHS)
         if spec.prune
@@ -74,14 +74,6 @@ def study_variants(study) -> list[tuple[str, dict]]:
     return [(t.user_attrs["variant"], t.user_attrs["fields"]) for t in study.get_trials(deepcopy=False)]
 
 
-def score(summary: dict) -> float:
-    """A trial's value: validation accuracy when the recipe holds a split out, else test (with TTA if any)."""
-    for key in ("final_val_acc", "final_tta_test_acc", "final_test_acc"):
-        if summary.get(key) is not None:
-            return summary[key]
-    raise CnnlabError("a trial's summary.json has no accuracy")
-
-
 def _ask(study, spec) -> object:
     trial = study.ask(distributions(spec))
     fields = {n: float(f"{v:.3g}") if isinstance(v, float) else v for n, v in trial.params.items()}
@@ -106,7 +98,7 @@ def run_search(spec, folder: Path, workers, log) -> dict:
     from .recipe import count_or_fraction
     from .recipe_files import load_recipe
     from .sweep import worker_split, write_trial_recipes
-    from .sweep_results import read_sweep, write_results
+    from .sweep_results import read_sweep, trial_score, write_results
     from .sweep_trials import LocalWorkers, report_line, run_trial
 
     optuna = _optuna()
@@ -141,7 +133,7 @@ def run_search(spec, folder: Path, workers, log) -> dict:
                 state = optuna.trial.TrialState.PRUNED if result["stopped"] else optuna.trial.TrialState.FAIL
                 _tell(study, trial, lock, state=state)
                 return
-            scores.append(score(result["summary"]))
+            scores.append(trial_score(result["summary"]))
         _tell(study, trial, lock, values=statistics.mean(scores))
 
     while True:
