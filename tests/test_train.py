@@ -118,3 +118,24 @@ def test_learning_curve_points_follow_the_training_precision_and_the_final_row_i
     ]
     strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING} for r in rs]
     assert strip(rows[0]) == strip(rows[1])
+
+
+def test_the_final_metrics_are_those_of_a_fresh_float32_evaluation_of_the_final_weights(tmp_path):
+    """The last epoch's float32 test pass is reused for summary's test_metrics rather than run twice:
+    the numbers must be those a separate evaluation of the run's final weights gives."""
+    from cnnlab.evaluate import evaluate
+    from cnnlab.loader import Loader
+    from cnnlab.metrics import classification_metrics
+    from cnnlab.openrun import load_run
+
+    data = synthetic_dataset()
+    recipe = load_recipe("seed", {"epochs": 2, "batch_size": 16, "eval_precision": "auto"})
+    result = train(recipe, data, runs_dir=tmp_path, name="r", progress=False, plots=False)
+    run = load_run(tmp_path / "r")
+    fresh = evaluate(
+        run.model, Loader(data.test_images, data.test_labels, 8, run.normalizer, device=torch.device("cpu"))
+    )
+    expected = classification_metrics(fresh["logits"], fresh["labels"], data.classes)
+    got = result.summary["test_metrics"]
+    assert got["accuracy"] == expected["accuracy"] == result.rows[-1]["test_acc"]
+    assert got["ece"] == pytest.approx(expected["ece"], abs=1e-6)

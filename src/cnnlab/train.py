@@ -148,7 +148,7 @@ def _train(
     try:
         with StopOnSignal(state):
             _emit(callbacks, "on_train_start", state)
-            _loop(state, setup.eval_loaders, callbacks, progress, setup.train_count, run_dir)
+            last_test = _loop(state, setup.eval_loaders, callbacks, progress, setup.train_count, run_dir)
     except CnnlabError:
         if run_dir is not None and resume_from is None and state.progress.epoch == 0:
             shutil.rmtree(run_dir, ignore_errors=True)  # failed before its first checkpoint: nothing worth keeping
@@ -157,7 +157,7 @@ def _train(
         if lock is not None:
             lock.release()
     summary = _summary(state, time.perf_counter() - started, setup_seconds, run_dir)
-    summary["test_metrics"] = final_test_metrics(state, setup.eval_loaders["test"], data.classes)
+    summary["test_metrics"] = final_test_metrics(state, setup.eval_loaders["test"], data.classes, last_test)
     _emit(callbacks, "on_train_end", state, summary)
     return TrainResult(run_dir, state.progress.rows, summary, state.net.model)
 
@@ -245,9 +245,11 @@ def resume(run_dir: str | Path, data: Dataset | str | None = None, **options) ->
 
 def _loop(
     state: TrainState, eval_loaders: dict, callbacks: list, progress: bool, train_count: int, run_dir: Path | None
-) -> None:
-    """The epochs: set the rate, train, evaluate, hand the row to the callbacks; stop early or on a signal."""
+) -> dict | None:
+    """The epochs: set the rate, train, evaluate, hand the row to the callbacks; stop early or on a signal.
+    Returns the last epoch's float32 test result (None if no epoch ran), which the final metrics reuse."""
     recipe, p = state.recipe, state.progress
+    test_result = None
     for epoch in range(p.epoch, recipe.epochs):
         lr = learning_rate(
             recipe, epoch, 0, len(state.train_loader)
@@ -264,7 +266,7 @@ def _loop(
             _emit(callbacks, "on_interrupt", state)
             raise Interrupted(p.stop_signal, epoch + 1, state.train_loader.position, run_dir)
         evaluating = time.perf_counter()
-        held_out = evaluate_epoch(state, eval_loaders, epoch)  # ends in a read of the results: synchronous
+        held_out, test_result = evaluate_epoch(state, eval_loaders, epoch)  # ends in a read of the results
         row = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -291,13 +293,16 @@ def _loop(
         # checkpoint is written, so stop here (stopping before the row would train this epoch twice on resume).
         if state.cluster.anyone(p.stop_signal is not None):
             raise Interrupted(p.stop_signal or signal.SIGTERM, epoch + 1, 0, run_dir)
+    return test_result
 
 
-def final_test_metrics(state: TrainState, test_loader, classes: list[str]) -> dict:
+def final_test_metrics(state: TrainState, test_loader, classes: list[str], result: dict | None = None) -> dict:
     """Precision, recall, F1, balanced and top-5 accuracy and ECE of the final weights on the test split,
-    in float32; with a validation split also the ECE after its fitted temperature."""
-    with autocast(state.device, "fp32"):
-        result = evaluate(state.net.forward, test_loader)
+    in float32; with a validation split also the ECE after its fitted temperature. `result`: the final
+    weights' float32 test result if the last epoch's row already took it (one pass over the split, not two)."""
+    if result is None:
+        with autocast(state.device, "fp32"):
+            result = evaluate(state.net.forward, test_loader)
     metrics = classification_metrics(result["logits"], result["labels"], classes)
     temperature = state.progress.rows[-1].get("temperature")
     if temperature is not None:
@@ -306,16 +311,17 @@ def final_test_metrics(state: TrainState, test_loader, classes: list[str]) -> di
     return metrics
 
 
-def evaluate_epoch(state: TrainState, eval_loaders: dict, epoch: int) -> dict:
-    """The held-out numbers of an epoch's row: loss and accuracy per split (and the EMA's), with a validation
-    split its fitted temperature and ECE, and on the last epoch the test split over 10 views when the recipe
-    asks. A point on the learning curve may be judged in the training precision; a result, or a row that
-    selects a model on a validation split (best.pt, early stopping), is judged in float32."""
-    recipe, net, row = state.recipe, state.net, {}
+def evaluate_epoch(state: TrainState, eval_loaders: dict, epoch: int) -> tuple[dict, dict | None]:
+    """The held-out numbers of an epoch's row, and the test split's result if it was judged in float32 (else
+    None). The row: loss and accuracy per split (and the EMA's), with a validation split its fitted temperature
+    and ECE, and on the last epoch the test split over 10 views when the recipe asks. A point on the learning
+    curve may be judged in the training precision; a result, or a row that selects a model on a validation
+    split (best.pt, early stopping), is judged in float32."""
+    recipe, net, row, results = state.recipe, state.net, {}, {}
     curve_only = recipe.eval_precision == "auto" and epoch + 1 < recipe.epochs and "val" not in eval_loaders
     with autocast(state.device, state.precision if curve_only else "fp32"):
         for split, loader in sorted(eval_loaders.items(), key=lambda kv: kv[0] != "val"):
-            result = evaluate(net.forward, loader)
+            result = results[split] = evaluate(net.forward, loader)
             row[f"{split}_loss"], row[f"{split}_acc"] = result["loss"], result["acc"]
             if split == "val":  # what best.pt may be chosen on, and the temperature fitted on held-out images
                 chosen = classification_metrics(result["logits"], result["labels"], state.classes)
@@ -327,7 +333,7 @@ def evaluate_epoch(state: TrainState, eval_loaders: dict, epoch: int) -> dict:
         with autocast(state.device, state.precision if recipe.tta_precision == "auto" else "fp32"):
             tta = evaluate(net.forward, eval_loaders["test"], tta=True)
         row["tta_test_acc"], row["tta_test_loss"] = tta["acc"], tta["loss"]
-    return row
+    return row, None if curve_only else results["test"]
 
 
 def _gather_rank_states(state: TrainState) -> None:
