@@ -133,7 +133,8 @@ def test_the_final_metrics_are_those_of_a_fresh_float32_evaluation_of_the_final_
     result = train(recipe, data, runs_dir=tmp_path, name="r", progress=False, plots=False)
     run = load_run(tmp_path / "r")
     fresh = evaluate(
-        run.model, Loader(data.test_images, data.test_labels, 8, run.normalizer, device=torch.device("cpu"))
+        run.model,
+        Loader(data.test_images, data.test_labels, recipe.eval_batch_size, run.normalizer, device=torch.device("cpu")),
     )
     expected = classification_metrics(fresh["logits"], fresh["labels"], data.classes)
     got = result.summary["test_metrics"]
