@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import CLASSES, real_test_files, run_cli
 from PIL import Image
 
-from cnnlab.evaluate import TTA_SHIFTS, evaluate, shift, tta_logits
+from cnnlab.evaluate import TTA_VIEWS, evaluate, shift, tta_logits
 from cnnlab.loader import Loader, Normalizer
+from cnnlab.recipe import TTA_VIEW_SETS
 from cnnlab.runfiles import load_checkpoint, model_from_checkpoint
 
 
@@ -107,8 +109,13 @@ def test_tta_views_and_their_mean():
     assert torch.equal(shift(x, -1, 0)[..., :-1, :], x[..., 1:, :])  # moved one pixel up
     assert torch.equal(shift(x, 0, 1)[..., 0], x[..., 1])  # the uncovered column is a reflection, not black
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(75, 4))
-    expected = sum(model(shift(v, dy, dx)) for v in (x, x.flip(-1)) for dy, dx in TTA_SHIFTS) / (2 * len(TTA_SHIFTS))
-    assert torch.allclose(tta_logits(model, x), expected)
+    mirrored = lambda dy, dx: model(shift(x, dy, dx)) + model(shift(x.flip(-1), dy, dx))
+    ten = sum(mirrored(dy, dx) for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))) / 10
+    assert torch.allclose(tta_logits(model, x), ten)
+    assert torch.allclose(tta_logits(model, x, "shifts"), ten)
+    six = (2 * mirrored(0, 0) + mirrored(-1, -1) + mirrored(1, 1)) / 8  # airbench's: the image weighs half
+    assert torch.allclose(tta_logits(model, x, "diagonals"), six)
+    assert set(TTA_VIEWS) == set(TTA_VIEW_SETS)  # every set a recipe may name exists
 
 
 def test_evaluate_and_predict_accept_tta(tiny_run, archive, tmp_path):
@@ -121,3 +128,18 @@ def test_evaluate_and_predict_accept_tta(tiny_run, archive, tmp_path):
     Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8)).save(picture)
     predicted = run_cli("predict", str(tiny_run), str(picture), "--tta", "--json")
     assert predicted.returncode == 0 and json.loads(predicted.stdout)["predicted"] in CLASSES
+
+
+def test_evaluate_with_tta_repeats_the_view_set_the_run_was_scored_with(archive, tmp_path):
+    from cnnlab.recipe_files import load_recipe
+    from cnnlab.train import train
+
+    options = {"epochs": 1, "batch_size": 32, "warmup_epochs": 0.5, "precision": "fp32", "tta_precision": "fp32"}
+    recipe = load_recipe("speedrun-cpu", {**options, "tta_views": "diagonals", "eval_batch_size": 250})
+    result = train(recipe, str(archive), data_root=tmp_path, runs_dir=tmp_path / "runs", progress=False, plots=False)
+    report = run_cli("evaluate", str(result.run_dir), "--data", str(archive), "--json", "--tta")
+    assert report.returncode == 0, report.stderr
+    report = json.loads(report.stdout)
+    assert report["tta_views"] == "diagonals"
+    assert report["test_acc"] == result.summary["final_tta_test_acc"]
+    assert report["test_loss"] == pytest.approx(result.rows[-1]["tta_test_loss"], rel=1e-5)

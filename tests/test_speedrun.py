@@ -185,7 +185,7 @@ def test_tta_precision_auto_judges_the_views_in_the_training_precision(archive, 
     )
     for mode, precision in (("auto", "bf16"), ("fp32", "fp32")):
         with autocast(torch.device("cpu"), precision):
-            expected = evaluate(runs[mode].model, loader, tta=True)
+            expected = evaluate(runs[mode].model, loader, tta=True, views=load_recipe("speedrun-cpu").tta_views)
         assert runs[mode].rows[-1]["tta_test_loss"] == pytest.approx(expected["loss"], rel=1e-6)
         assert runs[mode].rows[-1]["tta_test_acc"] == expected["acc"]
 

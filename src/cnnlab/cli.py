@@ -300,7 +300,11 @@ def _model_commands(commands) -> None:
     _weights_option(e)
     _data_options(e, default=None)
     e.add_argument("--device", default="auto")
-    e.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and one-pixel shifts")
+    e.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average over flips and one-pixel shifts (the views the run was scored with)",
+    )
     e.add_argument(
         "--exclude-duplicates",
         metavar="AUDIT",
@@ -336,7 +340,9 @@ def _model_commands(commands) -> None:
     pr.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
     pr.add_argument("--top-k", type=int, default=3, help="classes shown per image (default: %(default)s)")
     pr.add_argument(
-        "--tta", action="store_true", help="test-time augmentation: average over flips and one-pixel shifts"
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average over flips and one-pixel shifts (the views the run was scored with)",
     )
     pr.add_argument(
         "--min-confidence",

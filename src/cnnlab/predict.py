@@ -124,16 +124,16 @@ def predict_images(
     run, images: torch.Tensor, top_k: int = 3, tta: bool = False, batch_size: int = 256
 ) -> list[list[tuple[str, float]]]:
     """The top-k (class, probability) of each uint8 image [N, 3, S, S], by `run`'s model (openrun.Run)."""
-    from .evaluate import tta_logits
+    from .evaluate import tta_logits, tta_views_of
 
     if top_k < 1:
         raise UsageError(f"top_k must be at least 1 (got {top_k})", parameters=("top_k",))
     classes, k = run.classes, min(top_k, len(run.classes))
     device = next(run.model.parameters()).device
-    results = []
+    results, views = [], tta_views_of(run) if tta else None
     for start in range(0, len(images), batch_size):
         x = run.normalizer(images[start : start + batch_size].to(device))
-        logits = tta_logits(run.model, x) if tta else run.model(x).float()
+        logits = tta_logits(run.model, x, views) if tta else run.model(x).float()
         probabilities, index = (logits / run.temperature).softmax(dim=1).topk(k, dim=1)  # calibrated, when fitted
         for p_row, i_row in zip(probabilities.tolist(), index.tolist()):
             results.append([(classes[i], p) for i, p in zip(i_row, p_row)])

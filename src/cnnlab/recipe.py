@@ -76,6 +76,7 @@ SCHEDULES = ("cosine", "constant", "onecycle", "linear")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 EVAL_PRECISIONS = ("auto", "fp32")
+TTA_VIEW_SETS = ("shifts", "diagonals")  # evaluate.TTA_VIEWS
 CLASS_WEIGHTINGS = ("none", "balanced", "effective")  # imbalance.class_weights
 SAMPLERS = ("none", "balanced")  # imbalance.balanced_sample_weights
 SELECTION_METRICS = ("val_acc", "val_balanced_acc", "val_macro_f1")  # higher is better, all in percent
@@ -261,10 +262,17 @@ class Recipe:
         metavar="E",
     )
     # evaluation
-    tta: bool = knob(False, "the final evaluation also averages 10 views (flips, 1-pixel shifts)", "evaluation")
+    tta: bool = knob(False, "the final evaluation also averages views of each image (tta_views)", "evaluation")
+    tta_views: str = knob(
+        "shifts",
+        "shifts: the image and its 1-pixel shifts up, down, left and right, each mirrored (10 views); "
+        "diagonals: airbench's 6, the image (weighted half) and its two diagonal shifts, each mirrored",
+        "evaluation",
+        choices=TTA_VIEW_SETS,
+    )
     tta_precision: str = knob(
         "fp32",
-        "fp32, or auto: the 10 views in the training precision (bf16 on a bf16 CPU: half the time)",
+        "fp32, or auto: the TTA views in the training precision (bf16 on a bf16 CPU: half the time)",
         "evaluation",
         choices=EVAL_PRECISIONS,
     )

@@ -314,7 +314,7 @@ def final_test_metrics(state: TrainState, test_loader, classes: list[str], resul
 def evaluate_epoch(state: TrainState, eval_loaders: dict, epoch: int) -> tuple[dict, dict | None]:
     """The held-out numbers of an epoch's row, and the test split's result if it was judged in float32 (else
     None). The row: loss and accuracy per split (and the EMA's), with a validation split its fitted temperature
-    and ECE, and on the last epoch the test split over 10 views when the recipe asks. A point on the learning
+    and ECE, and on the last epoch the test split over the TTA views when the recipe asks. A point on the learning
     curve may be judged in the training precision; a result, or a row that selects a model on a validation
     split (best.pt, early stopping), is judged in float32."""
     recipe, net, row, results = state.recipe, state.net, {}, {}
@@ -329,9 +329,9 @@ def evaluate_epoch(state: TrainState, eval_loaders: dict, epoch: int) -> tuple[d
                 row.update(calibration_fields(result["logits"], result["labels"]))
             if net.ema is not None:
                 row[f"ema_{split}_acc"] = evaluate(net.ema.module, loader)["acc"]
-    if recipe.tta and epoch + 1 == recipe.epochs:  # the final model, also judged over 10 views
+    if recipe.tta and epoch + 1 == recipe.epochs:  # the final model, also judged over the recipe's TTA views
         with autocast(state.device, state.precision if recipe.tta_precision == "auto" else "fp32"):
-            tta = evaluate(net.forward, eval_loaders["test"], tta=True)
+            tta = evaluate(net.forward, eval_loaders["test"], tta=True, views=recipe.tta_views)
         row["tta_test_acc"], row["tta_test_loss"] = tta["acc"], tta["loss"]
     return row, None if curve_only else results["test"]
 

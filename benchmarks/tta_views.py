@@ -1,0 +1,66 @@
+"""The TTA view sets of `evaluate.TTA_VIEWS` on a trained run: seconds and test accuracy of each, and
+each set's accuracy difference from the 10 shifts on the same images, with a paired bootstrap interval.
+The evidence behind `tta_views = "diagonals"` in the speedrun recipes.
+
+    python benchmarks/tta_views.py DATA RUN [--precision bf16] [--batch-size N]
+
+Each set runs once, with the run's last weights, in batches of N (default: the run's eval_batch_size).
+"""
+
+import argparse
+import time
+
+import torch
+
+from cnnlab.data import load_dataset
+from cnnlab.device import autocast, cpu_description, tune_cpu_allocator
+from cnnlab.evaluate import TTA_VIEWS, evaluate
+from cnnlab.loader import Loader
+from cnnlab.openrun import load_run
+
+
+def paired_interval(difference: torch.Tensor, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the mean of per-image differences (in points), images resampled together."""
+    generator = torch.Generator().manual_seed(seed)
+    n = len(difference)
+    means = sorted(float(difference[torch.randint(0, n, (n,), generator=generator)].mean()) for _ in range(draws))
+    return 100 * means[int(0.025 * draws)], 100 * means[int(0.975 * draws) - 1]
+
+
+def main(data_source: str, run_path: str, precision: str, batch_size: int | None) -> None:
+    tune_cpu_allocator()
+    data = load_dataset(data_source, progress=False)
+    run = load_run(run_path, weights="last")
+    run.dataset(data)  # the classes must fit
+    cpu = torch.device("cpu")
+    model = run.model.to(memory_format=torch.channels_last)
+    batch = batch_size or run.checkpoint["recipe"]["eval_batch_size"]
+    loader = Loader(data.test_images, data.test_labels, batch, run.normalizer, device=cpu, channels_last=True)
+    print(f"cpu: {cpu_description()['name']}; run {run_path}, {precision}, evaluation batch {batch}")
+    print("views | seconds (once) | test acc | vs shifts, points (paired bootstrap 95%)")
+    right = {}
+    with autocast(cpu, precision):
+        plain = evaluate(model, loader)
+        print(f"none (1 view) | - | {plain['acc']:.2f}% | -")
+        for name, views in TTA_VIEWS.items():
+            start = time.perf_counter()
+            result = evaluate(model, loader, tta=True, views=name)
+            seconds = time.perf_counter() - start
+            right[name] = (result["predictions"] == result["labels"]).double()
+            gap = right[name] - right["shifts"]
+            low, high = paired_interval(gap)
+            print(
+                f"{name} ({2 * len(views)} views) | {seconds:.1f} | {result['acc']:.2f}% | "
+                f"{100 * float(gap.mean()):+.2f} ({low:+.2f} to {high:+.2f})",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data")
+    parser.add_argument("run")
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    parser.add_argument("--batch-size", type=int, default=None)
+    args = parser.parse_args()
+    main(args.data, args.run, args.precision, args.batch_size)
