@@ -177,6 +177,10 @@ def setup_cases():
         "recipe not TOML": (recipe("epochs = = 3"), 2, ["not valid TOML"]),
         "recipe unknown field": (recipe("epochz = 3"), 2, ["unknown field 'epochz'"]),
         "recipe wrong type": (recipe('epochs = "ten"'), 2, ["'epochs' should be int"]),
+        "recipe for an unknown CPU kind": (recipe("[cpu.zen9]\nlr = 0.1"), 2, ["unknown CPU kind 'zen9'", "amx"]),
+        "recipe [cpu] not tables": (recipe("[cpu]\namx = 3"), 2, ["[cpu] should hold one table"]),
+        "recipe [cpu] table unknown field": (recipe("[cpu.amx]\nepochz = 3"), 2, ["unknown field 'epochz'"]),
+        "unknown TTA views": (lambda tmp: ["train", "--tta-views", "corners"], 2, ["unknown --tta-views"]),
         # image files
         "predict on a text file": (predict_on(b"hello", "fake.jpg"), 1, ["fake.jpg", "not an image"]),
         "predict on a 0-byte file": (predict_on(b"", "zero.png"), 1, ["zero.png", "0 bytes"]),
@@ -627,6 +631,7 @@ fields = st.sampled_from(
         "bogus",
         "early_stop",
         "label_smoothing",
+        "cpu",
     ]
 )
 

@@ -80,3 +80,45 @@ def test_library_errors_speak_in_parameters_and_the_cli_in_flags():
     assert "val_split" in str(caught.value) and "--val-split" not in str(caught.value)
     result = run_cli("train", "--val-split", "nan")
     assert result.returncode == 2 and "--val-split 'nan'" in result.stderr
+
+
+def test_cpu_kinds_from_the_flags_that_decide_bf16_speed():
+    from cnnlab.device import CPU_KINDS, cpu_kind
+
+    assert cpu_kind({"fma", "avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}) == "amx"  # Sapphire Rapids
+    assert cpu_kind({"fma", "avx2", "avx512f", "avx512_bf16"}) == "avx512-bf16"  # Zen 4, Zen 5
+    assert cpu_kind({"fma", "avx2"}) == "avx2"  # Zen 3: bf16 emulated
+    assert cpu_kind({"amx_tile", "avx2"}) == "avx2"  # tiles without their bf16 instructions
+    assert cpu_kind(set()) == "other"  # an ARM CPU, or no /proc/cpuinfo
+    assert cpu_kind() in CPU_KINDS  # this machine's
+
+
+def test_speedrun_cpu90_takes_the_form_measured_on_each_kind_of_cpu():
+    body = load_recipe("speedrun-cpu90", cpu="avx512-bf16")
+    assert (body.model, body.epochs, body.batch_size) == ("speedrun-48-192-192", 12, 512)
+    amx = load_recipe("speedrun-cpu90", cpu="amx")
+    speedrun = load_recipe("speedrun")
+    for field in ("model", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "momentum", "lookahead"):
+        assert getattr(amx, field) == getattr(speedrun, field), field  # the run measured on AMX
+    assert amx.name == "speedrun-cpu90" and "AMX" in amx.description
+    assert (amx.tta_views, amx.eval_batch_size, amx.model_options) == ("diagonals", 250, body.model_options)
+    assert load_recipe("speedrun-cpu90", {"lr": 0.5}, cpu="amx").lr == 0.5  # a flag still wins
+    with pytest.warns(CnnlabWarning, match="warmup_epochs 2.3 -> 1.15"):  # rescaled from the AMX form's length
+        assert load_recipe("speedrun-cpu90", {"epochs": 5}, cpu="amx").warmup_epochs == pytest.approx(1.15)
+    with pytest.warns(CnnlabWarning, match=r"measured on avx512-bf16, amx CPUs, not on one like this \(avx2\)"):
+        unmeasured = load_recipe("speedrun-cpu90", cpu="avx2")
+    assert unmeasured == body
+    with pytest.raises(UsageError, match="unknown CPU kind 'zen9'"):
+        load_recipe("speedrun-cpu90", cpu="zen9")
+
+
+def test_a_recipe_file_without_cpu_tables_loads_alike_on_every_kind(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('model = "speedrun-small"\nepochs = 4\n[model_options]\nwhiten = false\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and says nothing about the CPU
+        forms = {kind: load_recipe(str(path), cpu=kind) for kind in ("amx", "avx2", "other")}
+    assert forms["amx"] == forms["avx2"] == forms["other"]
+    path.write_text(path.read_text() + "[cpu.amx]\nepochs = 2\n[cpu.amx.model_options]\nidentity_init = false\n")
+    assert load_recipe(str(path), cpu="amx").model_options == {"whiten": False, "identity_init": False}
+    assert load_recipe(str(path), cpu="amx").epochs == 2

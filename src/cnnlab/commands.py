@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import CnnlabError, UsageError
+from .errors import CnnlabError, CnnlabWarning, UsageError
 
 
 def _overrides(args) -> dict:
@@ -343,10 +343,15 @@ def cmd_bench(args) -> int:
 
 
 def cmd_recipes(args) -> int:
+    import warnings
+
     from .recipe_files import load_recipe, shipped_recipes
 
     for name in sorted(shipped_recipes()):
-        print(f"{name:<14} {load_recipe(name).description}")
+        with warnings.catch_warnings(record=True) as caught:  # a recipe not measured on this kind of CPU
+            warnings.simplefilter("always", CnnlabWarning)
+            description = load_recipe(name).description  # in the form for this CPU, where it has several
+        print(f"{name:<14} {description}" + (" (not measured on this kind of CPU)" if caught else ""))
     return 0
 
 

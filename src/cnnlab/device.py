@@ -55,6 +55,22 @@ def cpu_description() -> dict:
     }
 
 
+# What decides which form of a recipe trains fastest (recipe_files: a recipe's [cpu.KIND] tables).
+CPU_KINDS = ("amx", "avx512-bf16", "avx2", "other")
+
+
+def cpu_kind(flags: set[str] | None = None) -> str:
+    """This CPU's kind, or that of a CPU with these /proc/cpuinfo flags: amx (Intel's bf16 matrix tiles),
+    avx512-bf16 (bf16 dot products in the vector units: Zen 4, Zen 5), avx2 (bf16 emulated, so training
+    runs in float32: Zen 3), or other (no x86 flags: an ARM CPU, or no /proc/cpuinfo)."""
+    flags = set(cpu_description()["flags"]) if flags is None else set(flags)
+    if {"amx_bf16", "amx_tile"} <= flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512-bf16"
+    return "avx2" if "avx2" in flags else "other"
+
+
 def warn_if_emulated(precision: str, device: torch.device) -> None:
     """bf16 asked for on a CPU that emulates it runs, at a fraction of fp32's speed: say so."""
     if device.type == "cpu" and precision == "bf16" and not cpu_has_native_bf16():

@@ -24,9 +24,12 @@ def shipped_recipes() -> dict[str, Path]:
     return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".toml")}
 
 
-def load_recipe(name_or_path: str = "seed", overrides: dict | None = None) -> Recipe:
+def load_recipe(name_or_path: str = "seed", overrides: dict | None = None, cpu: str | None = None) -> Recipe:
     """Load a shipped recipe by name, a TOML file by path, or a run folder's recipe (the run's config.json),
     then apply `overrides` (None values skipped).
+
+    A file's `[cpu.KIND]` table, for `cpu` (a device.CPU_KINDS name; default: this machine's kind), goes
+    on top of the file's own fields before the overrides do (`for_cpu`).
 
     An `epochs` override that changes the recipe's length scales its epoch-denominated fields
     (warm-up, early crops, the whitening bias's epochs) unless they are overridden too, so a shortened
@@ -41,6 +44,7 @@ def load_recipe(name_or_path: str = "seed", overrides: dict | None = None) -> Re
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
             raise UsageError(f"recipe {path} is not valid TOML ({e}); fix the file") from None
         data.setdefault("name", path.stem)
+        data = for_cpu(data, cpu, where=str(path))
     else:
         raise UsageError(
             f"unknown recipe '{name_or_path}': use one of {', '.join(sorted(shipped))}, the path of a TOML file "
@@ -51,6 +55,51 @@ def load_recipe(name_or_path: str = "seed", overrides: dict | None = None) -> Re
     if "epochs" in overrides:
         data = rescaled(data, overrides["epochs"], set(overrides), where=data["name"])
     return recipe_from_dict(data, overrides, where=str(path))
+
+
+def for_cpu(data: dict, cpu: str | None = None, where: str = "the recipe") -> dict:
+    """A recipe file's fields with its table for CPUs of kind `cpu` (default: this machine's) on top.
+
+    A recipe whose fastest measured form differs between kinds of CPU keeps, under [cpu.KIND], the fields
+    that differ on each kind it was measured on (an empty table: the file's own fields, as measured there).
+    On a kind without a table it keeps its own fields, and a warning says which kinds were measured."""
+    from .device import CPU_KINDS, cpu_kind
+
+    data, tables = dict(data), data.get("cpu")
+    if tables is None:
+        return data
+    del data["cpu"]
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise UsageError(f"{where}: [cpu] should hold one table of fields per CPU kind ({', '.join(CPU_KINDS)})")
+    unknown = sorted(set(tables) - set(CPU_KINDS))
+    if unknown:
+        raise UsageError(f"{where}: unknown CPU kind '{unknown[0]}' in [cpu]; the kinds are {', '.join(CPU_KINDS)}")
+    kind = cpu or cpu_kind()
+    if kind not in CPU_KINDS:
+        raise UsageError(f"unknown CPU kind '{kind}': use one of {', '.join(CPU_KINDS)}")
+    forms = {name: _with_table(data, table, f"{where} [cpu.{name}]") for name, table in tables.items()}
+    for name, form in forms.items():  # every table checked, not only this machine's: a typo shows anywhere
+        recipe_from_dict(form, where=f"{where} [cpu.{name}]")
+    if kind not in forms:
+        warnings.warn(
+            f"{data['name']} was measured on {', '.join(tables)} CPUs, not on one like this ({kind}): it runs "
+            "as written, and its measured time and accuracy may not hold here (BENCHMARKS.md)",
+            CnnlabWarning,
+            stacklevel=3,
+        )
+        return data
+    return forms[kind]
+
+
+def _with_table(data: dict, table: dict, where: str) -> dict:
+    """`data` with a [cpu.KIND] table's fields on top; model_options are merged, as overrides' are."""
+    merged = {**data, **table}
+    if "model_options" in table:
+        merged["model_options"] = {
+            **_table(data.get("model_options", {}), where),
+            **_table(table["model_options"], where),
+        }
+    return merged
 
 
 def _run_recipe(folder: Path) -> dict:
