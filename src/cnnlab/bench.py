@@ -79,6 +79,11 @@ VARIANTS = {
             "cnnlab + torch.compile (inductor fuses batch norm, ReLU and pooling)",
             overrides=(("compile", "default"),),
         ),
+        Variant(
+            "cnnlab-compile-max",
+            "cnnlab + torch.compile max-autotune (inductor also times its own GEMM and convolution templates)",
+            overrides=(("compile", "max-autotune"),),
+        ),
         # The speedrun recipe through cnnlab's general loop against the few lines a speedrun script would write.
         Variant(
             "speedrun-minimal",
