@@ -1,5 +1,5 @@
 """The commands that make things: train, ablate, audit, data, bench, recipes, models. Each calls the
-library and prints; cli.py parses their flags."""
+library and prints; cli_parser.py declares their flags."""
 
 from __future__ import annotations
 
