@@ -4,7 +4,7 @@ Each measurement runs in a fresh subprocess (so process-wide settings such as th
 thread count never leak between variants), and repeats are interleaved A B C A B C ... so that a
 noisy neighbour slows every variant alike. We report medians and the spread (min to max).
 
-Variants are data: a name, which loader, and the execution settings. `seed-literal` is what a user
+Variants are data (bench_variants.py): a name, which loader, and the execution settings. `seed-literal` is what a user
 copying the chapter gets: a per-sample Dataset with per-image crop, flip, to-tensor and normalize,
 a DataLoader(batch_size=128, shuffle=True, num_workers=2), an NCHW float32 model, and `loss.item()`
 every step. The `cnnlab-*` variants time cnnlab's own `train_one_epoch` on the in-memory loader.
@@ -19,100 +19,14 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .bench_variants import VARIANTS, Variant
 from .device import cpu_description
 from .errors import CnnlabError, UsageError
 from .flops import ASSUMED_GHZ, compute_units, forward_macs, operator_shares, peak_flops, peak_unit
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A training configuration to time: a recipe with overrides, exactly as `cnnlab train` would run it
-    (prepare.py builds both), plus the process settings that are not recipe fields."""
-
-    name: str
-    description: str
-    recipe: str = "seed"  # whose model, optimizer, augmentation and batch size
-    overrides: tuple = ()  # (field, value) pairs on top of the recipe
-    loader: str = "memory"  # memory: cnnlab's loader; dataloader: the chapter's per-sample path
-    tune_allocator: bool = True
-    threads: int | None = None  # None: PyTorch's default (one per core)
-    loop: str = "cnnlab"  # cnnlab: train_one_epoch; minimal: a hand-written loop doing the same maths
-
-
-FP32, NCHW = ("precision", "fp32"), ("channels_last", False)
-VARIANTS = {
-    v.name: v
-    for v in [
-        Variant(
-            "seed-literal",
-            "chapter's data path: per-image PIL crop/flip, DataLoader(2 workers), NCHW fp32",
-            overrides=(FP32, NCHW),
-            loader="dataloader",
-            tune_allocator=False,
-        ),
-        Variant(
-            "cnnlab-nchw-fp32",
-            "in-memory batched loader, NCHW fp32, default allocator",
-            overrides=(FP32, NCHW),
-            tune_allocator=False,
-        ),
-        Variant("cnnlab-cl-fp32", "+ channels-last", overrides=(FP32,), tune_allocator=False),
-        Variant("cnnlab-cl-fp32-alloc", "+ allocator keeps freed memory (no page faults per step)", overrides=(FP32,)),
-        Variant(
-            "cnnlab-cl-bf16",
-            "channels-last, bf16 autocast, default allocator",
-            overrides=(("precision", "bf16"),),
-            tune_allocator=False,
-        ),
-        Variant(
-            "cnnlab",
-            "cnnlab's default CPU path: channels-last, tuned allocator, precision auto "
-            "(bf16 autocast where the CPU has native bf16, else fp32)",
-        ),
-        Variant(
-            "cnnlab-compile",
-            "cnnlab + torch.compile (inductor fuses batch norm, ReLU and pooling)",
-            overrides=(("compile", "default"),),
-        ),
-        Variant(
-            "cnnlab-compile-max",
-            "cnnlab + torch.compile max-autotune (inductor also times its own GEMM and convolution templates)",
-            overrides=(("compile", "max-autotune"),),
-        ),
-        # The speedrun recipe through cnnlab's general loop against the few lines a speedrun script would write.
-        Variant(
-            "speedrun-minimal",
-            "speedrun-cpu recipe, a hand-written loop: rate, forward, backward, step, lookahead",
-            recipe="speedrun-cpu",
-            loop="minimal",
-        ),
-        Variant(
-            "speedrun-cnnlab",
-            "speedrun-cpu recipe through cnnlab's train_one_epoch (metrics, checks, resume state)",
-            recipe="speedrun-cpu",
-        ),
-        Variant(
-            "speedrun-compile",
-            "speedrun-cpu recipe through train_one_epoch, torch.compile'd forward",
-            recipe="speedrun-cpu",
-            overrides=(("compile", "default"),),
-        ),
-    ]
-}
-DEFAULT_VARIANTS = [
-    "seed-literal",
-    "cnnlab-nchw-fp32",
-    "cnnlab-cl-fp32",
-    "cnnlab-cl-fp32-alloc",
-    "cnnlab-cl-bf16",
-    "cnnlab",
-]
-
 
 # ---------------------------------------------------------------------------------------------
 # The chapter's data path, rebuilt without torchvision (what torchvision's transforms do per image)

@@ -325,7 +325,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import DEFAULT_VARIANTS, VARIANTS, format_table, run_bench
+    from .bench import format_table, run_bench
+    from .bench_variants import DEFAULT_VARIANTS, VARIANTS
     from .runs import atomic_write_json
 
     if args.list:
