@@ -118,6 +118,11 @@ def setup_cases():
         (tmp / "p.png").write_bytes(png_bytes(32))
         return ["predict", str(checkpoint), str(tmp / "p.png")]
 
+    def unknown_tta_views(tmp):  # a checkpoint from a newer cnnlab, or edited by hand
+        checkpoint = _checkpoint(tmp, lambda p: {**p, "recipe": {**p["recipe"], "tta_views": "corners"}})
+        (tmp / "p.png").write_bytes(png_bytes(32))
+        return ["predict", str(checkpoint), str(tmp / "p.png"), "--tta"]
+
     return {
         # data sources
         "missing data path": (lambda tmp: ["train", "--data", str(tmp / "nope.tar.gz")], 2, ["no such file"]),
@@ -202,6 +207,7 @@ def setup_cases():
             ["not a cnnlab checkpoint"],
         ),
         "checkpoint of another class count": (other_classes, 1, ["4 classes"]),
+        "checkpoint naming unknown TTA views": (unknown_tta_views, 1, ["TTA views 'corners'", "leave out --tta"]),
         "checkpoint of another architecture": (other_architecture, 1, ["smallcnn-nobn"]),
         "run folder without checkpoints": (lambda tmp: ["evaluate", str(tmp)], 1, ["no best.pt or last.pt"]),
         "resume a run with no checkpoint": (

@@ -113,7 +113,7 @@ def tta_views_of(run) -> str:
     if views not in TTA_VIEWS:
         raise CnnlabError(
             f"{run.weights.file} was scored with TTA views {views!r}, which this cnnlab does not know "
-            f"({', '.join(TTA_VIEWS)}); evaluate it without --tta, or with the cnnlab that trained it"
+            f"({', '.join(TTA_VIEWS)}); leave out --tta, or use the cnnlab that trained it"
         )
     return views
 
