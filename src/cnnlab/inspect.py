@@ -199,8 +199,8 @@ def inspect_model(
 ) -> Inspection:
     """Draw filters.png, feature_maps.png and gradcam.png for uint8 `images` [N, 3, H, W]; `grayscale`: the
     model was trained on grey images (Dataset.grayscale), so its filters are read as intensity patterns."""
+    from .inspect_plots import plot_feature_maps, plot_filters, plot_gradcam
     from .loader import Normalizer
-    from .plots import plot_feature_maps, plot_filters, plot_gradcam
 
     model = model.eval()
     image_size = images.shape[-1]
