@@ -134,15 +134,15 @@ def evaluation_report(run, data, tta: bool = False, audit=None, label_audit=None
         excluded["label_issue_free"] = (label_audit, load_label_audit(label_audit, data)["issues"])
     device = next(run.model.parameters()).device
     loader = Loader(data.test_images, data.test_labels, EVAL_BATCH_SIZE, run.normalizer, device=device)
-    views = tta_views_of(run)
-    result = evaluate(run.model, loader, tta=tta, views=views)
+    views = tta_views_of(run) if tta else None  # read only when used: a plain evaluation needs no view set
+    result = evaluate(run.model, loader, tta=tta, views=views or "shifts")
     calibrated = result["logits"] / run.temperature
     report = {
         "checkpoint": str(run.weights.file),
         "weights": run.weights.to_dict(),
         "data": data.source,
         "tta": tta,
-        "tta_views": views if tta else None,
+        "tta_views": views,
         "test_images": int(result["labels"].numel()),
         "test_acc": result["acc"],
         "test_loss": result["loss"],
