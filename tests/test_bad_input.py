@@ -183,7 +183,9 @@ def setup_cases():
         "recipe unknown field": (recipe("epochz = 3"), 2, ["unknown field 'epochz'"]),
         "recipe wrong type": (recipe('epochs = "ten"'), 2, ["'epochs' should be int"]),
         "recipe for an unknown CPU kind": (recipe("[cpu.zen9]\nlr = 0.1"), 2, ["unknown CPU kind 'zen9'", "amx"]),
-        "recipe [cpu] not tables": (recipe("[cpu]\namx = 3"), 2, ["[cpu] should hold one table"]),
+        "recipe [cpu] not a table": (recipe("cpu = 3"), 2, ["cpu should be a table"]),
+        "recipe [cpu.KIND] not a table": (recipe("[cpu]\namx = 3"), 2, ["[cpu.amx] should be a table"]),
+        "recipe [cpu] unknown field": (recipe("[cpu]\nepochz = 3"), 2, ["unknown field 'epochz'"]),
         "recipe [cpu] table unknown field": (recipe("[cpu.amx]\nepochz = 3"), 2, ["unknown field 'epochz'"]),
         "unknown TTA views": (lambda tmp: ["train", "--tta-views", "corners"], 2, ["unknown --tta-views"]),
         # image files

@@ -4,9 +4,11 @@ their shape."""
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import pytest
 
+from cnnlab.device import CPU_KINDS
 from cnnlab.errors import CnnlabWarning, UsageError
 from cnnlab.recipe import Recipe
 from cnnlab.recipe_files import load_recipe, recipe_from_dict, rescaled
@@ -110,6 +112,32 @@ def test_speedrun_cpu90_takes_the_form_measured_on_each_kind_of_cpu():
     assert unmeasured == body
     with pytest.raises(UsageError, match="unknown CPU kind 'zen9'"):
         load_recipe("speedrun-cpu90", cpu="zen9")
+
+
+def test_the_gpu_speedrun_recipe_evaluates_in_smaller_batches_on_any_cpu():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # [cpu] fields alone are no claim about a kind: no warning
+        on_cpu = {kind: load_recipe("speedrun", cpu=kind) for kind in CPU_KINDS}
+        on_gpu = load_recipe("speedrun", {"device": "cuda"})
+    assert {form.eval_batch_size for form in on_cpu.values()} == {250}
+    assert load_recipe("speedrun", {"device": "cpu"}).eval_batch_size == 250
+    assert on_gpu.eval_batch_size == 2000  # the recipe's own figure, for the GPU it was built for
+    assert replace(on_gpu, eval_batch_size=250, device="auto") == on_cpu["amx"]  # nothing else differs
+    assert load_recipe("speedrun", {"eval_batch_size": 500}, cpu="avx2").eval_batch_size == 500  # a flag wins
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # on a GPU no CPU form is taken, so none is warned about
+        assert load_recipe("speedrun-cpu90", {"device": "cuda:0"}).model == "speedrun-48-192-192"
+
+
+def test_cpu_fields_hold_on_every_kind_and_a_kind_table_goes_on_top(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text("epochs = 4\nlr = 0.1\n[cpu]\nlr = 0.2\neval_batch_size = 100\n[cpu.amx]\nlr = 0.3\n")
+    amx = load_recipe(str(path), cpu="amx")
+    assert (amx.epochs, amx.lr, amx.eval_batch_size) == (4, 0.3, 100)
+    with pytest.warns(CnnlabWarning, match=r"measured on amx CPUs, not on one like this \(avx2\)"):
+        avx2 = load_recipe(str(path), cpu="avx2")
+    assert (avx2.lr, avx2.eval_batch_size) == (0.2, 100)
+    assert load_recipe(str(path), {"device": "cuda"}).lr == 0.1
 
 
 def test_a_recipe_file_without_cpu_tables_loads_alike_on_every_kind(tmp_path):

@@ -100,6 +100,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UsageError(f"unknown device '{name}': use auto, cpu, cuda, cuda:N or mps") from None
 
 
+def trains_on_cpu(device: str = "auto") -> bool:
+    """Whether a run with this device setting trains on the CPU: cpu, or auto where no GPU is found."""
+    return device == "cpu" or (device == "auto" and resolve_device("auto").type == "cpu")
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if device.type == "cpu":

@@ -28,8 +28,9 @@ def load_recipe(name_or_path: str = "seed", overrides: dict | None = None, cpu: 
     """Load a shipped recipe by name, a TOML file by path, or a run folder's recipe (the run's config.json),
     then apply `overrides` (None values skipped).
 
-    A file's `[cpu.KIND]` table, for `cpu` (a device.CPU_KINDS name; default: this machine's kind), goes
-    on top of the file's own fields before the overrides do (`for_cpu`).
+    A file's CPU form (its [cpu] fields, and its [cpu.KIND] table for `cpu`, a device.CPU_KINDS name;
+    default: this machine's kind, when the run trains on its CPU) goes on top of the file's own fields
+    before the overrides do (`for_cpu`).
 
     An `epochs` override that changes the recipe's length scales its epoch-denominated fields
     (warm-up, early crops, the whitening bias's epochs) unless they are overridden too, so a shortened
@@ -44,7 +45,8 @@ def load_recipe(name_or_path: str = "seed", overrides: dict | None = None, cpu: 
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
             raise UsageError(f"recipe {path} is not valid TOML ({e}); fix the file") from None
         data.setdefault("name", path.stem)
-        data = for_cpu(data, cpu, where=str(path))
+        device = (overrides or {}).get("device") or data.get("device", "auto")
+        data = for_cpu(data, cpu, where=str(path), device=device)
     else:
         raise UsageError(
             f"unknown recipe '{name_or_path}': use one of {', '.join(sorted(shipped))}, the path of a TOML file "
@@ -57,42 +59,52 @@ def load_recipe(name_or_path: str = "seed", overrides: dict | None = None, cpu: 
     return recipe_from_dict(data, overrides, where=str(path))
 
 
-def for_cpu(data: dict, cpu: str | None = None, where: str = "the recipe") -> dict:
-    """A recipe file's fields with its table for CPUs of kind `cpu` (default: this machine's) on top.
+def for_cpu(data: dict, cpu: str | None = None, where: str = "the recipe", device: str = "auto") -> dict:
+    """A recipe file's fields with its CPU form on top, when the run trains on a CPU.
 
-    A recipe whose fastest measured form differs between kinds of CPU keeps, under [cpu.KIND], the fields
-    that differ on each kind it was measured on (an empty table: the file's own fields, as measured there).
-    On a kind without a table it keeps its own fields, and a warning says which kinds were measured."""
-    from .device import CPU_KINDS, cpu_kind
+    A recipe whose fastest measured form differs by device keeps the fields that differ under [cpu]: plain
+    fields there hold for any CPU (the GPU recipe `speedrun` evaluates in smaller batches on one), and a
+    [cpu.KIND] table, on top of them, for one kind of CPU (an empty table: the fields as measured there).
+    On a kind without a table the recipe keeps its CPU fields, and a warning says which kinds were measured.
 
-    data, tables = dict(data), data.get("cpu")
-    if tables is None:
+    `cpu` is a device.CPU_KINDS name, the form to take; by default, this machine's kind when `device` (the
+    recipe's) trains on its CPU, and no CPU form at all when it trains on a GPU."""
+    from .device import CPU_KINDS, cpu_kind, trains_on_cpu
+
+    data, section = dict(data), data.get("cpu")
+    if section is None:
         return data
     del data["cpu"]
-    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
-        raise UsageError(f"{where}: [cpu] should hold one table of fields per CPU kind ({', '.join(CPU_KINDS)})")
-    unknown = sorted(set(tables) - set(CPU_KINDS))
-    if unknown:
-        raise UsageError(f"{where}: unknown CPU kind '{unknown[0]}' in [cpu]; the kinds are {', '.join(CPU_KINDS)}")
-    kind = cpu or cpu_kind()
-    if kind not in CPU_KINDS:
-        raise UsageError(f"unknown CPU kind '{kind}': use one of {', '.join(CPU_KINDS)}")
-    forms = {name: _with_table(data, table, f"{where} [cpu.{name}]") for name, table in tables.items()}
-    for name, form in forms.items():  # every table checked, not only this machine's: a typo shows anywhere
+    if not isinstance(section, dict):
+        raise UsageError(f"{where}: cpu should be a table: [cpu] with fields for any CPU, [cpu.KIND] for one kind")
+    tables = {name: value for name, value in section.items() if name in CPU_KINDS}
+    any_cpu = _with_table(data, {k: v for k, v in section.items() if k not in CPU_KINDS}, f"{where} [cpu]")
+    for name, value in section.items():
+        if name in tables and not isinstance(value, dict):
+            raise UsageError(f"{where}: [cpu.{name}] should be a table of fields, not {value!r}")
+        if name not in tables and isinstance(value, dict) and name != "model_options":
+            raise UsageError(f"{where}: unknown CPU kind '{name}' in [cpu]; the kinds are {', '.join(CPU_KINDS)}")
+    if cpu is not None and cpu not in CPU_KINDS:
+        raise UsageError(f"unknown CPU kind '{cpu}': use one of {', '.join(CPU_KINDS)}")
+    forms = {name: _with_table(any_cpu, table, f"{where} [cpu.{name}]") for name, table in tables.items()}
+    recipe_from_dict(any_cpu, where=f"{where} [cpu]")
+    for name, form in forms.items():  # every form checked, not only this machine's: a typo shows anywhere
         recipe_from_dict(form, where=f"{where} [cpu.{name}]")
-    if kind not in forms:
+    if cpu is None and not trains_on_cpu(device):
+        return data
+    kind = cpu or cpu_kind()
+    if tables and kind not in forms:
         warnings.warn(
             f"{data['name']} was measured on {', '.join(tables)} CPUs, not on one like this ({kind}): it runs "
             "as written, and its measured time and accuracy may not hold here (BENCHMARKS.md)",
             CnnlabWarning,
             stacklevel=3,
         )
-        return data
-    return forms[kind]
+    return forms.get(kind, any_cpu)
 
 
 def _with_table(data: dict, table: dict, where: str) -> dict:
-    """`data` with a [cpu.KIND] table's fields on top; model_options are merged, as overrides' are."""
+    """`data` with a [cpu] or [cpu.KIND] table's fields on top; model_options are merged, as overrides' are."""
     merged = {**data, **table}
     if "model_options" in table:
         merged["model_options"] = {
