@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.augment import Augmentation, random_crop_flip
-from cnnlab.errors import CnnlabWarning
+from cnnlab.errors import CnnlabWarning, UsageError
 from cnnlab.loader import Loader, Normalizer
 from cnnlab.lookahead import Lookahead
 from cnnlab.models import build_model
@@ -122,6 +122,24 @@ def test_linear_schedule_rises_over_the_warm_up_then_falls_to_zero():
     assert all(a < b for a, b in zip(rates[:peak], rates[1 : peak + 1]))
     assert all(a > b for a, b in zip(rates[peak:], rates[peak + 1 :]))
     assert 0 < rates[-1] < recipe.lr / 100
+
+
+def test_linear_schedule_can_start_and_end_where_airbench_does():
+    recipe = load_recipe("speedrun", {"lr_start_fraction": 0.2, "lr_end_fraction": 0.07})
+    steps = 49
+    total, warm = recipe.epochs * steps, recipe.warmup_epochs * steps
+    rates = [learning_rate(recipe, e, s, steps) / recipe.lr for e in range(recipe.epochs) for s in range(steps)]
+
+    def airbench94(n):  # its get_lr: 0.2 up to 1 over the warm-up, then down to 0.07 at the end
+        if n < warm:
+            return 0.2 * (1 - n / warm) + n / warm
+        return 1.0 * (1 - (n - warm) / (total - warm)) + 0.07 * (n - warm) / (total - warm)
+
+    for n, rate in enumerate(rates):  # the warm-up runs one step ahead of airbench's, as cnnlab's always did
+        assert rate == pytest.approx(airbench94(n), abs=0.8 / warm + 1e-12), n
+    assert rates[0] > 0.2 and max(rates) == pytest.approx(1.0) and rates[-1] == pytest.approx(airbench94(total - 1))
+    with pytest.raises(UsageError, match="shape the linear schedule, not cosine"):
+        load_recipe("seed", {"lr_end_fraction": 0.07})
 
 
 def test_decoupled_weight_decay_shrinks_every_group_alike_and_biases_train_faster():
@@ -292,3 +310,16 @@ def test_the_whitening_bias_trains_for_its_epochs_then_stays():
     assert step(1.0) == (True, True)
     assert step(1.5) == (False, True)  # from 1.5 epochs on, momentum and decay included, it does not move
     assert step(2.0) == (False, True)
+
+
+def test_the_whitening_bias_can_train_at_its_own_rate_with_the_same_shrink():
+    airbench = load_recipe("speedrun", {"whiten_bias_lr_scale": 1.0})
+    model = build_model(airbench.model, 10)
+    groups = make_optimizer(model, airbench).param_groups
+    own = [g for g in groups if any(p is model.whiten.bias for p in g["params"])]
+    assert len(own) == 1 and own[0]["params"] == [model.whiten.bias] and own[0]["lr_scale"] == 1.0
+    assert "trains_until_epoch" not in own[0]  # its epochs are a field of their own
+    for g in groups:  # every group, the bias's own included, shrinks by the same weight_decay per step
+        assert g["lr"] * g["weight_decay"] == pytest.approx(airbench.weight_decay)
+    shipped = make_optimizer(model, load_recipe("speedrun")).param_groups  # as the batch-norm shifts
+    assert [g["lr_scale"] for g in shipped if any(p is model.whiten.bias for p in g["params"])] == [64.0]

@@ -126,6 +126,22 @@ class Recipe:
         "optimisation",
         choices=SCHEDULES,
     )
+    lr_start_fraction: float = knob(
+        0.0,
+        "linear schedule: the warm-up starts from this fraction of lr (airbench: 0.2)",
+        "optimisation",
+        low=0,
+        high=1,
+        metavar="F",
+    )
+    lr_end_fraction: float = knob(
+        0.0,
+        "linear schedule: the rate falls to this fraction of lr at the last step (airbench: 0.07)",
+        "optimisation",
+        low=0,
+        high=1,
+        metavar="F",
+    )
     decoupled_weight_decay: bool = knob(
         False, "read the weight decay as the shrink per step at the peak rate, in every parameter group", "optimisation"
     )
@@ -203,6 +219,15 @@ class Recipe:
     )
     early_stop_grace: int = knob(
         0, "early stopping never stops within the first this many epochs", "optimisation", low=0, high=100_000
+    )
+    whiten_bias_lr_scale: float = knob(
+        0.0,
+        "the whitening layer's bias trains at this multiple of lr (0 = bias_lr_scale's, as the batch-norm "
+        "shifts; airbench: 1)",
+        "optimisation",
+        low=0,
+        family="speedrun",
+        metavar="K",
     )
     whiten_bias_epochs: float = knob(
         0.0,
@@ -378,6 +403,11 @@ class Recipe:
                 self.warmup_epochs < self.epochs,
                 f"warmup_epochs ({self.warmup_epochs:g}) must be shorter than the run (epochs {self.epochs})",
                 ("warmup_epochs", "epochs"),
+            ),
+            (
+                self.schedule == "linear" or not (self.lr_start_fraction or self.lr_end_fraction),
+                f"lr_start_fraction and lr_end_fraction shape the linear schedule, not {self.schedule}",
+                ("lr_start_fraction", "lr_end_fraction", "schedule"),
             ),
             (
                 not (self.freeze_backbone and self.backbone_lr),
