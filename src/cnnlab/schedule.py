@@ -15,7 +15,7 @@ def learning_rate(recipe: Recipe, epoch: int, step: int = 0, steps: int = 1) -> 
     cosine: CosineAnnealingLR(T_max=epochs) stepped once per epoch, as the chapter does; constant;
     onecycle: OneCycleLR's shape per step (cosine up from lr/25 over the first 30%, then down to
     lr/25e4). Warm-up multiplies any of them by a linear ramp over `warmup_epochs`, per step.
-    linear (the speedruns' triangle): up over the warm-up, then straight down at the last step; from
+    linear (the speedruns' triangle): up over the warm-up, then straight down to the last step; from
     lr_start_fraction and to lr_end_fraction of the peak (both 0 by default; airbench's 0.2 and 0.07).
     """
     if recipe.schedule == "linear":
