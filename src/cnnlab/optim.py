@@ -25,7 +25,9 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
             params = [p for p in group["params"] if (id(p) in biases) == wanted and p.requires_grad]
             if params:
                 groups.append({"params": params, "lr_scale": group["lr_scale"] * scale})
-    for group in groups:
+    if recipe.whiten_bias_epochs or recipe.whiten_bias_lr_scale:  # a speedrun model (validated)
+        groups = _whitening_bias_group(groups, recipe, model.whitening_bias())
+    for group in groups:  # after every rate is set, so each group's decoupled decay follows from its own
         group["weight_decay"] = (
             recipe.weight_decay / (recipe.lr * group["lr_scale"])
             if recipe.decoupled_weight_decay
@@ -40,8 +42,6 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
             momentum=0.0,
             muon_momentum=recipe.muon_momentum,
         )
-    if recipe.whiten_bias_epochs or recipe.whiten_bias_lr_scale:  # a speedrun model (validated)
-        groups = _whitening_bias_group(groups, recipe, model.whitening_bias())
     for group in groups:
         group["lr"] = recipe.lr * group["lr_scale"]
     return SGDMuon(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, foreach=True)
@@ -49,13 +49,11 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
 
 def _whitening_bias_group(groups: list[dict], recipe: Recipe, bias: torch.nn.Parameter) -> list[dict]:
     """The whitening layer's bias in a group of its own: at whiten_bias_lr_scale times lr when that is set
-    (airbench trains it at the base rate, where the batch-norm shifts train 64x faster), with the same
-    decoupled shrink as every group; and only for the first whiten_bias_epochs when those are set."""
+    (airbench trains it at the base rate, where the batch-norm shifts train 64x faster); and only for the
+    first whiten_bias_epochs when those are set."""
     settings = {}
     if recipe.whiten_bias_lr_scale:
         settings["lr_scale"] = recipe.whiten_bias_lr_scale
-        if recipe.decoupled_weight_decay:
-            settings["weight_decay"] = recipe.weight_decay / (recipe.lr * recipe.whiten_bias_lr_scale)
     if recipe.whiten_bias_epochs:
         settings["trains_until_epoch"] = recipe.whiten_bias_epochs
     return _own_group(groups, lambda p: p is bias, **settings)
