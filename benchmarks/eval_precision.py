@@ -3,8 +3,8 @@ The evidence behind `eval_precision = "auto"` (learning-curve points in the trai
 
     python benchmarks/eval_precision.py DATA RUN [RUN ...] [--repeats 3] [--tta]
 
---tta also times the final 10-view test-time augmentation, once in float32 and once in bf16 (the
-evidence behind `tta_precision = "auto"` in the speedrun CPU recipes).
+--tta also times the final test-time augmentation over the run's own views (its recipe's `tta_views`),
+once in float32 and once in bf16 (the evidence behind `tta_precision = "auto"` in the speedrun CPU recipes).
 """
 
 import argparse
@@ -52,13 +52,14 @@ def main(data_source: str, runs: list[str], repeats: int, tta: bool) -> None:
                 f"{path} | {recipe['model']} | {recipe['eval_batch_size']} | {precision} | "
                 f"{statistics.median(s):.2f} ({min(s):.2f}-{max(s):.2f}) | {result['acc']:.2f}% | {result['loss']:.4f}"
             )
-        if tta:  # once per precision: the views cost 10 evaluations each
+        if tta:  # once per precision: the views cost 6 or 10 evaluations each
+            views = recipe.get("tta_views", "shifts")
             for precision in ("fp32", "bf16"):
                 start = time.perf_counter()
                 with autocast(cpu, precision):
-                    result = evaluate(model, loader, tta=True)
+                    result = evaluate(model, loader, tta=True, views=views)
                 print(
-                    f"{path} | {recipe['model']} | {recipe['eval_batch_size']} | {precision}, 10-view TTA | "
+                    f"{path} | {recipe['model']} | {recipe['eval_batch_size']} | {precision}, TTA over {views} | "
                     f"{time.perf_counter() - start:.2f} (once) | {result['acc']:.2f}% | {result['loss']:.4f}",
                     flush=True,
                 )
@@ -70,7 +71,7 @@ if __name__ == "__main__":
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--tta", action="store_true", help="also time the 10-view TTA evaluation, once in float32 and once in bf16"
+        "--tta", action="store_true", help="also time the run's TTA evaluation, once in float32 and once in bf16"
     )
     args = parser.parse_args()
     main(args.data, args.runs, args.repeats, args.tta)

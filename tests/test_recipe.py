@@ -39,7 +39,7 @@ def test_every_field_is_declared_and_checked_by_its_declaration():
 def test_model_options_exist_only_for_the_models_that_take_them():
     assert load_recipe("seed").model_options == {}  # SmallCNN has none, and its config shows none
     speedrun = load_recipe("speedrun-cpu", {"model_options": {"whiten": False}})
-    assert speedrun.model_options == {"whiten": False, "identity_init": True}
+    assert speedrun.model_options == {"whiten": False, "identity_init": True, "whiten_gelu": True}
     with pytest.raises(UsageError, match="model smallcnn has no option whiten"):
         load_recipe("seed", {"model_options": {"whiten": False}})
     with pytest.raises(UsageError, match="applies to the speedrun models only"):
@@ -49,7 +49,7 @@ def test_model_options_exist_only_for_the_models_that_take_them():
     del old["model_options"]
     assert recipe_from_dict(old).model_options == {}
     old_speedrun = {**old, "model": "speedrun-small", "whiten": False}
-    assert recipe_from_dict(old_speedrun).model_options == {"whiten": False, "identity_init": True}
+    assert recipe_from_dict(old_speedrun).model_options == {"whiten": False, "identity_init": True, "whiten_gelu": True}
 
 
 def test_a_shortened_recipe_keeps_its_shape_and_says_so():
@@ -148,5 +148,9 @@ def test_a_recipe_file_without_cpu_tables_loads_alike_on_every_kind(tmp_path):
         forms = {kind: load_recipe(str(path), cpu=kind) for kind in ("amx", "avx2", "other")}
     assert forms["amx"] == forms["avx2"] == forms["other"]
     path.write_text(path.read_text() + "[cpu.amx]\nepochs = 2\n[cpu.amx.model_options]\nidentity_init = false\n")
-    assert load_recipe(str(path), cpu="amx").model_options == {"whiten": False, "identity_init": False}
+    assert load_recipe(str(path), cpu="amx").model_options == {
+        "whiten": False,
+        "identity_init": False,
+        "whiten_gelu": True,
+    }
     assert load_recipe(str(path), cpu="amx").epochs == 2

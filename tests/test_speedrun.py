@@ -4,6 +4,7 @@ alternating flips alternate, lookahead averages, the schedule and the optimizer 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -56,6 +57,61 @@ def test_identity_init_passes_the_input_through_the_first_convolution():
     conv = model.stages[0].conv1
     assert torch.allclose(conv(x)[:, :24], x, atol=1e-6)
     assert not torch.allclose(build_model("speedrun-small", 10, identity_init=False).stages[0].conv1(x)[:, :24], x)
+
+
+def test_a_gelu_after_the_whitening_layer_keeps_both_halves_of_each_filter_pair():
+    with_gelu, without = build_model("speedrun-small", 10), build_model("speedrun-small", 10, whiten_gelu=False)
+    without.load_state_dict(with_gelu.state_dict())  # the switch has no weights: old checkpoints still load
+    with_gelu.initialise_from_data(correlated_images())
+    x = correlated_images(4, seed=1)
+    whitened = with_gelu.whiten(x)
+    assert torch.equal(with_gelu.whiten_activation(whitened), F.gelu(whitened))
+    assert torch.equal(without.whiten_activation(whitened), whitened)
+    # Without the GELU the 24 channels are 12 features and their negatives (up to the bias): no new information.
+    pair = whitened[:, :12] - with_gelu.whiten.bias[:12, None, None]
+    assert torch.allclose(pair, -(whitened[:, 12:] - with_gelu.whiten.bias[12:, None, None]), atol=1e-5)
+    active = with_gelu.whiten_activation(whitened)
+    assert not torch.allclose(active[:, :12], -active[:, 12:], atol=1e-2)
+
+
+def test_a_run_saved_before_the_whitening_gelu_rebuilds_resumes_and_repeats_without_it(archive, tmp_path):
+    """A checkpoint whose recipe predates `whiten_gelu` was trained without the GELU: every way back into the
+    run (evaluate and export through model_from_checkpoint, resume, load_run, --recipe RUN) must say so."""
+    from cnnlab.data import load_dataset
+    from cnnlab.openrun import load_run
+    from cnnlab.recipe_files import as_the_run_trained
+    from cnnlab.runfiles import load_checkpoint, model_from_checkpoint
+    from cnnlab.train import train
+
+    data = load_dataset(str(archive), cache_dir=tmp_path / "cache", progress=False)
+    with pytest.warns(CnnlabWarning, match="scale with it"):
+        recipe = load_recipe("speedrun-cpu", {"epochs": 1, "batch_size": 64, "precision": "fp32", "tta": False})
+    assert recipe.model_options["whiten_gelu"] is True
+    run = train(recipe, data, runs_dir=tmp_path, name="run", progress=False).run_dir
+    assert isinstance(model_from_checkpoint(load_checkpoint(run / "last.pt")).whiten_activation, torch.nn.GELU)
+
+    for name in ("last.pt", "best.pt"):  # as an older cnnlab wrote them: no whiten_gelu in the saved options
+        payload = torch.load(run / name, weights_only=False)
+        del payload["recipe"]["model_options"]["whiten_gelu"]
+        torch.save(payload, run / name)
+    config = json.loads((run / "config.json").read_text())
+    del config["recipe"]["model_options"]["whiten_gelu"]
+    (run / "config.json").write_text(json.dumps(config))
+
+    old = model_from_checkpoint(load_checkpoint(run / "last.pt"))
+    assert isinstance(old.whiten_activation, torch.nn.Identity)
+    assert load_run(run).recipe.model_options["whiten_gelu"] is False
+    assert load_recipe(str(run)).model_options["whiten_gelu"] is False  # --recipe RUN repeats what it trained
+    assert as_the_run_trained(payload["recipe"])["model_options"] == {
+        "whiten": True,
+        "identity_init": True,
+        "whiten_gelu": False,
+    }
+    # A switch the saved run does record is kept, and a model without options gets none.
+    assert as_the_run_trained({"model": "speedrun", "model_options": {"whiten_gelu": True}})["model_options"] == {
+        "whiten_gelu": True
+    }
+    assert as_the_run_trained({"model": "smallcnn", "model_options": {}})["model_options"] == {}
 
 
 def test_frozen_batch_norm_scales_do_not_train():

@@ -69,6 +69,7 @@ ABLATIONS = {
             "speedrun-cpu": {},
             "no whitening": {"model_options": {"whiten": False}},
             "no identity init": {"model_options": {"identity_init": False}},
+            "no whitening GELU": {"model_options": {"whiten_gelu": False}},
             "no bias-lr scale": {"bias_lr_scale": 1.0},
             "no label smoothing": {"label_smoothing": 0.0},
             "no lookahead": {"lookahead": 0},

@@ -90,10 +90,12 @@ class Run:
 
     @property
     def recipe(self):
-        from .recipe_files import recipe_from_dict
+        from .recipe_files import as_the_run_trained, recipe_from_dict
 
         saved = self.checkpoint.get("recipe")
-        return recipe_from_dict(saved, where=str(self.weights.file)) if isinstance(saved, dict) else None
+        if not isinstance(saved, dict):
+            return None
+        return recipe_from_dict(as_the_run_trained(saved), where=str(self.weights.file))
 
     @property
     def source(self) -> str | None:

@@ -121,7 +121,22 @@ def _run_recipe(folder: Path) -> dict:
     recipe = read_json(folder / "config.json").get("recipe")
     if not isinstance(recipe, dict):
         raise UsageError(f"{folder / 'config.json'} records no recipe; give a recipe name or TOML file")
-    return dict(recipe)
+    return as_the_run_trained(recipe)
+
+
+def as_the_run_trained(recipe: dict) -> dict:
+    """A run's saved recipe (plain data) with the model switches the run predates set as they were then
+    (models.Option.before), so that it rebuilds, resumes or repeats the network the run really trained."""
+    from .models import saved_run_options
+
+    options = recipe.get("model_options", {})
+    if not isinstance(options, dict):
+        return dict(recipe)  # recipe_from_dict says what is wrong with it
+    try:
+        then = saved_run_options(str(recipe.get("model")), options)
+    except UsageError:
+        return dict(recipe)  # an unknown model: validate names it
+    return {**recipe, "model_options": {**options, **then}}
 
 
 def rescaled(data: dict, epochs: int, keep: set[str] = frozenset(), where: str = "the recipe") -> dict:

@@ -224,10 +224,12 @@ def checkpoint_problem(payload: dict) -> str:
 
 def model_from_checkpoint(payload: dict, path: str | Path = "checkpoint") -> torch.nn.Module:
     from .errors import UsageError
-    from .models import build_model
+    from .models import build_model, saved_run_options
 
+    recipe = payload.get("recipe")
     try:
-        model = build_model(payload["model"], payload["num_classes"])
+        options = saved_run_options(payload["model"], recipe.get("model_options") if isinstance(recipe, dict) else None)
+        model = build_model(payload["model"], payload["num_classes"], **options)
     except UsageError as e:  # a model name this cnnlab does not know: the file's problem, not the command's
         raise CnnlabError(f"{shown(path)}: {e}") from None
     try:

@@ -216,7 +216,7 @@ def resume(run_dir: str | Path, data: Dataset | str | None = None, **options) ->
     The result equals an uninterrupted run's: every generator, the optimizer, the history and the
     early-stopping state come from the checkpoint, and an epoch stopped mid-way resumes at its step.
     """
-    from .recipe_files import recipe_from_dict
+    from .recipe_files import as_the_run_trained, recipe_from_dict
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -232,7 +232,7 @@ def resume(run_dir: str | Path, data: Dataset | str | None = None, **options) ->
             f"{shown(run_dir / 'last.pt')} cannot be resumed (its '{missing[0]}' is missing or damaged); "
             "start the run again"
         )
-    recipe = recipe_from_dict(checkpoint["recipe"], where=f"{run_dir}/last.pt")
+    recipe = recipe_from_dict(as_the_run_trained(checkpoint["recipe"]), where=f"{run_dir}/last.pt")
     if data is None:
         labels = recorded_labels(run_dir)
         data = recorded_source(run_dir)

@@ -23,10 +23,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Option:
-    """A model's own switch: its default and what it does."""
+    """A model's own switch: its default and what it does. `before`: what the network did in runs saved
+    before the switch existed (None: it changes nothing a saved run's weights depend on)."""
 
     default: bool
     help: str
+    before: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class ModelSpec:
 SPEEDRUN_OPTIONS = {
     "whiten": Option(True, "speedrun models: a frozen whitening first layer, set from the training patches"),
     "identity_init": Option(True, "speedrun models: 3x3 convolutions start as the identity"),
+    # airbench94 has it, and without it each +/- pair of whitening filters is one linear feature twice.
+    "whiten_gelu": Option(True, "speedrun models: a GELU after the whitening layer, as airbench94", before=False),
 }
 
 
@@ -155,6 +159,20 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
     """The network `name` for `num_classes` classes, with its options (defaults for those not given)."""
     spec = model_spec(name)
     return spec.build(num_classes, **spec.resolve_options(options))
+
+
+def saved_run_options(name: str, saved) -> dict:
+    """The options a saved run's network was built with, from its recipe's `model_options` (`saved`); build_model
+    gives the rest their defaults. A switch the run predates takes its `before` value, so an older checkpoint
+    computes as it did when it was trained."""
+    saved = saved if isinstance(saved, dict) else {}
+    chosen = {}
+    for key, option in model_spec(name).options.items():
+        if isinstance(saved.get(key), bool):
+            chosen[key] = saved[key]
+        elif key not in saved and option.before is not None:
+            chosen[key] = option.before
+    return chosen
 
 
 def torchvision_model(name: str, num_classes: int) -> nn.Module:

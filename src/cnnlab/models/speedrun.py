@@ -1,6 +1,6 @@
 """The speedrun network, after the CIFAR-10 speedrun literature (hlb-cifar10, airbench; Jordan 2024).
 
-A frozen patch-whitening convolution, then three stages of (conv, max-pool, BN, GELU, conv, BN, GELU),
+A frozen patch-whitening convolution and a GELU, then three stages of (conv, max-pool, BN, GELU, conv, BN, GELU),
 a 3x3 max-pool and a linear head whose logits are scaled down. Batch norm keeps its scale frozen at 1
 (only the shift learns, at a higher rate: the recipe's `bias_lr_scale`), and every 3x3 convolution
 starts as the identity on its first input channels, so the untrained network passes the whitened
@@ -41,7 +41,7 @@ class ConvStage(nn.Module):
 
 
 class SpeedrunNet(nn.Module):
-    """3x32x32 -> whiten 24x31x31 -> w1x15x15 -> w2x7x7 -> w3x3x3 -> max -> linear / 9."""
+    """3x32x32 -> whiten, GELU 24x31x31 -> w1x15x15 -> w2x7x7 -> w3x3x3 -> max -> linear / 9."""
 
     def __init__(
         self,
@@ -49,12 +49,16 @@ class SpeedrunNet(nn.Module):
         widths: tuple[int, int, int] = (64, 256, 256),
         whiten: bool = True,
         identity_init: bool = True,
+        whiten_gelu: bool = True,
         logit_scale: float = 1 / 9,
     ):
         super().__init__()
         whiten_channels = 2 * 3 * WHITEN_KERNEL**2
         self.whiten = nn.Conv2d(3, whiten_channels, WHITEN_KERNEL, padding=0, bias=True)
         self.whiten_from_data = whiten
+        # Each filter comes with its negation: after a GELU the pair keeps both halves of the projection (as a
+        # CReLU does); without it the pair is one linear feature twice, and the network sees 12 inputs, not 24.
+        self.whiten_activation = nn.GELU() if whiten_gelu else nn.Identity()
         if whiten:  # set from the data by `initialise_from_data`, then frozen (its bias still trains)
             self.whiten.weight.requires_grad_(False)
         stages, in_ch = [], whiten_channels
@@ -95,6 +99,6 @@ class SpeedrunNet(nn.Module):
         return self.whiten.bias
 
     def forward(self, x):
-        x = self.stages(self.whiten(x))
+        x = self.stages(self.whiten_activation(self.whiten(x)))
         x = F.adaptive_max_pool2d(x, 1).flatten(1)
         return self.head(x) * self.logit_scale
