@@ -1,10 +1,12 @@
 """Bare training-step throughput of the speedrun network at several widths and input sizes on this
 machine (random batch of 512, bf16 autocast, channels-last, Nesterov SGD): why `speedrun-cpu` uses
-32/128/128, what the wider `speedrun-cpu90` network costs, and what early crops save per step.
+32/128/128, what the wider `speedrun-cpu90` network costs, what early crops save per step, and what
+the GELU after the whitening layer costs (`--whiten-gelu on off`).
 
-    python benchmarks/speedrun_widths.py [--widths 64-256-256 48-192-192 32-128-128] [--sizes 32 24] [--repeats 3]
+    python benchmarks/speedrun_widths.py [--widths 64-256-256 48-192-192 32-128-128] [--sizes 32 24]
+        [--whiten-gelu on off] [--repeats 3]
 
-Every (widths, size) pair is timed once per repeat, the pairs interleaved, so a noisy moment slows
+Every (widths, size, GELU) combination is timed once per repeat, interleaved, so a noisy moment slows
 all of them alike; the median and range over the repeats are printed.
 """
 
@@ -18,9 +20,9 @@ from cnnlab.device import tune_cpu_allocator
 from cnnlab.models.speedrun import SpeedrunNet
 
 
-def images_per_second(widths: tuple[int, int, int], size: int, batch: int, steps: int) -> float:
+def images_per_second(widths: tuple[int, int, int], size: int, whiten_gelu: bool, batch: int, steps: int) -> float:
     torch.manual_seed(0)
-    model = SpeedrunNet(10, widths).to(memory_format=torch.channels_last)
+    model = SpeedrunNet(10, widths, whiten_gelu=whiten_gelu).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9, nesterov=True, foreach=True
     )
@@ -41,19 +43,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", nargs="+", default=["64-256-256", "48-192-192", "32-160-160", "32-128-128"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[32])
+    parser.add_argument("--whiten-gelu", nargs="+", choices=("on", "off"), default=["on"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
     tune_cpu_allocator()
-    pairs = [(tuple(int(w) for w in spec.split("-")), size) for spec in args.widths for size in args.sizes]
-    results = {pair: [] for pair in pairs}
+    combinations = [
+        (tuple(int(w) for w in spec.split("-")), size, gelu == "on")
+        for spec in args.widths
+        for size in args.sizes
+        for gelu in args.whiten_gelu
+    ]
+    results = {combination: [] for combination in combinations}
     for _ in range(args.repeats):
-        for pair in pairs:
-            results[pair].append(images_per_second(*pair, args.batch, args.steps))
-    print("widths | input | images/s, median (min-max)")
-    for (widths, size), rates in results.items():
-        print(f"{'/'.join(map(str, widths))} | {size}x{size} | {spread(rates)}")
+        for combination in combinations:
+            results[combination].append(images_per_second(*combination, args.batch, args.steps))
+    print("widths | input | GELU after whitening | images/s, median (min-max)")
+    for (widths, size, gelu), rates in results.items():
+        print(f"{'/'.join(map(str, widths))} | {size}x{size} | {'on' if gelu else 'off'} | {spread(rates)}")
 
 
 if __name__ == "__main__":
