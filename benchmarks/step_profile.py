@@ -1,12 +1,12 @@
 """Where a training step's time goes: SmallCNN, batch 128, channels-last, the training precision
 (`--precision`, default what `auto` picks on this CPU: bf16 autocast with native bf16, else fp32),
 Nesterov-free SGD as in the seed recipe, tuned allocator; operators grouped into convolution, batch
-norm, ReLU and the rest by torch.profiler's self CPU time. Why 4x the chapter's path is out of reach
-on these CPUs: the convolutions alone bound the step.
+norm, activation (ReLU), pooling and the rest by torch.profiler's self CPU time. Why 4x the chapter's
+path is out of reach on these CPUs: the convolutions alone bound the step.
 
     python benchmarks/step_profile.py [--steps 20] [--by-shape] [--precision auto|fp32|bf16]
 
---by-shape adds the batch-norm and ReLU time per activation shape: the first block's 32x32x32
+--by-shape adds the batch-norm and activation time per activation shape: the first block's 32x32x32
 activations are 8 MB per batch in bf16, too big to stay in this machine's caches between operators.
 """
 
@@ -55,10 +55,10 @@ def main(steps: int, by_shape: bool, precision: str) -> None:
     for name, t in shares.items():
         print(f"  {name:16s} {100 * t / total:5.1f}%  {t / steps / 1000:5.1f} ms")
     if by_shape:
-        print("batch norm and ReLU, forward and backward, by activation shape:")
+        print("batch norm and activation, forward and backward, by activation shape:")
         per_shape: dict[tuple, float] = {}
         for e in prof.key_averages(group_by_input_shape=True):
-            if e.key.startswith("aten::") and any(k in e.key for k in GROUPS["batch norm"] + GROUPS["ReLU"]):
+            if e.key.startswith("aten::") and any(k in e.key for k in GROUPS["batch norm"] + GROUPS["activation"]):
                 shape = tuple(e.input_shapes[0]) if e.input_shapes and e.input_shapes[0] else ()
                 per_shape[shape] = per_shape.get(shape, 0.0) + e.self_cpu_time_total
         for shape, t in sorted(per_shape.items(), key=lambda item: -item[1]):

@@ -81,10 +81,13 @@ def peak_flops(unit: Unit, physical_cores: int) -> float:
 
 # Where a step's time goes: aten operators grouped by family, by torch.profiler's self CPU time (the
 # autograd and optimizer wrappers would double-count their children, so only aten:: events count).
+# The activation family holds the speedrun network's GELUs as well as SmallCNN's ReLUs (ReLU's backward
+# is aten::threshold_backward); pooling is its own family because the speedrun network pools every stage.
 OPERATOR_FAMILIES = {
     "convolution": ("convolution",),
     "batch norm": ("batch_norm",),
-    "ReLU": ("threshold", "clamp_min", "relu"),
+    "activation": ("threshold", "clamp_min", "relu", "gelu"),
+    "pooling": ("max_pool", "avg_pool"),
 }
 
 
