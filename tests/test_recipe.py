@@ -122,9 +122,8 @@ def test_the_gpu_speedrun_recipe_evaluates_in_smaller_batches_on_any_cpu():
     assert {form.eval_batch_size for form in on_cpu.values()} == {250}
     assert load_recipe("speedrun", {"device": "cpu"}).eval_batch_size == 250
     assert on_gpu.eval_batch_size == 2000  # the recipe's own figure, for the GPU it was built for
-    assert (
-        replace(on_gpu, eval_batch_size=250, tta_precision="auto", device="auto") == on_cpu["amx"]
-    )  # nothing else differs
+    cpu_fields = {"eval_batch_size": 250, "tta_precision": "auto", "device": "auto"}
+    assert replace(on_gpu, **cpu_fields) == on_cpu["amx"]  # nothing else differs
     assert load_recipe("speedrun", {"eval_batch_size": 500}, cpu="avx2").eval_batch_size == 500  # a flag wins
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # on a GPU no CPU form is taken, so none is warned about
