@@ -114,6 +114,23 @@ def test_a_run_saved_before_the_whitening_gelu_rebuilds_resumes_and_repeats_with
     assert as_the_run_trained({"model": "smallcnn", "model_options": {}})["model_options"] == {}
 
 
+@pytest.mark.parametrize("size", [31, 15, 181, 200])  # the network's planes; the largest plane int16 holds; one past it
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_pool_with_16_bit_indices_gives_the_same_output_and_gradient(size, layout, dtype):
+    from cnnlab.models.speedrun import max_pool_2x2
+
+    g = torch.Generator().manual_seed(size)
+    # Rounded values tie within many windows, so the gradient also checks which of the tied maxima was kept.
+    x = torch.randn(2, 3, size, size, generator=g).mul(2).round().to(dtype).contiguous(memory_format=layout)
+    grad_out = torch.randn(2, 3, size // 2, size // 2, generator=g).to(dtype)
+    plain, narrow = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected, got = F.max_pool2d(plain, 2), max_pool_2x2(narrow)
+    expected.backward(grad_out)
+    got.backward(grad_out)
+    assert torch.equal(got, expected) and torch.equal(narrow.grad, plain.grad)
+
+
 def test_frozen_batch_norm_scales_do_not_train():
     model = build_model("speedrun", 10)
     scales = [m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
