@@ -187,6 +187,7 @@ def setup_cases():
         "recipe [cpu.KIND] not a table": (recipe("[cpu]\namx = 3"), 2, ["[cpu.amx] should be a table"]),
         "recipe [cpu] unknown field": (recipe("[cpu]\nepochz = 3"), 2, ["unknown field 'epochz'"]),
         "recipe [cpu] table unknown field": (recipe("[cpu.amx]\nepochz = 3"), 2, ["unknown field 'epochz'"]),
+        "recipe [cpu.KIND] note not a string": (recipe("[cpu.amx]\nnote = 3"), 2, ["note should be a string"]),
         "unknown TTA views": (lambda tmp: ["train", "--tta-views", "corners"], 2, ["unknown --tta-views"]),
         # image files
         "predict on a text file": (predict_on(b"hello", "fake.jpg"), 1, ["fake.jpg", "not an image"]),

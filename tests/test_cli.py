@@ -119,7 +119,15 @@ def test_module_and_version():
 
 
 def test_recipes_and_models_are_listed():
-    assert "seed" in run_cli("recipes").stdout
+    from cnnlab.device import cpu_kind
+    from cnnlab.recipe_files import shipped_recipes
+
+    listed = run_cli("recipes").stdout.splitlines()
+    assert [l.split()[0] for l in listed if not l.startswith(" ")] == sorted(shipped_recipes())
+    notes = [l.strip() for l in listed if l.startswith(" ")]
+    assert all(note.startswith("note: ") for note in notes)  # under its recipe: what this kind of CPU gets
+    said_here = any(note.startswith("note: speedrun-cpu90 ") for note in notes)
+    assert said_here == (cpu_kind() in ("avx2", "other"))  # a slow kind's measured note, or 'not measured'
     assert "smallcnn" in run_cli("models").stdout
 
 

@@ -141,6 +141,20 @@ def test_cpu_fields_hold_on_every_kind_and_a_kind_table_goes_on_top(tmp_path):
     assert load_recipe(str(path), {"device": "cuda"}).lr == 0.1
 
 
+def test_a_kind_tables_note_is_said_where_that_form_is_taken_and_is_no_field(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('epochs = 4\n[cpu.avx2]\nnote = "took 50 minutes on a Zen 3"\n[cpu.amx]\nepochs = 2\n')
+    with pytest.warns(CnnlabWarning, match=r"^mine on this kind of CPU \(avx2\): took 50 minutes on a Zen 3$"):
+        avx2 = load_recipe(str(path), cpu="avx2")
+    same_without_note = tmp_path / "plain" / "mine.toml"
+    same_without_note.parent.mkdir()
+    same_without_note.write_text("epochs = 4\n[cpu.avx2]\n[cpu.amx]\nepochs = 2\n")
+    assert avx2 == load_recipe(str(same_without_note), cpu="avx2")  # the note is said, not trained with
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # another kind's note is not said
+        assert load_recipe(str(path), cpu="amx").epochs == 2
+
+
 def test_a_recipe_file_without_cpu_tables_loads_alike_on_every_kind(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text('model = "speedrun-small"\nepochs = 4\n[model_options]\nwhiten = false\n')

@@ -349,10 +349,12 @@ def cmd_recipes(args) -> int:
     from .recipe_files import load_recipe, shipped_recipes
 
     for name in sorted(shipped_recipes()):
-        with warnings.catch_warnings(record=True) as caught:  # a recipe not measured on this kind of CPU
+        with warnings.catch_warnings(record=True) as caught:  # what its form for this kind of CPU says here
             warnings.simplefilter("always", CnnlabWarning)
             description = load_recipe(name).description  # in the form for this CPU, where it has several
-        print(f"{name:<14} {description}" + (" (not measured on this kind of CPU)" if caught else ""))
+        print(f"{name:<14} {description}")
+        for warning in caught:  # not measured on this kind of CPU, or what was measured on it
+            print(f"{'':<14} note: {warning.message}")
     return 0
 
 

@@ -65,7 +65,9 @@ def for_cpu(data: dict, cpu: str | None = None, where: str = "the recipe", devic
     A recipe whose fastest measured form differs by device keeps the fields that differ under [cpu]: plain
     fields there hold for any CPU (the GPU recipe `speedrun` evaluates in smaller batches on one), and a
     [cpu.KIND] table, on top of them, for one kind of CPU (an empty table: the fields as measured there).
-    On a kind without a table the recipe keeps its CPU fields, and a warning says which kinds were measured.
+    A table's `note`, a string, is said as a warning whenever that form is taken: what was measured on that
+    kind when it falls short of what the recipe promises. On a kind without a table the recipe keeps its
+    CPU fields, and a warning says which kinds were measured.
 
     `cpu` is a device.CPU_KINDS name, the form to take; by default, this machine's kind when `device` (the
     recipe's) trains on its CPU, and no CPU form at all when it trains on a GPU."""
@@ -86,7 +88,14 @@ def for_cpu(data: dict, cpu: str | None = None, where: str = "the recipe", devic
             raise UsageError(f"{where}: unknown CPU kind '{name}' in [cpu]; the kinds are {', '.join(CPU_KINDS)}")
     if cpu is not None and cpu not in CPU_KINDS:
         raise UsageError(f"unknown CPU kind '{cpu}': use one of {', '.join(CPU_KINDS)}")
-    forms = {name: _with_table(any_cpu, table, f"{where} [cpu.{name}]") for name, table in tables.items()}
+    notes = {name: table.get("note") for name, table in tables.items()}
+    for name, note in notes.items():
+        if note is not None and not isinstance(note, str):
+            raise UsageError(f"{where}: [cpu.{name}] note should be a string, the line said on that kind")
+    forms = {
+        name: _with_table(any_cpu, {k: v for k, v in table.items() if k != "note"}, f"{where} [cpu.{name}]")
+        for name, table in tables.items()
+    }
     recipe_from_dict(any_cpu, where=f"{where} [cpu]")
     for name, form in forms.items():  # every form checked, not only this machine's: a typo shows anywhere
         recipe_from_dict(form, where=f"{where} [cpu.{name}]")
@@ -100,6 +109,8 @@ def for_cpu(data: dict, cpu: str | None = None, where: str = "the recipe", devic
             CnnlabWarning,
             stacklevel=3,
         )
+    if notes.get(kind):
+        warnings.warn(f"{data['name']} on this kind of CPU ({kind}): {notes[kind]}", CnnlabWarning, stacklevel=3)
     return forms.get(kind, any_cpu)
 
 
