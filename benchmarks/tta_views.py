@@ -2,15 +2,20 @@
 each set's accuracy difference from the 10 shifts on the same images, with a paired bootstrap interval.
 The evidence behind `tta_views = "diagonals"` in the speedrun recipes.
 
-A last row scores the diagonals in airbench94's order, each shifted image then mirrored, against
-cnnlab's, the mirrored image then shifted: the mirrored views then lie on the other diagonal.
+A row scores the diagonals in airbench94's order, each shifted image then mirrored, against
+cnnlab's, the mirrored image then shifted: the mirrored views then lie on the other diagonal. A last
+row times them as training takes them, the image as it is from the logits of a float32 plain pass made
+beforehand (untimed: training makes it anyway, for the last epoch's row), one pass fewer, against all
+6 views, the two interleaved over --repeats.
 
-    python benchmarks/tta_views.py DATA RUN [--precision bf16] [--batch-size N]
+    python benchmarks/tta_views.py DATA RUN [--precision bf16] [--batch-size N] [--repeats R]
 
-Each set runs once, with the run's last weights, in batches of N (default: the run's eval_batch_size).
+Each set runs once (the last two rows R times), with the run's last weights, in batches of N (default: the
+run's eval_batch_size).
 """
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -45,7 +50,7 @@ def airbench_order_right(model: torch.nn.Module, loader: Loader) -> torch.Tensor
     return torch.cat(right)
 
 
-def main(data_source: str, run_path: str, precision: str, batch_size: int | None) -> None:
+def main(data_source: str, run_path: str, precision: str, batch_size: int | None, repeats: int) -> None:
     tune_cpu_allocator()
     data = load_dataset(data_source, progress=False)
     run = load_run(run_path, weights="last")
@@ -56,7 +61,7 @@ def main(data_source: str, run_path: str, precision: str, batch_size: int | None
     loader = Loader(data.test_images, data.test_labels, batch, run.normalizer, device=cpu, channels_last=True)
     print(f"cpu: {cpu_description()['name']}; run {run_path}, {precision}, evaluation batch {batch}")
     print("views | seconds (once) | test acc | vs shifts, points (paired bootstrap 95%)")
-    right = {}
+    right, plain_fp32 = {}, evaluate(model, loader)
     with autocast(cpu, precision):
         plain = evaluate(model, loader)
         print(f"none (1 view) | - | {plain['acc']:.2f}% | -")
@@ -82,6 +87,23 @@ def main(data_source: str, run_path: str, precision: str, batch_size: int | None
             f"{100 * float(airbench.mean()):.2f}% | vs cnnlab's diagonals "
             f"{100 * float(gap.mean()):+.2f} ({low:+.2f} to {high:+.2f})"
         )
+    seconds = {"all 6 views": [], "the image as it is reused": []}
+    for _ in range(repeats):  # interleaved, so a noisy moment slows both alike
+        for arm in seconds:
+            start = time.perf_counter()
+            with autocast(cpu, precision):
+                given = plain_fp32 if arm == "the image as it is reused" else None
+                result = evaluate(model, loader, tta=True, views="diagonals", plain=given)
+            seconds[arm].append(time.perf_counter() - start)
+            right[arm] = (result["predictions"] == result["labels"]).double()
+    for arm, times in seconds.items():
+        gap = right[arm] - right["diagonals"]
+        low, high = paired_interval(gap)
+        print(
+            f"diagonals, {arm} | {statistics.median(times):.1f} ({min(times):.1f}-{max(times):.1f}, median of "
+            f"{repeats}) | {100 * float(right[arm].mean()):.2f}% | vs the diagonals above "
+            f"{100 * float(gap.mean()):+.2f} ({low:+.2f} to {high:+.2f})"
+        )
 
 
 if __name__ == "__main__":
@@ -90,5 +112,6 @@ if __name__ == "__main__":
     parser.add_argument("run")
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    main(args.data, args.run, args.precision, args.batch_size)
+    main(args.data, args.run, args.precision, args.batch_size, args.repeats)

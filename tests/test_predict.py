@@ -118,6 +118,22 @@ def test_tta_views_and_their_mean():
     assert set(TTA_VIEWS) == set(TTA_VIEW_SETS)  # every set a recipe may name exists
 
 
+@pytest.mark.parametrize("views", list(TTA_VIEWS))
+def test_tta_takes_the_image_as_it_is_from_a_plain_evaluation_handed_to_it(views):
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randint(0, 256, (70, 3, 8, 8), dtype=torch.uint8, generator=g), torch.arange(70) % 4
+    loader = Loader(images, labels, 32, Normalizer((0.5,) * 3, (0.25,) * 3), device="cpu")  # batches 32, 32, 6
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4))
+    plain = evaluate(model, loader)
+    full, reused = evaluate(model, loader, tta=True, views=views), evaluate(model, loader, True, views, plain)
+    assert torch.allclose(reused["logits"], full["logits"], atol=1e-6)  # the same views, one pass fewer
+    zeroed = evaluate(model, loader, True, views, {**plain, "logits": torch.zeros_like(plain["logits"])})
+    weight = dict(TTA_VIEWS[views])[(0, 0)] / (2 * sum(w for _, w in TTA_VIEWS[views]))
+    assert torch.allclose(zeroed["logits"], full["logits"] - weight * plain["logits"], atol=1e-6)  # taken, not rerun
+    with pytest.raises(RuntimeError, match="not of this loader's images"):
+        evaluate(model, loader, True, views, {**plain, "labels": plain["labels"].flip(0)})
+
+
 def test_evaluate_and_predict_accept_tta(tiny_run, archive, tmp_path):
     plain = json.loads(run_cli("evaluate", str(tiny_run), "--json").stdout)
     with_tta = run_cli("evaluate", str(tiny_run), "--json", "--tta")

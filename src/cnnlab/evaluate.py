@@ -37,35 +37,48 @@ def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def tta_logits(model: torch.nn.Module, x: torch.Tensor, views: str = "shifts") -> torch.Tensor:
-    """Weighted mean logits over a TTA_VIEWS set: each shift as it is and mirrored."""
+def tta_logits(
+    model: torch.nn.Module, x: torch.Tensor, views: str = "shifts", plain: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Weighted mean logits over a TTA_VIEWS set: each shift as it is and mirrored. `plain`: the logits of `x`
+    itself, when a plain evaluation has just computed them; that view then takes them instead of a pass."""
     total, weights = None, 0.0
-    for view in (x, x.flip(-1)):
+    for mirrored, view in enumerate((x, x.flip(-1))):
         for (dy, dx), weight in TTA_VIEWS[views]:
-            logits = weight * model(shift(view, dy, dx)).float()
+            reused = plain is not None and not mirrored and dy == dx == 0
+            logits = weight * (plain.to(x.device) if reused else model(shift(view, dy, dx))).float()
             total, weights = (logits if total is None else total + logits), weights + weight
     return total / weights
 
 
 @torch.no_grad()
 def predict_logits(
-    model: torch.nn.Module, loader: Loader, tta: bool = False, views: str = "shifts"
+    model: torch.nn.Module, loader: Loader, tta: bool = False, views: str = "shifts", plain: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, C] and labels [N] for every image of an evaluation loader, in order (with `tta`, averaged
-    over the `views` set of TTA_VIEWS)."""
+    over the `views` set of TTA_VIEWS; `plain`, an `evaluate` result of this model on this loader, gives the
+    unshifted, unmirrored view's logits)."""
     was_training = model.training
     model.eval()
-    logits, labels = [], []
+    logits, labels, start = [], [], 0
     for x, y in loader:
-        logits.append(tta_logits(model, x, views) if tta else model(x).float())
+        known = None
+        if tta and plain is not None:
+            known, start = plain["logits"][start : start + len(y)], start + len(y)
+            if not torch.equal(plain["labels"][start - len(y) : start], y.cpu()):
+                raise RuntimeError("the plain result reused for TTA is not of this loader's images, in its order")
+        logits.append(tta_logits(model, x, views, known) if tta else model(x).float())
         labels.append(y)
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
 
 
-def evaluate(model: torch.nn.Module, loader: Loader, tta: bool = False, views: str = "shifts") -> dict:
-    """{'loss', 'acc' (percent), 'logits', 'probabilities', 'predictions', 'labels'} over the loader's split."""
-    logits, labels = predict_logits(model, loader, tta, views)
+def evaluate(
+    model: torch.nn.Module, loader: Loader, tta: bool = False, views: str = "shifts", plain: dict | None = None
+) -> dict:
+    """{'loss', 'acc' (percent), 'logits', 'probabilities', 'predictions', 'labels'} over the loader's split.
+    With `tta`, `plain` may hand over this model's plain result on the same loader (see predict_logits)."""
+    logits, labels = predict_logits(model, loader, tta, views, plain)
     predictions = logits.argmax(dim=1)
     return {
         "logits": logits.cpu(),

@@ -330,8 +330,10 @@ def evaluate_epoch(state: TrainState, eval_loaders: dict, epoch: int) -> tuple[d
             if net.ema is not None:
                 row[f"ema_{split}_acc"] = evaluate(net.ema.module, loader)["acc"]
     if recipe.tta and epoch + 1 == recipe.epochs:  # the final model, also judged over the recipe's TTA views
+        # The image as it is was judged just above, in float32 (a last row always is): that view reuses those
+        # logits, one pass of the test split fewer (a sixth of the diagonals' time), and never less precise.
         with autocast(state.device, state.precision if recipe.tta_precision == "auto" else "fp32"):
-            tta = evaluate(net.forward, eval_loaders["test"], tta=True, views=recipe.tta_views)
+            tta = evaluate(net.forward, eval_loaders["test"], True, recipe.tta_views, plain=results["test"])
         row["tta_test_acc"], row["tta_test_loss"] = tta["acc"], tta["loss"]
     return row, None if curve_only else results["test"]
 
