@@ -64,9 +64,10 @@ def predict_logits(
     for x, y in loader:
         known = None
         if tta and plain is not None:
-            known, start = plain["logits"][start : start + len(y)], start + len(y)
-            if not torch.equal(plain["labels"][start - len(y) : start], y.cpu()):
+            end = start + len(y)
+            if not torch.equal(plain["labels"][start:end], y.cpu()):
                 raise RuntimeError("the plain result reused for TTA is not of this loader's images, in its order")
+            known, start = plain["logits"][start:end], end
         logits.append(tta_logits(model, x, views, known) if tta else model(x).float())
         labels.append(y)
     model.train(was_training)
