@@ -1,13 +1,13 @@
-"""What the speedrun network's max-pool indices cost a training step: memory and time, int64 against int16.
+"""What the speedrun network's max-pools keep for the backward pass costs a training step: memory and time.
 
     python benchmarks/pool_indices.py [--model speedrun] [--batch 1024] [--steps 4] [--repeats 3]
         [--precision auto|fp32|bf16]
 
 Each arm trains `--steps` steps of the model on a random batch in a fresh process (so that its peak resident
-memory is its own), the arms interleaved over the repeats: `int64` is PyTorch's F.max_pool2d, which keeps the
-window maxima's positions as int64 for the backward pass; `int16` is cnnlab's max_pool_2x2, which keeps them as
-int16. Printed per arm: the peak RSS (median, min-max), the median step time, and, once, what one forward pass
-saves for the backward pass by dtype (counted with PyTorch's F.max_pool2d, where every saved tensor is seen).
+memory is its own), the arms interleaved over the repeats: `pytorch` is F.max_pool2d, which keeps its whole input
+and the window maxima's positions as int64 for the backward pass; `cnnlab` is max_pool_2x2, which keeps the
+positions only, as int16. Printed per arm: what one forward pass saves for the backward pass, by dtype, the peak
+RSS (median, min-max) and the median step time.
 """
 
 import argparse
@@ -31,11 +31,16 @@ def build(model_name: str):
     return model.to(memory_format=torch.channels_last)
 
 
-def saved_bytes_by_dtype(model_name: str, batch: int, precision: str) -> dict[str, int]:
+def use_pool(arm: str) -> None:
     import cnnlab.models.speedrun as speedrun
+
+    if arm == "pytorch":  # the stages call the module's max_pool_2x2 by name
+        speedrun.max_pool_2x2 = lambda x: F.max_pool2d(x, 2)
+
+
+def saved_bytes_by_dtype(model_name: str, batch: int, precision: str) -> dict[str, int]:
     from cnnlab.device import autocast
 
-    speedrun.max_pool_2x2 = lambda x: F.max_pool2d(x, 2)  # the plain pool, so the hook below sees its indices
     model, totals = build(model_name), {}
 
     def pack(tensor):
@@ -49,12 +54,10 @@ def saved_bytes_by_dtype(model_name: str, batch: int, precision: str) -> dict[st
 
 
 def one_arm(arm: str, model_name: str, batch: int, steps: int, precision: str) -> dict:
-    import cnnlab.models.speedrun as speedrun
     from cnnlab.device import autocast, tune_cpu_allocator
 
     tune_cpu_allocator()  # as training runs: freed blocks stay in the heap, so RSS is the true peak
-    if arm == "int64":
-        speedrun.max_pool_2x2 = lambda x: F.max_pool2d(x, 2)
+    use_pool(arm)
     model = build(model_name)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
@@ -69,7 +72,8 @@ def one_arm(arm: str, model_name: str, batch: int, steps: int, precision: str) -
         optimizer.step()
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports kilobytes
-    return {"peak_rss": peak, "step_seconds": statistics.median(times[1:] or times)}
+    saved = saved_bytes_by_dtype(model_name, batch, precision)  # after the peak is read: it allocates too
+    return {"peak_rss": peak, "step_seconds": statistics.median(times[1:] or times), "saved": saved}
 
 
 def main() -> None:
@@ -87,7 +91,7 @@ def main() -> None:
     if args.arm:
         print(json.dumps(one_arm(args.arm, args.model, args.batch, args.steps, precision)))
         return
-    results = {"int64": [], "int16": []}
+    results = {"pytorch": [], "cnnlab": []}
     for _ in range(args.repeats):
         for arm in results:
             command = [sys.executable, __file__, "--arm", arm, "--model", args.model, "--batch", str(args.batch),
@@ -97,14 +101,12 @@ def main() -> None:
     cpu = cpu_description()
     print(f"CPU: {cpu['name']} (family {cpu['family']}, model {cpu['model']}, {cpu['isa']}); {args.model}, "
           f"batch {args.batch}, precision {precision}, {args.steps} steps per arm, {args.repeats} repeats")  # fmt: skip
-    saved = saved_bytes_by_dtype(args.model, args.batch, precision)
-    print("saved for backward by one forward pass: "
-          + ", ".join(f"{dtype} {size / 1e6:,.0f} MB" for dtype, size in sorted(saved.items())))  # fmt: skip
-    print("pool indices | peak RSS, median (min-max) | step s, median (min-max)")
+    print("pool | saved by one forward pass | peak RSS, median (min-max) | step s, median (min-max)")
     for arm, rows in results.items():
+        saved = ", ".join(f"{dtype} {size / 1e6:,.0f} MB" for dtype, size in sorted(rows[0]["saved"].items()))
         peaks = [r["peak_rss"] / 1e9 for r in rows]
         steps = [r["step_seconds"] for r in rows]
-        print(f"{arm} | {statistics.median(peaks):.2f} GB ({min(peaks):.2f}-{max(peaks):.2f}) | "
+        print(f"{arm} | {saved} | {statistics.median(peaks):.2f} GB ({min(peaks):.2f}-{max(peaks):.2f}) | "
               f"{statistics.median(steps):.2f} ({min(steps):.2f}-{max(steps):.2f})")  # fmt: skip
 
 

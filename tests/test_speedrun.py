@@ -117,7 +117,7 @@ def test_a_run_saved_before_the_whitening_gelu_rebuilds_resumes_and_repeats_with
 @pytest.mark.parametrize("size", [31, 15, 181, 200])  # the network's planes; the largest plane int16 holds; one past it
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_max_pool_with_16_bit_indices_gives_the_same_output_and_gradient(size, layout, dtype):
+def test_max_pool_with_16_bit_positions_gives_the_same_output_and_gradient(size, layout, dtype):
     from cnnlab.models.speedrun import max_pool_2x2
 
     g = torch.Generator().manual_seed(size)
@@ -129,6 +129,20 @@ def test_max_pool_with_16_bit_indices_gives_the_same_output_and_gradient(size, l
     expected.backward(grad_out)
     got.backward(grad_out)
     assert torch.equal(got, expected) and torch.equal(narrow.grad, plain.grad)
+
+
+def test_a_stage_keeps_neither_its_pool_input_nor_64_bit_positions_for_the_backward_pass():
+    from cnnlab.models.speedrun import ConvStage
+
+    stage = ConvStage(3, 8).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 31, 31).contiguous(memory_format=torch.channels_last).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        stage(x).sum().backward()
+    shapes = {(t.dtype, tuple(t.shape)) for t in saved}
+    assert (torch.int16, (2, 8, 15, 15)) in shapes  # the positions, and nothing at the pool's input size:
+    assert not any(shape == (2, 8, 31, 31) or dtype == torch.int64 for dtype, shape in shapes)
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 def test_frozen_batch_norm_scales_do_not_train():

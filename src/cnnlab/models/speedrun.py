@@ -17,25 +17,36 @@ WHITEN_KERNEL = 2  # 2x2 patches: 12 dimensions, each eigenvector used with both
 WHITEN_EPS = 5e-4  # added to the eigenvalues: keeps the near-zero directions from exploding
 
 
-def _narrow_indices(saved: torch.Tensor) -> torch.Tensor:
-    return saved.to(torch.int16) if saved.dtype == torch.int64 else saved
+class _MaxPool2x2(torch.autograd.Function):
+    """A 2x2 max-pool whose backward pass keeps only where each window's maximum was, as int16.
 
+    PyTorch's own pool saves its whole input for the backward pass (it reads only the input's shape) and the
+    positions as int64. The 2x2 windows do not overlap, so each input element is the maximum of at most one
+    window, and scattering the output's gradient to those positions (max_unpool2d) is the gradient, bit for bit.
+    A position within one plane (at most 31x31 here) fits 16 bits."""
 
-def _widen_indices(saved: torch.Tensor) -> torch.Tensor:
-    return saved.to(torch.int64) if saved.dtype == torch.int16 else saved
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out, positions = F.max_pool2d(x, 2, return_indices=True)
+        ctx.save_for_backward(positions.to(torch.int16))
+        ctx.plane = tuple(x.shape[-2:])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:
+        (positions,) = ctx.saved_tensors
+        return F.max_unpool2d(grad_out, positions.to(torch.int64), 2, output_size=ctx.plane)
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
-    """F.max_pool2d(x, 2), with the window maxima's positions kept for the backward pass as int16, not int64.
+    """F.max_pool2d(x, 2), keeping for the backward pass int16 positions only, not the input and int64 positions.
 
-    The positions are flat indices within one plane (at most 31x31 here), so 16 bits hold them exactly: the
-    gradient is bit for bit the same. At batch 1024 the 64/256/256 network saves 242 MB of them per step in
-    int64, a quarter of all it saves in bf16; int16 makes that 60 MB, and the conversion did not measure in a
-    step's time (BENCHMARKS.md). Compiled graphs keep their own (inductor saves small offsets already)."""
+    At batch 1024 the 64/256/256 network's three pools saved 270 MB of inputs in bf16 (539 MB in fp32) and
+    242 MB of int64 positions per step; now 60 MB (BENCHMARKS.md). Compiled graphs and inference take PyTorch's
+    pool (inductor keeps small offsets already), as does a plane too large for 16-bit positions."""
     if torch.compiler.is_compiling() or not torch.is_grad_enabled() or x.shape[-2] * x.shape[-1] > 2**15:
         return F.max_pool2d(x, 2)
-    with torch.autograd.graph.saved_tensors_hooks(_narrow_indices, _widen_indices):
-        return F.max_pool2d(x, 2)
+    return _MaxPool2x2.apply(x)
 
 
 class FrozenScaleBatchNorm(nn.BatchNorm2d):
@@ -56,7 +67,7 @@ class ConvStage(nn.Module):
         self.norm2 = FrozenScaleBatchNorm(out_ch)
 
     def forward(self, x):
-        x = F.max_pool2d(self.conv1(x), 2)
+        x = max_pool_2x2(self.conv1(x))
         x = F.gelu(self.norm1(x))
         return F.gelu(self.norm2(self.conv2(x)))
 
