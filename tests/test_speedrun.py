@@ -145,6 +145,15 @@ def test_a_stage_keeps_neither_its_pool_input_nor_64_bit_positions_for_the_backw
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+def test_the_network_traces_for_export_with_autograd_on():
+    # torch.jit.trace (TorchScript and ONNX export) keeps autograd on; a Python autograd function in the graph
+    # would fail the trace's own check, so the exports take PyTorch's pool.
+    model = build_model("speedrun-8-16-16", 10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    traced = torch.jit.trace(model, (x,))
+    assert torch.allclose(traced(x), model(x))
+
+
 def test_frozen_batch_norm_scales_do_not_train():
     model = build_model("speedrun", 10)
     scales = [m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]

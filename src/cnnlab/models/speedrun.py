@@ -43,8 +43,10 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
 
     At batch 1024 the 64/256/256 network's three pools saved 270 MB of inputs in bf16 (539 MB in fp32) and
     242 MB of int64 positions per step; now 60 MB (BENCHMARKS.md). Compiled graphs and inference take PyTorch's
-    pool (inductor keeps small offsets already), as does a plane too large for 16-bit positions."""
-    if torch.compiler.is_compiling() or not torch.is_grad_enabled() or x.shape[-2] * x.shape[-1] > 2**15:
+    pool (inductor keeps small offsets already), as do exports (a traced graph has no Python function in it) and a
+    plane too large for 16-bit positions."""
+    plain = torch.compiler.is_compiling() or torch.jit.is_tracing() or not torch.is_grad_enabled()
+    if plain or x.shape[-2] * x.shape[-1] > 2**15:
         return F.max_pool2d(x, 2)
     return _MaxPool2x2.apply(x)
 
