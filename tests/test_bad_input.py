@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_cli, write_cifar_archive
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -406,6 +406,11 @@ def hostile_cases():
             1,
             ["last.pt", "not a readable"],
         ),
+        "one-byte last.pt (a pickle opcode cut short) on evaluate": (
+            damaged("last.pt", b"X", lambda run: ["evaluate", str(run / "last.pt"), "--data", "x"]),
+            1,
+            ["last.pt", "not a readable"],
+        ),
         "checkpoint with only its header": (
             checkpoint_changed(lambda p: {"format": p["format"]}),
             1,
@@ -735,6 +740,7 @@ garbling = st.one_of(
 
 @FAST
 @given(file=st.sampled_from(RUN_FILES), keep=st.floats(0, 1), junk=garbling)
+@example(file="last.pt", keep=0.0, junk=b"X")  # found by this test: the unpickler's struct.error escaped
 def test_garbled_run_files_give_one_of_our_errors(tmp_path_factory, file, keep, junk):
     from cnnlab.analysis import read_run
     from cnnlab.diagnose import diagnose

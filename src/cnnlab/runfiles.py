@@ -13,6 +13,7 @@ import json
 import math
 import pickle
 import re
+import struct
 from pathlib import Path
 
 import torch
@@ -154,6 +155,7 @@ def load_tensors(path: str | Path):
         MemoryError,
         OverflowError,
         RecursionError,
+        struct.error,  # the unpickler reading a length past the end of a damaged file
     ) as e:
         raise CnnlabError(f"{shown(path)} is not a readable PyTorch checkpoint ({brief(e)}); check the file") from None
 
