@@ -1,13 +1,17 @@
-"""What the speedrun network's max-pools keep for the backward pass costs a training step: memory and time.
+"""What the speedrun network's max-pools and batch norms keep for the backward pass costs a training step:
+memory and time.
 
     python benchmarks/pool_indices.py [--model speedrun] [--batch 1024] [--steps 4] [--repeats 3]
-        [--precision auto|fp32|bf16]
+        [--precision auto|fp32|bf16] [--arms pytorch,cnnlab-pool,cnnlab]
 
 Each arm trains `--steps` steps of the model on a random batch in a fresh process (so that its peak resident
-memory is its own), the arms interleaved over the repeats: `pytorch` is F.max_pool2d, which keeps its whole input
-and the window maxima's positions as int64 for the backward pass; `cnnlab` is max_pool_2x2, which keeps the
-positions only, as int16. Printed per arm: what one forward pass saves for the backward pass, by dtype, the peak
-RSS (median, min-max) and the median step time.
+memory is its own), the arms interleaved over the repeats:
+- `pytorch`: F.max_pool2d, which keeps its whole input and the window maxima's positions as int64 for the backward
+  pass, and PyTorch's batch norm, which keeps its input;
+- `cnnlab-pool`: max_pool_2x2, which keeps the positions only, as int16, and PyTorch's batch norm;
+- `cnnlab`: max_pool_2x2 and the batch norm that keeps its output, which the GELU after it keeps anyway.
+Printed per arm: what one forward pass saves for the backward pass, by dtype, the peak RSS (median, min-max) and
+the median step time.
 """
 
 import argparse
@@ -31,20 +35,29 @@ def build(model_name: str):
     return model.to(memory_format=torch.channels_last)
 
 
-def use_pool(arm: str) -> None:
+ARMS = ("pytorch", "cnnlab-pool", "cnnlab")
+
+
+def use_arm(arm: str) -> None:
     import cnnlab.models.speedrun as speedrun
 
     if arm == "pytorch":  # the stages call the module's max_pool_2x2 by name
         speedrun.max_pool_2x2 = lambda x: F.max_pool2d(x, 2)
+    if arm != "cnnlab":
+        speedrun.FrozenScaleBatchNorm.saves_output = False
 
 
 def saved_bytes_by_dtype(model_name: str, batch: int, precision: str) -> dict[str, int]:
+    """What one forward pass saves, by dtype; a tensor saved twice (a batch norm's output, which the GELU after it
+    saves too) counts once."""
     from cnnlab.device import autocast
 
-    model, totals = build(model_name), {}
+    model, totals, seen = build(model_name), {}, set()
 
     def pack(tensor):
-        totals[str(tensor.dtype)] = totals.get(str(tensor.dtype), 0) + tensor.numel() * tensor.element_size()
+        if tensor.untyped_storage().data_ptr() not in seen:
+            seen.add(tensor.untyped_storage().data_ptr())
+            totals[str(tensor.dtype)] = totals.get(str(tensor.dtype), 0) + tensor.numel() * tensor.element_size()
         return tensor
 
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
@@ -57,7 +70,7 @@ def one_arm(arm: str, model_name: str, batch: int, steps: int, precision: str) -
     from cnnlab.device import autocast, tune_cpu_allocator
 
     tune_cpu_allocator()  # as training runs: freed blocks stay in the heap, so RSS is the true peak
-    use_pool(arm)
+    use_arm(arm)
     model = build(model_name)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
@@ -83,6 +96,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    parser.add_argument("--arms", default=",".join(ARMS), help="a comma-separated list of " + ", ".join(ARMS))
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm in this process
     args = parser.parse_args()
     from cnnlab.device import cpu_description, resolve_precision
@@ -91,7 +105,10 @@ def main() -> None:
     if args.arm:
         print(json.dumps(one_arm(args.arm, args.model, args.batch, args.steps, precision)))
         return
-    results = {"pytorch": [], "cnnlab": []}
+    arms = args.arms.split(",")
+    if not arms or not set(arms) <= set(ARMS):
+        parser.error(f"--arms takes a comma-separated list of {', '.join(ARMS)}")
+    results = {arm: [] for arm in arms}
     for _ in range(args.repeats):
         for arm in results:
             command = [sys.executable, __file__, "--arm", arm, "--model", args.model, "--batch", str(args.batch),
@@ -101,7 +118,7 @@ def main() -> None:
     cpu = cpu_description()
     print(f"CPU: {cpu['name']} (family {cpu['family']}, model {cpu['model']}, {cpu['isa']}); {args.model}, "
           f"batch {args.batch}, precision {precision}, {args.steps} steps per arm, {args.repeats} repeats")  # fmt: skip
-    print("pool | saved by one forward pass | peak RSS, median (min-max) | step s, median (min-max)")
+    print("arm | saved by one forward pass | peak RSS, median (min-max) | step s, median (min-max)")
     for arm, rows in results.items():
         saved = ", ".join(f"{dtype} {size / 1e6:,.0f} MB" for dtype, size in sorted(rows[0]["saved"].items()))
         peaks = [r["peak_rss"] / 1e9 for r in rows]

@@ -131,18 +131,63 @@ def test_max_pool_with_16_bit_positions_gives_the_same_output_and_gradient(size,
     assert torch.equal(got, expected) and torch.equal(narrow.grad, plain.grad)
 
 
-def test_a_stage_keeps_neither_its_pool_input_nor_64_bit_positions_for_the_backward_pass():
+def test_a_stage_keeps_neither_its_pool_input_nor_its_batch_norms_inputs_nor_64_bit_positions():
     from cnnlab.models.speedrun import ConvStage
 
     stage = ConvStage(3, 8).to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 31, 31).contiguous(memory_format=torch.channels_last).requires_grad_()
+    norm_inputs = []  # the pooled first convolution's output and the second convolution's output
+    for norm in (stage.norm1, stage.norm2):
+        norm.register_forward_pre_hook(lambda module, args: norm_inputs.append(args[0]))
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         stage(x).sum().backward()
     shapes = {(t.dtype, tuple(t.shape)) for t in saved}
     assert (torch.int16, (2, 8, 15, 15)) in shapes  # the positions, and nothing at the pool's input size:
     assert not any(shape == (2, 8, 31, 31) or dtype == torch.int64 for dtype, shape in shapes)
+    kept = {t.data_ptr() for t in saved}
+    assert len(norm_inputs) == 2 and not any(t.data_ptr() in kept for t in norm_inputs)
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_batch_norm_that_keeps_its_output_matches_pytorchs(layout, precision):
+    # The forward pass and the running statistics are PyTorch's own, bit for bit. The gradient differs by
+    # rounding only: in fp32 within float32's precision; in bf16 (autocast, as training runs) no further from a
+    # float64 reference than PyTorch's own bf16 batch norm is.
+    import copy
+
+    from cnnlab.device import autocast
+    from cnnlab.models.speedrun import FrozenScaleBatchNorm
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    norm = FrozenScaleBatchNorm(16)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(64, 8, 15, 15).contiguous(memory_format=layout)
+    weights = torch.randn(64, 16, 15, 15)  # makes the loss's gradient vary from element to element
+
+    def run(saves_output: bool, dtype: torch.dtype, precision: str):
+        c, n = copy.deepcopy(conv).to(dtype), copy.deepcopy(norm).to(dtype)
+        n.saves_output = saves_output
+        with autocast(torch.device("cpu"), precision):
+            y = F.gelu(n(c(x.to(dtype))))
+        (y.to(dtype) * weights.to(dtype)).sum().backward()
+        return y, n, (c.weight.grad.double(), n.bias.grad.double())
+
+    y, norm_kept, grads = run(True, torch.float32, precision)
+    y_ref, norm_ref, grads_ref = run(False, torch.float32, precision)
+    assert y.dtype == y_ref.dtype and torch.equal(y, y_ref)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(norm_kept, name), getattr(norm_ref, name))
+    if precision == "fp32":
+        for got, expected in zip(grads, grads_ref):
+            assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    else:
+        _, _, truth = run(False, torch.float64, "fp32")
+        for got, pytorchs, exact in zip(grads, grads_ref, truth):
+            assert (got - exact).norm() <= 1.1 * (pytorchs - exact).norm() + 1e-6 * exact.norm()
 
 
 def test_the_network_traces_for_export_with_autograd_on():

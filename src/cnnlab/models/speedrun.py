@@ -51,13 +51,55 @@ def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     return _MaxPool2x2.apply(x)
 
 
+class _ShiftOnlyBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm with its scale fixed at 1, which keeps its output for the backward pass, not its input.
+
+    With the scale at 1 the output is y = (x - mean) * invstd + shift, so the normalised input x_hat that the
+    backward pass needs is y - shift, and the input x is not needed at all. The GELU after the batch norm keeps y
+    anyway, so the batch norm adds nothing of its own, and the convolution or pool output it used to keep is freed
+    as soon as the forward pass moves on (the idea of in-place activated batch norm; Rota Bulo et al., 2018).
+
+    PyTorch's backward kernel reads its input as x_hat = (input - save_mean) * save_invstd and multiplies the
+    input's gradient by weight * save_invstd. Handing it y, the shift and 1 in those places, and the true invstd as
+    the weight, gives the batch norm's gradient from the same kernel with the same passes over memory: no
+    recomputation. Only rounding differs (x_hat comes from the rounded y, not from x)."""
+
+    @staticmethod
+    def forward(ctx, x, shift, running_mean, running_var, momentum: float, eps: float):
+        y, _, invstd = torch.native_batch_norm(x, None, shift, running_mean, running_var, True, momentum, eps)
+        ctx.save_for_backward(y, shift, invstd)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        y, shift, invstd = ctx.saved_tensors
+        grad_x, _, grad_shift = torch.ops.aten.native_batch_norm_backward(
+            grad_y, y, invstd, None, None, shift, torch.ones_like(invstd), True, ctx.eps, [True, False, True]
+        )
+        return grad_x, grad_shift, None, None, None, None
+
+
 class FrozenScaleBatchNorm(nn.BatchNorm2d):
     """Batch norm whose scale stays 1: the next convolution can absorb any scale, so only the shift trains.
-    A high momentum (0.4 in PyTorch's convention) makes the running statistics follow a short run."""
+    A high momentum (0.4 in PyTorch's convention) makes the running statistics follow a short run.
+
+    In training it keeps its output, not its input, for the backward pass (_ShiftOnlyBatchNorm): at batch 1024
+    the 64/256/256 network's six batch norms kept 239 MB in fp32 (120 MB in bf16) that nothing else needed
+    (BENCHMARKS.md). Compiled graphs, traced exports and evaluation take PyTorch's batch norm."""
+
+    saves_output = True  # benchmarks/pool_indices.py turns it off to measure PyTorch's batch norm beside it
 
     def __init__(self, channels: int, momentum: float = 0.4):
         super().__init__(channels, momentum=momentum, eps=1e-12)
         self.weight.requires_grad_(False)
+
+    def forward(self, x):
+        plain = torch.compiler.is_compiling() or torch.jit.is_tracing() or not torch.is_grad_enabled()
+        if plain or not self.training or not self.saves_output or self.weight.requires_grad:
+            return super().forward(x)
+        self.num_batches_tracked.add_(1)  # as nn.BatchNorm2d counts them (the momentum is fixed, so unused)
+        return _ShiftOnlyBatchNorm.apply(x, self.bias, self.running_mean, self.running_var, self.momentum, self.eps)
 
 
 class ConvStage(nn.Module):
