@@ -190,6 +190,25 @@ def test_the_batch_norm_that_keeps_its_output_matches_pytorchs(layout, precision
             assert (got - exact).norm() <= 1.1 * (pytorchs - exact).norm() + 1e-6 * exact.norm()
 
 
+def test_the_batch_norm_that_keeps_its_output_gives_the_inputs_gradient_with_its_shift_frozen():
+    # A frozen shift (fine-tuning part of a network): the backward kernel is asked for the input's gradient only.
+    from cnnlab.models.speedrun import FrozenScaleBatchNorm
+
+    kept, plain = FrozenScaleBatchNorm(4), FrozenScaleBatchNorm(4)
+    plain.saves_output = False
+    x = torch.randn(8, 4, 5, 5)
+    grads = []
+    for norm in (kept, plain):
+        norm.bias.requires_grad_(False)
+        inputs = x.clone().requires_grad_()
+        out = norm(inputs)
+        assert ("ShiftOnly" in type(out.grad_fn).__name__) == norm.saves_output
+        F.gelu(out).pow(2).sum().backward()
+        assert norm.bias.grad is None
+        grads.append(inputs.grad)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
 def test_the_network_traces_for_export_with_autograd_on():
     # torch.jit.trace (TorchScript and ONNX export) keeps autograd on; a Python autograd function in the graph
     # would fail the trace's own check, so the exports take PyTorch's pool.

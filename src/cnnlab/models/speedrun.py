@@ -74,8 +74,9 @@ class _ShiftOnlyBatchNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         y, shift, invstd = ctx.saved_tensors
+        needed = [ctx.needs_input_grad[0], False, ctx.needs_input_grad[1]]  # (input, scale, shift)
         grad_x, _, grad_shift = torch.ops.aten.native_batch_norm_backward(
-            grad_y, y, invstd, None, None, shift, torch.ones_like(invstd), True, ctx.eps, [True, False, True]
+            grad_y, y, invstd, None, None, shift, torch.ones_like(invstd), True, ctx.eps, needed
         )
         return grad_x, grad_shift, None, None, None, None
 
