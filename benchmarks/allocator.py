@@ -13,25 +13,11 @@ threshold in MiB, run in a fresh process, the arms interleaved over the repeats:
 """
 
 import argparse
-import ctypes
-import dataclasses
 import json
 import resource
 import statistics
 import subprocess
 import sys
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-
-
-def set_allocator(trim_mib: int) -> None:
-    """tune_cpu_allocator's settings with another trim threshold, in place of tune_cpu_allocator."""
-    import cnnlab.device
-    import cnnlab.prepare
-
-    libc = ctypes.CDLL("libc.so.6")
-    assert libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(M_TRIM_THRESHOLD, trim_mib << 20) == 1
-    cnnlab.device.tune_cpu_allocator = cnnlab.prepare.tune_cpu_allocator = lambda: True
 
 
 def speedrun(data: str, train_images: int, epochs: int) -> dict:
@@ -39,10 +25,7 @@ def speedrun(data: str, train_images: int, epochs: int) -> dict:
     from cnnlab.recipe_files import load_recipe
     from cnnlab.train import train
 
-    full = load_dataset(data, progress=False)
-    subset = dataclasses.replace(
-        full, train_images=full.train_images[:train_images], train_labels=full.train_labels[:train_images]
-    )
+    subset = load_dataset(data, progress=False).first_train_images(train_images)
     recipe = load_recipe("speedrun", {"epochs": epochs, "seed": 0})
     result = train(recipe, subset, runs_dir=None, progress=False, plots=False, log=lambda line: None)
     steps = epochs * -(-train_images // recipe.batch_size)
@@ -55,7 +38,7 @@ def speedrun(data: str, train_images: int, epochs: int) -> dict:
 def smallcnn(data: str) -> dict:
     from cnnlab.bench import VARIANTS, measure
 
-    r = measure(VARIANTS["cnnlab"], data, 40, 4, 128, 0)
+    r = measure(VARIANTS["cnnlab"], data, steps=40, warmup=4, batch_size=128, seed=0)
     return {"images_per_s": r["images_per_s"], "page_faults_per_step": r["page_faults_per_step"]}
 
 
@@ -74,7 +57,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.arm:
         workload, trim = args.arm
-        set_allocator(int(trim))
+        from cnnlab.device import tune_cpu_allocator
+
+        # The first call's settings hold for the process, so training's own call leaves this threshold in place.
+        assert tune_cpu_allocator(trim_threshold=int(trim) << 20)
         out = speedrun(args.data, args.train_images, args.epochs) if workload == "speedrun" else smallcnn(args.data)
         print(json.dumps(out))
         return

@@ -14,7 +14,6 @@ malloc_trim(0) after every epoch (a lever tried: BENCHMARKS.md). Linux with glib
 
 import argparse
 import ctypes
-import dataclasses
 import threading
 import time
 
@@ -87,8 +86,7 @@ def main() -> None:
 
     data = load_dataset(args.data, progress=False)
     if args.train_images:
-        n = args.train_images
-        data = dataclasses.replace(data, train_images=data.train_images[:n], train_labels=data.train_labels[:n])
+        data = data.first_train_images(args.train_images)
     threading.Thread(target=sampler, daemon=True).start()
     recipe = load_recipe(args.recipe, {"epochs": args.epochs, "seed": 0})
     train(recipe, data, runs_dir=None, progress=False, plots=False, callbacks=[EpochEnd()], log=lambda line: None)

@@ -316,3 +316,15 @@ def test_archive_members_are_capped_and_read_in_bounded_memory(tmp_path, monkeyp
     monkeypatch.setattr(sourcefiles, "MAX_ARCHIVE_BYTES", 1000)  # the archive as a whole is larger
     with pytest.raises(CnnlabError, match="GiB inflated, the limit"):
         load_dataset(str(archive), cache_dir=tmp_path / "c2")
+
+
+def test_the_first_training_images_keep_their_file_names_in_step(tmp_path):
+    root = write_image_folder(tmp_path / "tree", n_train_per_class=6, n_test_per_class=2)
+    shutil.copytree(root / "test", root / "val")
+    data = load_dataset(str(root), progress=False)
+    for n in (5, 30):
+        first = data.first_train_images(n)
+        assert len(first.train_images) == len(first.train_labels) == len(first.train_files) == n
+        assert first.train_files == data.train_files[:n] and torch.equal(first.train_images, data.train_images[:n])
+        assert first.given_val is None or first.given_val.tolist() == [k for k in data.given_val.tolist() if k < n]
+    assert len(data.train_labels) == 32  # the whole dataset is untouched

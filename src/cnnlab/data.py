@@ -10,7 +10,7 @@ is a file read, not 60,000 JPEG decodes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -60,6 +60,18 @@ class Dataset:
         """How a person finds the image: its file path in an image folder, else split and index."""
         files = self.train_files if split == "train" else self.test_files
         return files[index] if files else f"{split}[{index}]"
+
+    def first_train_images(self, n: int) -> Dataset:
+        """The same dataset with only its first n training images (a quick look, a benchmark's subset); the
+        file names and groups stay in step with them."""
+        return replace(
+            self,
+            train_images=self.train_images[:n],
+            train_labels=self.train_labels[:n],
+            train_files=self.train_files[:n] if self.train_files else None,
+            train_groups=self.train_groups[:n] if self.train_groups else None,
+            _grayscale=None,
+        )
 
     @property
     def given_val(self) -> torch.Tensor | None:

@@ -126,13 +126,14 @@ def autocast(device: torch.device, precision: str):
 _allocator_tuned = False
 
 
-def tune_cpu_allocator() -> bool:
+def tune_cpu_allocator(trim_threshold: int = 1 << 30) -> bool:
     """Stop glibc from handing large freed blocks back to the OS after every training step.
 
     By default glibc serves big allocations (a batch's activations are megabytes) with mmap and
     returns them on free, so each step faults every page in again: about 10,000 page faults per
     step for SmallCNN at batch 128, measured. Raising the mmap and trim thresholds keeps the memory
-    in the heap for reuse (about 200 faults per step). Linux/glibc only; elsewhere a no-op.
+    in the heap for reuse (about 200 faults per step). Linux/glibc only; elsewhere a no-op. The first
+    call's settings hold for the process (benchmarks/allocator.py measures other trim thresholds).
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -142,7 +143,7 @@ def tune_cpu_allocator() -> bool:
 
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, trim_threshold) == 1
     except (OSError, AttributeError):
         ok = False
     _allocator_tuned = ok
