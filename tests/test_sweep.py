@@ -152,7 +152,7 @@ def _children(pid: int) -> list[int]:
 
 def test_a_killed_trial_is_reported_and_resumed_by_the_rerun(archive, tmp_path):
     out = tmp_path / "sweep"
-    args = _sweep_args(archive, out, epochs=12, batch_size=8)
+    args = _sweep_args(archive, out, epochs=5, batch_size=8)
     sweep = subprocess.Popen([sys.executable, "-m", "cnnlab", *args], stdout=subprocess.PIPE, text=True)
     metrics = out / "runs" / "base_seed0" / "metrics.jsonl"
     deadline = time.time() + 120
@@ -164,4 +164,4 @@ def test_a_killed_trial_is_reported_and_resumed_by_the_rerun(archive, tmp_path):
     assert sweep.returncode == 1 and "base_seed0 failed" in output and "not finished: base_seed0" in output
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
-    assert json.loads((out / "runs" / "base_seed0" / "summary.json").read_text())["epochs"] == 12
+    assert json.loads((out / "runs" / "base_seed0" / "summary.json").read_text())["epochs"] == 5

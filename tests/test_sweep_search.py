@@ -55,11 +55,38 @@ def test_a_bad_range_flag_is_one_usage_error(items, message):
         ({"search": "random", "samples": 2, "ranges": {"lr": [0.1, float("inf")]}}, "finite"),
         ({"search": "grid", "prune": True}, "TPE"),
         ({"search": "bayes"}, "grid, random or tpe"),
+        ({"search": "tpe", "samples": 2, "ranges": {"lr": [0.1, 1.0]}, "sample_seed": -1}, "from 0 to 4294967295"),
+        ({"search": "random", "samples": 2, "ranges": {"lr": [0.1, 1.0]}, "sample_seed": 2**32}, "whole number"),
+        ({"search": "random", "samples": 2, "ranges": {"lr": [0.1, 1.0]}, "sample_seed": 1.5}, "whole number"),
     ],
 )
 def test_a_search_that_cannot_run_is_refused_with_one_line(fields, message):
     with pytest.raises(UsageError, match=message):
         check_search(SweepSpec(**fields))
+
+
+def test_a_rerun_tpe_search_asks_each_variant_as_an_uninterrupted_one_would(tmp_path):
+    """A study keeps no sampler state: a sampler seeded once per process drew tpe000's values again as
+    tpe001 after a rerun. Each variant's draw now depends on the sample seed and its number only."""
+    pytest.importorskip("optuna")
+    from cnnlab.sweep_search import ask_variant, open_study
+
+    spec = SweepSpec(search="tpe", samples=3, ranges={"lr": [0.001, 1.0, "log"], "epochs": [1, 50]})
+
+    for folder in ("straight", "rerun", "other"):
+        (tmp_path / folder).mkdir()
+
+    def ask_and_tell(study, value):
+        trial = ask_variant(study, spec)
+        study.tell(trial, value)
+        return trial.user_attrs["fields"]
+
+    one_process = open_study(spec, tmp_path / "straight")
+    straight = [ask_and_tell(one_process, value) for value in (50.0, 60.0, 70.0)]
+    rerun = [ask_and_tell(open_study(spec, tmp_path / "rerun"), value) for value in (50.0, 60.0, 70.0)]
+    assert rerun == straight and len({tuple(f.values()) for f in straight}) == 3
+    other_seed = SweepSpec(**{**spec.__dict__, "sample_seed": 1})
+    assert ask_variant(open_study(other_seed, tmp_path / "other"), other_seed).user_attrs["fields"] != straight[0]
 
 
 def test_bad_search_flags_exit_2_with_one_line(archive, tmp_path):
@@ -98,7 +125,7 @@ def test_a_tpe_search_keeps_its_study_beside_the_sweep_and_resumes_after_sigkill
     pytest.importorskip("optuna")
     out = tmp_path / "tpe"
     args = _sweep_args(
-        archive, out, "--search", "tpe", "--trials", "2", "--range", "lr=0.01:0.2:log", epochs=10, batch_size=8
+        archive, out, "--search", "tpe", "--trials", "2", "--range", "lr=0.01:0.2:log", epochs=5, batch_size=8
     )
     sweep = subprocess.Popen([sys.executable, "-m", "cnnlab", *args], stdout=subprocess.DEVNULL)
     metrics = out / "runs" / "tpe000_seed0" / "metrics.jsonl"
@@ -113,6 +140,8 @@ def test_a_tpe_search_keeps_its_study_beside_the_sweep_and_resumes_after_sigkill
     assert (out / "study.db").is_file() and "no validation split" in again.stdout
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["trial"] for r in rows] == ["tpe000_seed0", "tpe001_seed0"] and {r["status"] for r in rows} == {"done"}
+    variants = list(csv.DictReader((out / "variants.csv").open()))
+    assert variants[0]["lr"] != variants[1]["lr"]  # the rerun did not ask tpe000's value again
     assert json.loads((out / "runs" / "tpe000_seed0" / "config.json").read_text()).get("resumed")
     optuna = pytest.importorskip("optuna")
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
@@ -127,11 +156,11 @@ def test_a_pruned_trial_is_stopped_with_a_checkpoint_and_can_be_resumed(archive,
     from cnnlab.sweep import claim_sweep_folder
     from cnnlab.sweep_trials import run_trial, trial_state
 
-    spec = SweepSpec(data=str(archive), overrides={"epochs": 10, "batch_size": 8, "precision": "fp32"})
+    spec = SweepSpec(data=str(archive), overrides={"epochs": 4, "batch_size": 8, "precision": "fp32"})
     claim_sweep_folder(tmp_path, spec)
     rows = []
     result = run_trial(spec, tmp_path, "base_seed0", 1, on_row=lambda row: rows.append(row) or True)
     assert result["stopped"] and "summary" not in result and rows[0]["epoch"] == 1
     assert trial_state(tmp_path / "runs" / "base_seed0") == "partial"
     finished = run_trial(spec, tmp_path, "base_seed0", 1)
-    assert finished["summary"]["epochs"] == 10
+    assert finished["summary"]["epochs"] == 4

@@ -30,6 +30,7 @@ from .recipe_files import load_recipe, recipe_toml
 from .sweep_trials import trial_state
 
 SPEC_VERSION = 1
+MAX_SAMPLE_SEED = 2**32 - 1  # what NumPy's generators, which Optuna's samplers use, accept
 
 
 @dataclass
@@ -163,6 +164,9 @@ def check_search(spec: SweepSpec) -> None:
         raise UsageError(f"a {spec.search} search needs something to draw: --range FIELD=LOW:HIGH or --grid")
     if spec.prune and spec.search != "tpe":
         raise UsageError("pruning stops losing trials of a TPE search: add --search tpe --trials N")
+    seed = spec.sample_seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SAMPLE_SEED:
+        raise UsageError(f"sample seed {seed!r}: give a whole number from 0 to {MAX_SAMPLE_SEED}")
     for name, bounds in spec.ranges.items():
         low, high, *scale = bounds if isinstance(bounds, list) and len(bounds) in (2, 3) else [None, None]
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high))

@@ -48,7 +48,7 @@ def open_study(spec, folder: Path):
         return optuna.create_study(
             study_name=name,
             storage=storage,
-            sampler=optuna.samplers.TPESampler(seed=spec.sample_seed),
+            sampler=_sampler(spec, 0),
             pruner=pruner,
             direction="maximize",
             load_if_exists=True,
@@ -74,7 +74,22 @@ def study_variants(study) -> list[tuple[str, dict]]:
     return [(t.user_attrs["variant"], t.user_attrs["fields"]) for t in study.get_trials(deepcopy=False)]
 
 
-def _ask(study, spec) -> object:
+def _sampler(spec, variant_number: int):
+    """The TPE sampler that asks for variant `variant_number`, seeded by the sample seed and that number.
+
+    A study keeps its trials but not its sampler's random state, so a sampler seeded once per process
+    would draw the first variants again after a rerun (Optuna issue 3255): an interrupted search would
+    train tpe000's values twice. Seeded per variant, tpe001 is the same draw whether or not the search
+    was interrupted before it."""
+    import numpy as np
+
+    seed = int(np.random.SeedSequence([spec.sample_seed, variant_number]).generate_state(1)[0])
+    return _optuna().samplers.TPESampler(seed=seed)
+
+
+def ask_variant(study, spec) -> object:
+    """The study's next variant (an Optuna trial), named tpe000, tpe001, ... with the values it trains with."""
+    study.sampler = _sampler(spec, len(study.get_trials(deepcopy=False)))
     trial = study.ask(distributions(spec))
     fields = {n: float(f"{v:.3g}") if isinstance(v, float) else v for n, v in trial.params.items()}
     trial.set_user_attr("variant", f"tpe{trial.number:03d}")
@@ -142,7 +157,7 @@ def run_search(spec, folder: Path, workers, log) -> dict:
             break
         interrupted = [t for t in asked if t.state == optuna.trial.TrialState.RUNNING][:count]
         batch = [optuna.trial.Trial(study, t._trial_id) for t in interrupted]  # resumed, not asked again
-        batch += [_ask(study, spec) for _ in range(min(count - len(batch), spec.samples - len(asked)))]
+        batch += [ask_variant(study, spec) for _ in range(min(count - len(batch), spec.samples - len(asked)))]
         pool.map(work, batch)
     results = read_sweep(folder)[1]
     write_results(results, folder)
