@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +63,46 @@ def test_the_grid_the_variants_and_a_sweep_file(tmp_path):
     (tmp_path / "bad.toml").write_text("seed = 3\n")
     with pytest.raises(UsageError, match="unknown key 'seed'"):
         spec_from_toml(tmp_path / "bad.toml")
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("seeds = -1", "seeds -1: give a count from 1 to 10000"),
+        ("seeds = 100000000000", "seeds 100000000000: give a count"),  # was a MemoryError
+        ("seeds = []", "seeds \\[\\]: give a count"),  # was a sweep of no trials, exit 0
+        ("seeds = [0, 0]", "seeds \\[0, 0\\]: .* distinct whole numbers"),
+        ('seeds = "x"', "seeds 'x'"),
+        ("recipe = 5", "recipe 5: give a text"),  # was a TypeError
+        ("overrides = 3", "overrides: give a table"),
+        ('search = "random"\nsamples = "3"\n[ranges]\nlr = [0.1, 1.0]', "samples '3': give a whole number"),
+        ('prune = "yes"', "prune 'yes': give true or false"),
+        ("sample_seed = -3", "sample_seed -3: give a whole number from 0 to 4294967295"),
+        ('[grid]\naugment = ["a/b"]', "grid augment: values with '/'"),
+    ],
+)
+def test_a_bad_sweep_file_is_one_usage_error_naming_the_file_and_the_key(tmp_path, body, message):
+    (tmp_path / "s.toml").write_text(body + "\n")
+    with pytest.raises(UsageError, match=f"^sweep file {re.escape(str(tmp_path / 's.toml'))}: {message}"):
+        spec_from_toml(tmp_path / "s.toml")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (SweepSpec(grid={"lr": [0.1, 0.1]}), "the variant lr=0.1 comes twice"),
+        (SweepSpec(grid={"lr": [0.1, 0.2]}, baseline="lr=0.3"), "baseline 'lr=0.3' is not a variant"),
+        (
+            SweepSpec(search="tpe", samples=2, ranges={"lr": [0.1, 1.0]}, baseline="tpe002"),
+            "is not a variant of this sweep: tpe000, tpe001",
+        ),
+    ],
+)
+def test_a_sweep_whose_variants_cannot_be_compared_is_refused_before_any_trial(spec, message):
+    from cnnlab.sweep import resolved
+
+    with pytest.raises(UsageError, match=message):
+        resolved(spec)  # claim_sweep_folder calls it first: nothing is written, nothing trains
 
 
 def _sweep_args(archive, out, *extra, epochs: int = 1, batch_size: int = 64):

@@ -31,6 +31,7 @@ from .sweep_trials import trial_state
 
 SPEC_VERSION = 1
 MAX_SAMPLE_SEED = 2**32 - 1  # what NumPy's generators, which Optuna's samplers use, accept
+MAX_COUNT = 10_000  # the most seeds or drawn variants a sweep takes, from its flags or its file
 
 
 @dataclass
@@ -132,8 +133,6 @@ def parse_grid(items: list[str]) -> dict:
             raise UsageError(f"--grid names {name} twice; give its values in one --grid")
         if name == "seed":
             raise UsageError("seeds are not a grid field: use --seeds N")
-        if any("/" in v for v in chosen):
-            raise UsageError(f"--grid {name}: values with '/' are not supported (they name trial folders)")
         grid[name] = [_value(v) for v in chosen]
     return grid
 
@@ -152,8 +151,38 @@ def parse_range(items: list[str]) -> dict:
     return ranges
 
 
+def _whole(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_fields(spec: SweepSpec) -> None:
+    """Each field of the plain type it declares: a sweep file is as much a user's input as the flags are."""
+    for name in ("recipe", "data", "labels", "storage", "baseline"):
+        value = getattr(spec, name)
+        if not isinstance(value, str) and not (value is None and name not in ("recipe", "data")):
+            raise UsageError(f"{name} {value!r}: give a text (a name, a path or a URL)")
+    for name in ("overrides", "grid", "ranges"):
+        if not isinstance(getattr(spec, name), dict):
+            raise UsageError(f"{name}: give a table of recipe fields")
+    if not isinstance(spec.prune, bool):
+        raise UsageError(f"prune {spec.prune!r}: give true or false")
+    for name, high in (("samples", MAX_COUNT), ("sample_seed", MAX_SAMPLE_SEED)):
+        if not _whole(getattr(spec, name), 0, high):  # the CLI bounds --random and --trials, not --sample-seed
+            message = f"{name} {getattr(spec, name)!r}: give a whole number from 0 to {high}"
+            raise UsageError(message, parameters=(name,) if name == "sample_seed" else ())
+    seeds = spec.seeds
+    listed = isinstance(seeds, list) and 1 <= len(seeds) <= MAX_COUNT
+    if not listed or not all(_whole(s, 0, 2**63 - 1) for s in seeds) or len(set(seeds)) < len(seeds):
+        raise UsageError(f"seeds {seeds!r}: give a count from 1 to {MAX_COUNT}, or a list of distinct whole numbers")
+    for name, values in spec.grid.items():
+        if any(isinstance(v, str) and "/" in v for v in values):
+            raise UsageError(f"grid {name}: values with '/' are not supported (they name trial folders)")
+
+
 def check_search(spec: SweepSpec) -> None:
-    """One line for a search that cannot run: unknown kind, no draws, bad or misplaced ranges."""
+    """One line for a sweep that cannot run: a field of the wrong type, an unknown kind of search, no draws,
+    bad or misplaced ranges."""
+    _check_fields(spec)
     if spec.search not in ("grid", "random", "tpe"):
         raise UsageError(f"search {spec.search!r}: choose grid, random or tpe")
     if spec.search == "grid" and spec.ranges:
@@ -164,9 +193,6 @@ def check_search(spec: SweepSpec) -> None:
         raise UsageError(f"a {spec.search} search needs something to draw: --range FIELD=LOW:HIGH or --grid")
     if spec.prune and spec.search != "tpe":
         raise UsageError("pruning stops losing trials of a TPE search: add --search tpe --trials N")
-    seed = spec.sample_seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SAMPLE_SEED:
-        raise UsageError(f"sample seed {seed!r}: give a whole number from 0 to {MAX_SAMPLE_SEED}")
     for name, bounds in spec.ranges.items():
         low, high, *scale = bounds if isinstance(bounds, list) and len(bounds) in (2, 3) else [None, None]
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high))
@@ -203,14 +229,17 @@ def spec_from_toml(path: str | Path) -> SweepSpec:
     if unknown:
         raise UsageError(f"sweep file {shown(str(path))}: unknown key {unknown[0]!r}; use {', '.join(sorted(known))}")
     seeds = data.get("seeds", 1)
-    data["seeds"] = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    data["seeds"] = list(range(seeds)) if _whole(seeds, 1, MAX_COUNT) else seeds  # else check_search says why
     grid = data.get("grid", {})
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise UsageError(f"sweep file {shown(str(path))}: [grid] maps each field to a list of values")
     if not isinstance(data.get("ranges", {}), dict):
         raise UsageError(f"sweep file {shown(str(path))}: [ranges] maps each field to [low, high] or [low, high, log]")
     spec = SweepSpec(**data)
-    check_search(spec)
+    try:
+        check_search(spec)
+    except UsageError as e:
+        raise UsageError(f"sweep file {shown(str(path))}: {e}") from None
     return spec
 
 
@@ -221,10 +250,19 @@ def resolved(spec: SweepSpec) -> dict:
     check_search(spec)
     base = load_recipe(spec.recipe, spec.overrides)
     if spec.search == "tpe":
+        from .sweep_search import tpe_variant_name
+
+        spec.baseline_variant([(tpe_variant_name(k), {}) for k in range(spec.samples)])
         candidates = [{n: v} for n, values in spec.grid.items() for v in values]
         candidates += [{n: v} for n, (low, high, *_) in spec.ranges.items() for v in (low, high)]
-    else:
-        candidates = [chosen for _, _, _, chosen in spec.trials()]
+    else:  # every variant known before any trial runs: a repeated one or a baseline not among them fails now
+        variants = spec.variants()
+        names = [name for name, _ in variants]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise UsageError(f"the variant {repeated[0]} comes twice: give each grid value once")
+        spec.baseline_variant(variants)
+        candidates = [chosen for _, _, _, chosen in spec.trials(variants)]
     for chosen in candidates:
         load_recipe(spec.recipe, {**spec.overrides, **chosen}).validate()
     return {"version": SPEC_VERSION, **dataclasses.asdict(spec), "base_recipe": base.to_dict()}

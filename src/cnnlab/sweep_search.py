@@ -87,12 +87,16 @@ def _sampler(spec, variant_number: int):
     return _optuna().samplers.TPESampler(seed=seed)
 
 
+def tpe_variant_name(number: int) -> str:
+    return f"tpe{number:03d}"
+
+
 def ask_variant(study, spec) -> object:
     """The study's next variant (an Optuna trial), named tpe000, tpe001, ... with the values it trains with."""
     study.sampler = _sampler(spec, len(study.get_trials(deepcopy=False)))
     trial = study.ask(distributions(spec))
     fields = {n: float(f"{v:.3g}") if isinstance(v, float) else v for n, v in trial.params.items()}
-    trial.set_user_attr("variant", f"tpe{trial.number:03d}")
+    trial.set_user_attr("variant", tpe_variant_name(trial.number))
     trial.set_user_attr("fields", fields)  # what the runs train with: three significant digits, as random draws
     return trial
 
