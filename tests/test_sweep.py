@@ -105,6 +105,39 @@ def test_a_sweep_whose_variants_cannot_be_compared_is_refused_before_any_trial(s
         resolved(spec)  # claim_sweep_folder calls it first: nothing is written, nothing trains
 
 
+@pytest.mark.parametrize(
+    "summary",
+    ['{"final_test_acc": 12.5, "train', '{"final_test_acc": "12.5", "train_seconds": 1, "wall_seconds": 2}',
+     '{"final_test_acc": 1e999, "train_seconds": 1, "wall_seconds": 2}', '{"train_seconds": 1, "wall_seconds": 2}',
+     '{"final_test_acc": 12.5, "final_val_acc": true, "train_seconds": 1, "wall_seconds": 2}', "[]"],
+)  # fmt: skip
+def test_a_damaged_trial_summary_is_one_line_saying_how_to_train_that_trial_again(tmp_path, summary):
+    from cnnlab.errors import CnnlabError
+    from cnnlab.sweep import claim_sweep_folder
+    from cnnlab.sweep_results import read_sweep
+
+    spec = SweepSpec(grid={"lr": [0.05, 0.1]})
+    claim_sweep_folder(tmp_path, spec)
+    run = tmp_path / "runs" / "lr=0.05_seed0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(summary)  # a finished trial's file, cut short or edited by hand
+    with pytest.raises(
+        CnnlabError, match=f"^{re.escape(str(run))}/summary.json is damaged .*; delete {re.escape(str(run))} and rerun"
+    ):
+        read_sweep(tmp_path)  # what the rerun and `cnnlab report` read; before, a traceback
+
+
+def test_report_of_a_sweep_with_a_damaged_trial_exits_1_with_one_line(tmp_path):
+    from cnnlab.sweep import claim_sweep_folder
+
+    claim_sweep_folder(tmp_path, SweepSpec(grid={"lr": [0.05, 0.1]}))
+    (tmp_path / "runs" / "lr=0.1_seed0").mkdir(parents=True)
+    (tmp_path / "runs" / "lr=0.1_seed0" / "summary.json").write_text("{")
+    result = run_cli("report", str(tmp_path))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1 and "is damaged" in result.stderr
+    assert not (tmp_path / "report.html").exists()
+
+
 def _sweep_args(archive, out, *extra, epochs: int = 1, batch_size: int = 64):
     return (
         "sweep",

@@ -12,6 +12,7 @@ from pathlib import Path
 from .runs import atomic_write_bytes
 from .stats import compare, seeds_to_detect, summarise
 from .sweep import SweepSpec, trial_state
+from .sweep_trials import trial_summary
 
 TRIAL_COLUMNS = (
     "trial", "variant", "seed", "status", "val_acc", "test_acc", "tta_test_acc", "train_seconds", "wall_seconds",
@@ -29,7 +30,7 @@ def collect(spec: SweepSpec, folder: Path, variants: list | None = None, pruned=
         run = folder / "runs" / trial
         row = {"trial": trial, "variant": variant, "seed": seed, "status": trial_state(run)}
         if row["status"] == "done":
-            summary = json.loads((run / "summary.json").read_text())
+            summary = trial_summary(run)
             row.update(
                 val_acc=summary.get("final_val_acc"),
                 test_acc=summary["final_test_acc"],

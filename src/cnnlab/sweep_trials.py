@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -29,6 +30,23 @@ def trial_state(run: Path) -> str:
     if (run / "summary.json").is_file():
         return "done"
     return "partial" if (run / "last.pt").is_file() else "new"
+
+
+def trial_summary(run: Path) -> dict:
+    """A finished trial's summary.json, holding the numbers a sweep's results are made of. A damaged one
+    is one line that says how to train that trial again, not a traceback in the middle of a sweep."""
+    from .names import shown
+    from .runfiles import read_json
+
+    remedy = f"delete {shown(run)} and rerun the sweep to train that trial again"
+    summary = read_json(run / "summary.json", remedy)
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    needed = [summary.get(k) for k in ("final_test_acc", "train_seconds", "wall_seconds")]
+    optional = [summary.get(k) for k in ("final_val_acc", "final_tta_test_acc")]
+    if not all(map(number, needed)) or not all(v is None or number(v) for v in optional):
+        damage = "a score or a time is missing or not a number"
+        raise CnnlabError(f"{shown(run / 'summary.json')} is damaged ({damage}); {remedy}")
+    return summary
 
 
 def trial_command(spec, folder: Path, trial: str, threads: int) -> list[str]:
@@ -75,8 +93,7 @@ def run_trial(spec, folder: Path, trial: str, threads: int, on_row=None, started
             lines = (folder / "logs" / f"{trial}.log").read_text(errors="replace").strip().splitlines()
             error = lines[-1] if lines else ""
             return {"trial": trial, "returncode": process.returncode, "stopped": stopped, "error": error}
-    summary = json.loads((run / "summary.json").read_text())
-    return {"trial": trial, "returncode": 0, "stopped": False, "summary": summary}
+    return {"trial": trial, "returncode": 0, "stopped": False, "summary": trial_summary(run)}
 
 
 def _watch(process: subprocess.Popen, metrics: Path, on_row) -> bool:
