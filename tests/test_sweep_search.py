@@ -89,6 +89,31 @@ def test_a_rerun_tpe_search_asks_each_variant_as_an_uninterrupted_one_would(tmp_
     assert ask_variant(open_study(other_seed, tmp_path / "other"), other_seed).user_attrs["fields"] != straight[0]
 
 
+def test_a_rerun_trains_a_failed_tpe_variant_again_and_a_lost_study_is_one_line(archive, tmp_path):
+    """A variant whose trial crashed is FAIL in the study, which counted it as finished: the rerun said
+    "rerun the sweep to finish them" but never trained it again."""
+    optuna = pytest.importorskip("optuna")
+    from cnnlab.errors import CnnlabError
+    from cnnlab.sweep import claim_sweep_folder
+    from cnnlab.sweep_results import read_sweep
+    from cnnlab.sweep_search import ask_variant, open_study, run_search
+
+    overrides = {"epochs": 1, "batch_size": 64, "precision": "fp32"}
+    spec = SweepSpec(data=str(archive), search="tpe", samples=1, ranges={"lr": [0.01, 0.2, "log"]}, overrides=overrides)
+    claim_sweep_folder(tmp_path, spec)
+    study = open_study(spec, tmp_path)
+    study.tell(ask_variant(study, spec), state=optuna.trial.TrialState.FAIL)  # as the search records a crash
+    lines = []
+    results = run_search(spec, tmp_path, 1, lines.append)
+    assert any("training them again" in line for line in lines)
+    assert [(t["trial"], t["status"]) for t in results["trials"]] == [("tpe000_seed0", "done")]
+    (tmp_path / "study.db").unlink()
+    for opened in (lambda: read_sweep(tmp_path), lambda: run_search(spec, tmp_path, 1, print)):
+        with pytest.raises(CnnlabError, match="study.db is missing: .* restore it from a copy"):
+            opened()  # a report, or a rerun that would have named other values tpe000 than its run trained
+    assert not (tmp_path / "study.db").exists()
+
+
 def test_bad_search_flags_exit_2_with_one_line(archive, tmp_path):
     for extra, message in (
         (("--range", "lr=0.1:1"), "add --random N"),

@@ -190,7 +190,9 @@ def read_sweep(folder: str | Path) -> tuple[SweepSpec, dict]:
         return spec, collect(spec, folder)
     from .sweep_search import open_study, study_variants
 
-    study = open_study(spec, folder)
+    study = open_study(spec, folder, create=False)
+    if not study.get_trials(deepcopy=False):
+        raise CnnlabError(f"the TPE search in {shown(folder)} has asked for no variant yet; rerun the sweep")
     pruned = {
         name
         for t in study.get_trials(deepcopy=False)

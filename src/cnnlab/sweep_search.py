@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from .errors import CnnlabError, UsageError
+from .names import shown
 
 PRUNE_AFTER_VARIANTS, PRUNE_AFTER_EPOCHS = 3, 2
 
@@ -31,11 +32,18 @@ def _optuna():
     return optuna
 
 
-def open_study(spec, folder: Path):
-    """The sweep's study, created or reloaded. Its name comes from the spec, so a shared database can hold
-    several sweeps' studies apart."""
+def open_study(spec, folder: Path, create: bool = True):
+    """The sweep's study, created or reloaded (create=False: reloaded only, as a report writes nothing). Its
+    name comes from the spec, so a shared database can hold several sweeps' studies apart."""
     optuna = _optuna()
-    storage = spec.storage or f"sqlite:///{(Path(folder) / 'study.db').resolve()}"
+    default = Path(folder) / "study.db"
+    runs = Path(folder) / "runs"
+    if spec.storage is None and not default.exists() and (not create or (runs.is_dir() and any(runs.iterdir()))):
+        raise CnnlabError(  # a new study would name other values tpe000, tpe001, ... than the runs trained
+            f"{shown(default)} is missing: it holds this TPE search's variants and scores; restore it from a copy, "
+            "or give another --out to search again"
+        )
+    storage = spec.storage or f"sqlite:///{default.resolve()}"
     from .sweep import spec_digest
 
     name = f"cnnlab-{spec_digest(spec, 12)}"
@@ -102,11 +110,14 @@ def ask_variant(study, spec) -> object:
 
 
 def _tell(study, trial, lock, **outcome) -> None:
-    """Record a variant's outcome; one that another machine sharing the study finished first is left as is."""
+    """Record a variant's outcome. One already finished is left as is: another machine sharing the study
+    finished it first, or this rerun trained a finished variant's missing runs again."""
     import optuna
 
     with lock:
-        try:
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            return
+        try:  # the race with another machine
             study.tell(trial, **outcome)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
@@ -118,7 +129,7 @@ def run_search(spec, folder: Path, workers, log) -> dict:
     from .recipe_files import load_recipe
     from .sweep import worker_split, write_trial_recipes
     from .sweep_results import read_sweep, trial_score, write_results
-    from .sweep_trials import LocalWorkers, report_line, run_trial
+    from .sweep_trials import LocalWorkers, report_line, run_trial, trial_state
 
     optuna = _optuna()
     study = open_study(spec, folder)
@@ -138,7 +149,7 @@ def run_search(spec, folder: Path, workers, log) -> dict:
 
             def pruning(row, k=k):  # the first seed's curve decides
                 value = row.get("val_acc", row.get("test_acc"))
-                if not spec.prune or k or value is None:
+                if not spec.prune or k or value is None or trial._trial_id in retrained:
                     return False
                 with lock:
                     trial.report(value, row["epoch"])
@@ -155,6 +166,19 @@ def run_search(spec, folder: Path, workers, log) -> dict:
             scores.append(trial_score(result["summary"]))
         _tell(study, trial, lock, values=statistics.mean(scores))
 
+    def runs_done(t) -> bool:
+        trials = spec.trials([(t.user_attrs["variant"], t.user_attrs["fields"])])
+        return all(trial_state(folder / "runs" / name) == "done" for name, *_ in trials)
+
+    # A variant the study holds as finished whose runs are not all done: a trial failed (a crashed process)
+    # or a damaged run was deleted. A rerun trains it again, as a grid sweep's rerun does; the study keeps
+    # its first outcome (Optuna cannot reopen a finished trial) and the results table reads the new runs.
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+    lost = [t for t in study.get_trials(deepcopy=False) if t.state in finished and not runs_done(t)]
+    retrained = {t._trial_id for t in lost}
+    if lost:
+        log(f"{len(lost)} finished variant(s) without all their runs (failed or deleted): training them again")
+        pool.map(work, [optuna.trial.Trial(study, t._trial_id) for t in lost])
     while True:
         asked = study.get_trials(deepcopy=False)
         if sum(t.state.is_finished() for t in asked) >= spec.samples:
