@@ -138,6 +138,27 @@ def test_report_of_a_sweep_with_a_damaged_trial_exits_1_with_one_line(tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
+def test_a_sweep_folder_is_new_empty_or_its_own(tmp_path):
+    """--out / once wrote a sweep's runs/, logs/ and tables among the root's folders; a file was a traceback."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.sweep import claim_sweep_folder
+
+    spec = SweepSpec(grid={"lr": [0.05, 0.1]})
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    (tmp_path / "a_file").write_text("mine")
+    for folder, message in (("theirs", "holds other files and no sweep.json"), ("a_file", "cannot create the sweep")):
+        with pytest.raises(CnnlabError, match=message):
+            claim_sweep_folder(tmp_path / folder, spec)
+    assert sorted(p.name for p in (tmp_path / "theirs").iterdir()) == ["notes.txt"]
+    assert (tmp_path / "a_file").read_text() == "mine"
+    (tmp_path / "killed" / "recipes").mkdir(parents=True)  # what a sweep killed before its sweep.json leaves
+    claim_sweep_folder(tmp_path / "killed", spec)
+    assert (tmp_path / "killed" / "sweep.json").is_file() and (
+        tmp_path / "killed" / "recipes" / "lr=0.1_seed0.toml"
+    ).is_file()
+
+
 def _sweep_args(archive, out, *extra, epochs: int = 1, batch_size: int = 64):
     return (
         "sweep",

@@ -285,8 +285,16 @@ def claim_sweep_folder(folder: Path, spec: SweepSpec) -> dict:
         return wanted
     from .runs import atomic_write_json
 
-    (folder / "recipes").mkdir(parents=True, exist_ok=True)
-    (folder / "runs").mkdir(exist_ok=True)
+    # A sweep writes runs/, logs/ and its tables, never among other files; recipes/ and runs/ alone are what a
+    # sweep killed before its sweep.json was written leaves.
+    if folder.is_dir() and {p.name for p in folder.iterdir()} - {"recipes", "runs"}:
+        raise CnnlabError(f"{shown(folder)} holds other files and no sweep.json; give a new or empty folder as --out")
+    try:
+        (folder / "recipes").mkdir(parents=True, exist_ok=True)
+        (folder / "runs").mkdir(exist_ok=True)
+    except OSError as e:
+        message = f"cannot create the sweep folder {shown(folder)} ({e.strerror}); give another --out"
+        raise CnnlabError(message) from None
     if spec.search != "tpe":
         write_trial_recipes(spec, folder, spec.trials())
     atomic_write_json(spec_file, wanted)
