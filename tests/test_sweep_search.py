@@ -114,6 +114,17 @@ def test_a_rerun_trains_a_failed_tpe_variant_again_and_a_lost_study_is_one_line(
     assert not (tmp_path / "study.db").exists()
 
 
+def test_a_random_search_over_fewer_distinct_variants_than_asked_says_so(archive, tmp_path):
+    from cnnlab.sweep import run_sweep
+
+    ranges = {"lr": [0.1, 0.1004]}  # every draw keeps 3 significant digits: 0.1
+    spec = SweepSpec(data=str(archive), search="random", samples=5, ranges=ranges, overrides={"epochs": 1})
+    lines = []
+    results = run_sweep(spec, tmp_path / "few", log=lines.append)
+    assert [v["variant"] for v in results["variants"]] == ["lr=0.1"]  # before, the 5 asked silently became 1
+    assert any("only 1 distinct variant(s)" in line and "1 of the 5 asked" in line for line in lines)
+
+
 def test_bad_search_flags_exit_2_with_one_line(archive, tmp_path):
     for extra, message in (
         (("--range", "lr=0.1:1"), "add --random N"),

@@ -344,6 +344,10 @@ def run_sweep(
 
         return run_search(spec, folder, workers, log)
     trials = spec.trials()
+    if spec.search == "random" and len(trials) < spec.samples * len(spec.seeds):
+        variants = len(trials) // len(spec.seeds)
+        log(f"note: the ranges and grid hold only {variants} distinct variant(s) (values keep 3 significant digits), "
+            f"so {variants} of the {spec.samples} asked are drawn")  # fmt: skip
     todo = [t[0] for t in trials if trial_state(folder / "runs" / t[0]) != "done"]
     if len(todo) < len(trials):
         log(f"{len(trials) - len(todo)} of {len(trials)} trials already done; {len(todo)} to run")
