@@ -91,7 +91,7 @@ def test_a_rerun_tpe_search_asks_each_variant_as_an_uninterrupted_one_would(tmp_
 
 def test_a_rerun_trains_a_failed_tpe_variant_again_and_a_lost_study_is_one_line(archive, tmp_path):
     """A variant whose trial crashed is FAIL in the study, which counted it as finished: the rerun said
-    "rerun the sweep to finish them" but never trained it again."""
+    "rerun the sweep to finish them" but never trained it again. A trial asked but never named is skipped."""
     optuna = pytest.importorskip("optuna")
     from cnnlab.errors import CnnlabError
     from cnnlab.sweep import claim_sweep_folder
@@ -103,6 +103,7 @@ def test_a_rerun_trains_a_failed_tpe_variant_again_and_a_lost_study_is_one_line(
     claim_sweep_folder(tmp_path, spec)
     study = open_study(spec, tmp_path)
     study.tell(ask_variant(study, spec), state=optuna.trial.TrialState.FAIL)  # as the search records a crash
+    study.ask()  # a sweep killed between asking a variant and naming it: no variant, and no KeyError either
     lines = []
     results = run_search(spec, tmp_path, 1, lines.append)
     assert any("training them again" in line for line in lines)

@@ -188,14 +188,14 @@ def read_sweep(folder: str | Path) -> tuple[SweepSpec, dict]:
     spec = SweepSpec(**{k: v for k, v in recorded.items() if k in known})
     if spec.search != "tpe":
         return spec, collect(spec, folder)
-    from .sweep_search import open_study, study_variants
+    from .sweep_search import open_study, study_variants, variant_trials
 
     study = open_study(spec, folder, create=False)
-    if not study.get_trials(deepcopy=False):
+    if not variant_trials(study):
         raise CnnlabError(f"the TPE search in {shown(folder)} has asked for no variant yet; rerun the sweep")
     pruned = {
         name
-        for t in study.get_trials(deepcopy=False)
+        for t in variant_trials(study)
         if t.state.name == "PRUNED"
         for name, *_ in spec.trials([(t.user_attrs["variant"], t.user_attrs["fields"])])
     }

@@ -77,9 +77,15 @@ def distributions(spec) -> dict:
     return found
 
 
+def variant_trials(study) -> list:
+    """The study's trials that name their variant. A sweep killed between asking a trial and naming it
+    leaves one without: it never trained, so it is no variant (the next one is asked instead)."""
+    return [t for t in study.get_trials(deepcopy=False) if {"variant", "fields"} <= t.user_attrs.keys()]
+
+
 def study_variants(study) -> list[tuple[str, dict]]:
     """(name, fields) of every variant the study has asked for, in order."""
-    return [(t.user_attrs["variant"], t.user_attrs["fields"]) for t in study.get_trials(deepcopy=False)]
+    return [(t.user_attrs["variant"], t.user_attrs["fields"]) for t in variant_trials(study)]
 
 
 def _sampler(spec, variant_number: int):
@@ -174,13 +180,13 @@ def run_search(spec, folder: Path, workers, log) -> dict:
     # or a damaged run was deleted. A rerun trains it again, as a grid sweep's rerun does; the study keeps
     # its first outcome (Optuna cannot reopen a finished trial) and the results table reads the new runs.
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-    lost = [t for t in study.get_trials(deepcopy=False) if t.state in finished and not runs_done(t)]
+    lost = [t for t in variant_trials(study) if t.state in finished and not runs_done(t)]
     retrained = {t._trial_id for t in lost}
     if lost:
         log(f"{len(lost)} finished variant(s) without all their runs (failed or deleted): training them again")
         pool.map(work, [optuna.trial.Trial(study, t._trial_id) for t in lost])
     while True:
-        asked = study.get_trials(deepcopy=False)
+        asked = variant_trials(study)
         if sum(t.state.is_finished() for t in asked) >= spec.samples:
             break
         interrupted = [t for t in asked if t.state == optuna.trial.TrialState.RUNNING][:count]
