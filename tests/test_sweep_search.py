@@ -193,11 +193,11 @@ def test_a_pruned_trial_is_stopped_with_a_checkpoint_and_can_be_resumed(archive,
     from cnnlab.sweep import claim_sweep_folder
     from cnnlab.sweep_trials import run_trial, trial_state
 
-    spec = SweepSpec(data=str(archive), overrides={"epochs": 4, "batch_size": 8, "precision": "fp32"})
+    spec = SweepSpec(data=str(archive), overrides={"epochs": 10, "batch_size": 8, "precision": "fp32"})
     claim_sweep_folder(tmp_path, spec)
     rows = []
     result = run_trial(spec, tmp_path, "base_seed0", 1, on_row=lambda row: rows.append(row) or True)
     assert result["stopped"] and "summary" not in result and rows[0]["epoch"] == 1
     assert trial_state(tmp_path / "runs" / "base_seed0") == "partial"
     finished = run_trial(spec, tmp_path, "base_seed0", 1)
-    assert finished["summary"]["epochs"] == 4
+    assert finished["summary"]["epochs"] == 10
