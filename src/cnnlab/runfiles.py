@@ -99,17 +99,21 @@ def read_metrics(run: str | Path) -> list[dict]:
     return rows
 
 
+def finite_number(value) -> bool:
+    """A real number as a run file may hold one: not a bool, not NaN, not infinite (JSON reads 1e999 as inf)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _good_row(row, before: list[dict]) -> bool:
-    finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if not isinstance(row, dict) or not all(finite(row.get(k)) for k in ROW_NUMBERS):
+    if not isinstance(row, dict) or not all(finite_number(row.get(k)) for k in ROW_NUMBERS):
         return False
-    if not any(finite(row.get(f"{split}_acc")) for split in ("test", "val")):
+    if not any(finite_number(row.get(f"{split}_acc")) for split in ("test", "val")):
         return False
     expected = before[-1]["epoch"] + 1 if before else row["epoch"]
     return (
         row["epoch"] == expected
         and row["epoch"] >= 1
-        and all(finite(v) or not isinstance(v, (int, float)) for v in row.values())
+        and all(finite_number(v) or not isinstance(v, (int, float)) for v in row.values())
     )
 
 
@@ -182,7 +186,6 @@ def load_checkpoint(path: str | Path) -> dict:
 def checkpoint_problem(payload: dict) -> str:
     """What is missing or wrong in a checkpoint's model fields, in words; '' when nothing is."""
     integer = lambda v: isinstance(v, int) and not isinstance(v, bool)
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     checks = [
         ("model", lambda v: isinstance(v, str) and v, "a model name"),
         ("num_classes", lambda v: integer(v) and v >= 1, "a class count"),
@@ -195,12 +198,12 @@ def checkpoint_problem(payload: dict) -> str:
         ),
         (
             "mean",
-            lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(number(x) for x in v),
+            lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(finite_number(x) for x in v),
             "3 channel means",
         ),
         (
             "std",
-            lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(number(x) and x > 0 for x in v),
+            lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(finite_number(x) and x > 0 for x in v),
             "3 positive channel stds",
         ),
         ("image_size", lambda v: integer(v) and 8 <= v <= 512, "an image size from 8 to 512"),

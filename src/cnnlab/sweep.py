@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -257,8 +258,7 @@ def resolved(spec: SweepSpec) -> dict:
         candidates += [{n: v} for n, (low, high, *_) in spec.ranges.items() for v in (low, high)]
     else:  # every variant known before any trial runs: a repeated one or a baseline not among them fails now
         variants = spec.variants()
-        names = [name for name, _ in variants]
-        repeated = sorted({name for name in names if names.count(name) > 1})
+        repeated = sorted(name for name, n in Counter(name for name, _ in variants).items() if n > 1)
         if repeated:
             raise UsageError(f"the variant {repeated[0]} comes twice: give each grid value once")
         spec.baseline_variant(variants)

@@ -191,12 +191,11 @@ def read_sweep(folder: str | Path) -> tuple[SweepSpec, dict]:
     from .sweep_search import open_study, study_variants, variant_trials
 
     study = open_study(spec, folder, create=False)
-    if not variant_trials(study):
+    trials = variant_trials(study)
+    if not trials:
         raise CnnlabError(f"the TPE search in {shown(folder)} has asked for no variant yet; rerun the sweep")
+    variants = study_variants(trials)
     pruned = {
-        name
-        for t in variant_trials(study)
-        if t.state.name == "PRUNED"
-        for name, *_ in spec.trials([(t.user_attrs["variant"], t.user_attrs["fields"])])
+        name for t, variant in zip(trials, variants) if t.state.name == "PRUNED" for name, *_ in spec.trials([variant])
     }
-    return spec, collect(spec, folder, study_variants(study), pruned)
+    return spec, collect(spec, folder, variants, pruned)

@@ -83,9 +83,9 @@ def variant_trials(study) -> list:
     return [t for t in study.get_trials(deepcopy=False) if {"variant", "fields"} <= t.user_attrs.keys()]
 
 
-def study_variants(study) -> list[tuple[str, dict]]:
-    """(name, fields) of every variant the study has asked for, in order."""
-    return [(t.user_attrs["variant"], t.user_attrs["fields"]) for t in variant_trials(study)]
+def study_variants(trials: list) -> list[tuple[str, dict]]:
+    """(name, fields) of each of the study's variant trials (`variant_trials`), in order."""
+    return [(t.user_attrs["variant"], t.user_attrs["fields"]) for t in trials]
 
 
 def _sampler(spec, variant_number: int):

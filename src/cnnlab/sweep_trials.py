@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -36,14 +35,13 @@ def trial_summary(run: Path) -> dict:
     """A finished trial's summary.json, holding the numbers a sweep's results are made of. A damaged one
     is one line that says how to train that trial again, not a traceback in the middle of a sweep."""
     from .names import shown
-    from .runfiles import read_json
+    from .runfiles import finite_number, read_json
 
     remedy = f"delete {shown(run)} and rerun the sweep to train that trial again"
     summary = read_json(run / "summary.json", remedy)
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     needed = [summary.get(k) for k in ("final_test_acc", "train_seconds", "wall_seconds")]
     optional = [summary.get(k) for k in ("final_val_acc", "final_tta_test_acc")]
-    if not all(map(number, needed)) or not all(v is None or number(v) for v in optional):
+    if not all(map(finite_number, needed)) or not all(v is None or finite_number(v) for v in optional):
         damage = "a score or a time is missing or not a number"
         raise CnnlabError(f"{shown(run / 'summary.json')} is damaged ({damage}); {remedy}")
     return summary
